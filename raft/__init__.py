@@ -1,0 +1,1 @@
+"""Orbital Raft: a Raft consensus library (pure core + asyncio runtime)."""

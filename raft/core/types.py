@@ -1,0 +1,120 @@
+"""Plain value types shared by the core, the drivers and storage.
+
+Everything here is immutable (frozen, slotted dataclasses) so a value handed from the core to
+a driver can never be changed behind the core's back.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import NewType
+
+NodeId = NewType("NodeId", str)
+
+
+class EntryKind(enum.IntEnum):
+    """What a log entry carries."""
+
+    NORMAL = 0  #: a client command for the state machine
+    NOOP = 1  #: appended by a new leader to commit earlier-term entries (Raft §8)
+    CONFIG = 2  #: a membership change; ``command`` is an encoded :class:`ConfChange`
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One entry of the replicated log; indexes start at 1."""
+
+    index: int
+    term: int
+    command: bytes
+    kind: EntryKind = EntryKind.NORMAL
+
+    def size(self) -> int:
+        """Approximate bytes this entry takes in a message (for batching limits)."""
+        return len(self.command) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """The state Raft §5 requires to be durable before any reply: term and vote.
+
+    The commit index is deliberately not part of it: it is relearned from the leader, and
+    persisting it would add an fsync to every heartbeat.
+    """
+
+    term: int = 0
+    voted_for: NodeId | None = None
+
+
+class ConfChangeType(enum.Enum):
+    ADD_LEARNER = "add_learner"  #: a new, non-voting member that receives the log
+    PROMOTE = "promote"  #: a caught-up learner becomes a voter
+    REMOVE = "remove"  #: a voter or learner leaves the cluster
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """A single-server membership change (Raft dissertation §4.1)."""
+
+    type: ConfChangeType
+    node: NodeId
+
+    def encode(self) -> bytes:
+        return json.dumps({"type": self.type.value, "node": self.node}).encode()
+
+    @staticmethod
+    def decode(data: bytes) -> ConfChange:
+        obj = json.loads(data)
+        return ConfChange(ConfChangeType(obj["type"]), NodeId(obj["node"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    """A cluster configuration: who votes and who only receives the log."""
+
+    voters: frozenset[NodeId]
+    learners: frozenset[NodeId] = field(default_factory=frozenset)
+
+    def members(self) -> frozenset[NodeId]:
+        return self.voters | self.learners
+
+    def apply(self, change: ConfChange) -> ConfState:
+        """The configuration after ``change`` (validity is checked by the proposer)."""
+        node = change.node
+        if change.type is ConfChangeType.ADD_LEARNER:
+            return ConfState(self.voters - {node}, self.learners | {node})
+        if change.type is ConfChangeType.PROMOTE:
+            return ConfState(self.voters | {node}, self.learners - {node})
+        return ConfState(self.voters - {node}, self.learners - {node})
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"voters": sorted(self.voters), "learners": sorted(self.learners)}
+        ).encode()
+
+    @staticmethod
+    def decode(data: bytes) -> ConfState:
+        obj = json.loads(data)
+        return ConfState(
+            frozenset(NodeId(n) for n in obj["voters"]),
+            frozenset(NodeId(n) for n in obj.get("learners", [])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """Where a snapshot sits in the log, and the configuration in force at that point."""
+
+    index: int
+    term: int
+    conf: ConfState
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A state machine image covering every entry up to and including ``meta.index``."""
+
+    meta: SnapshotMeta
+    data: bytes

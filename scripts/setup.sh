@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a development/run environment at the repository root:
+#   .venv/                 Python virtualenv with orbital-raft installed (editable) + dev tools
+#   .venv/bin/orbital      the command-line tool
+#   .venv/bin/toxiproxy-server   the Toxiproxy server (built with Go when not already present)
+# Options:
+#   --tests    also install what only the test suite needs (headless Chromium for the report test)
+# Re-running it does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+want_tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) want_tests=1 ;;
+    *) echo "setup.sh: unknown option $arg (known: --tests)" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. The virtualenv and the package.
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.orbital-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ! -x .venv/bin/orbital ]; then
+  say "installing orbital-raft and its dependencies into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+  touch "$stamp"
+fi
+
+# 2. The Toxiproxy server. It is in neither PyPI nor Debian; build the pinned release with Go
+#    (its go.mod needs Go >= 1.23). Users without Go can put a release binary from
+#    https://github.com/Shopify/toxiproxy/releases on PATH as toxiproxy-server, or point
+#    TOXIPROXY_SERVER at it.
+toxiproxy_version=v2.12.0
+tp=.venv/bin/toxiproxy-server
+tp_stamp=.venv/.toxiproxy-version   # `go install` builds report their version as "git"
+if [ -n "${TOXIPROXY_SERVER:-}" ] && [ -x "${TOXIPROXY_SERVER}" ]; then
+  ln -sf "$TOXIPROXY_SERVER" "$tp"
+  echo external > "$tp_stamp"
+elif [ ! -x "$tp" ] || [ "$(cat "$tp_stamp" 2>/dev/null)" != "$toxiproxy_version" ]; then
+  if command -v go >/dev/null 2>&1; then
+    say "building toxiproxy-server $toxiproxy_version with $(go version | cut -d' ' -f3)"
+    gobin=$(mktemp -d)
+    GOBIN=$gobin go install "github.com/Shopify/toxiproxy/v2/cmd/server@$toxiproxy_version"
+    mv -f "$gobin/server" "$tp"
+    rmdir "$gobin"
+    echo "$toxiproxy_version" > "$tp_stamp"
+  elif command -v toxiproxy-server >/dev/null 2>&1; then
+    say "using $(command -v toxiproxy-server) (Go is not installed to build the pinned $toxiproxy_version)"
+    ln -sf "$(command -v toxiproxy-server)" "$tp"
+    echo external > "$tp_stamp"
+  else
+    say "toxiproxy-server not found and Go is not installed: download a release binary from"
+    say "https://github.com/Shopify/toxiproxy/releases/tag/$toxiproxy_version and set TOXIPROXY_SERVER"
+    exit 1
+  fi
+fi
+
+# 3. Test-only tools.
+if [ "$want_tests" = 1 ]; then
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing Debian's chromium for the report rendering test"
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      say "chromium is not installed: the report rendering test will be skipped"
+    fi
+  fi
+fi
+say "ready: $root/.venv/bin/orbital"
