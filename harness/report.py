@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import heapq
 import html
 import io
 import json
@@ -229,23 +230,22 @@ def fault_periods(events: Sequence[dict[str, Any]]) -> list[FaultPeriod]:
 
 
 def role_spans(events: Sequence[dict[str, Any]], node: str, end: int) -> list[RoleSpan]:
-    """Consecutive role changes of one node as spans; the last lasts until ``end``."""
-    ordered = sorted(events, key=lambda e: _int(e.get("time")))
-    spans = []
-    for ev, nxt in zip(ordered, [*ordered[1:], None], strict=True):
-        start = _int(ev.get("time"))
-        stop = _int(nxt.get("time")) if nxt is not None else max(end, start)
+    """A node's role changes as spans, repeats merged; the last lasts until ``end``."""
+    changes: list[tuple[int, str, int | None]] = []
+    for ev in sorted(events, key=lambda e: _int(e.get("time"))):
         term = ev.get("term")
-        spans.append(
-            RoleSpan(
-                str(ev.get("node", node)),
-                str(ev.get("role", "?")),
-                term if isinstance(term, int) else None,
-                start,
-                stop,
-            )
+        change = (
+            _int(ev.get("time")),
+            str(ev.get("role", "?")),
+            term if isinstance(term, int) else None,
         )
-    return spans
+        if not changes or changes[-1][1:] != change[1:]:
+            changes.append(change)
+    stops = [t for t, _, _ in changes[1:]] + [max(end, changes[-1][0])] if changes else []
+    return [
+        RoleSpan(node, role, term, start, stop)
+        for (start, role, term), stop in zip(changes, stops, strict=True)
+    ]
 
 
 def _read_json(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -373,13 +373,7 @@ def plot_latency_throughput(run: Run) -> str:
     lat_ax.set_yscale("log")
     lat_ax.set_ylabel("latency (ms)")
     lat_ax.set_title("Latency of completed operations (invoke → completion)")
-    lat_ax.legend(
-        handles=[*lat_ax.get_legend_handles_labels()[0], *handles],
-        loc="upper left",
-        fontsize=8,
-        ncol=4,
-        markerscale=3,
-    )
+    _legend(fig, [*lat_ax.get_legend_handles_labels()[0], *handles])
     thr_ax.set_ylabel("completions / s")
     thr_ax.set_xlabel("time since run start (s)")
     thr_ax.set_title("Throughput")
@@ -395,6 +389,18 @@ def _latencies(ops: Sequence[Op]) -> tuple[Any, Any]:
     pairs = np.array(done, dtype=np.int64).reshape(-1, 2)
     lat = np.maximum(pairs[:, 1] - pairs[:, 0], 1)
     return pairs[:, 1] / 1e9, lat / 1e6
+
+
+def _legend(fig: Any, handles: list[Any]) -> None:
+    """One legend above the plots, outside the data."""
+    fig.legend(
+        handles=handles,
+        loc="outside upper center",
+        ncol=min(len(handles), 8),
+        fontsize=8,
+        markerscale=3,
+        frameon=False,
+    )
 
 
 def _percentile_lines(ax: Any, done: Sequence[Op], edges: Any) -> None:
@@ -419,13 +425,12 @@ def plot_timeline(run: Run) -> str:
     """Processes on the y axis, one bar per op from invoke to completion, colored by type."""
     import numpy as np
 
-    procs = sorted({op.process for op in run.ops})
-    rank = {p: i for i, p in enumerate(procs)}
-    height = min(14.0, max(3.0, 1.2 + 0.22 * len(procs)))
+    rank, labels = process_rows(run.ops, run.end)
+    height = min(14.0, max(3.0, 1.2 + 0.22 * len(labels)))
     fig = _figure(12, height)
     ax = fig.subplots()
     handles = _shade_faults(ax, run.faults, run.end)
-    lw = max(0.6, min(7.0, 0.55 * height * 72 / max(len(procs), 1)))
+    lw = max(0.6, min(7.0, 0.55 * height * 72 / max(len(labels), 1)))
     for kind, color in TYPE_COLORS.items():
         sel = [op for op in run.ops if op.type == kind]
         y = np.array([rank[op.process] for op in sel], dtype=np.int64)
@@ -442,25 +447,53 @@ def plot_timeline(run: Run) -> str:
         )
         lines.set_capstyle("projecting")
     _mark_anomaly(ax, run, rank, lw)
-    _process_ticks(ax, procs)
-    ax.set_ylim(len(procs) - 0.5, -0.5)
+    _row_ticks(ax, labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.set_xlim(0, run.end / 1e9)
     ax.set_xlabel("time since run start (s)")
-    ax.set_ylabel("process")
+    lanes = len(labels) < len(rank)
+    ax.set_ylabel("client lane (processes in turn)" if lanes else "process")
     ax.set_title("Operations per process (invoke → completion)")
-    ax.legend(
-        handles=[*ax.get_legend_handles_labels()[0], *handles],
-        loc="upper right",
-        fontsize=8,
-        ncol=3,
-        framealpha=0.9,
-    )
+    _legend(fig, [*ax.get_legend_handles_labels()[0], *handles])
     return _png(fig)
 
 
-def _process_ticks(ax: Any, procs: Sequence[int]) -> None:
-    step = max(1, len(procs) // 30)
-    ax.set_yticks(range(0, len(procs), step), [str(p) for p in procs[::step]], fontsize=7)
+def process_rows(ops: Sequence[Op], end: int, limit: int = 40) -> tuple[dict[int, int], list[str]]:
+    """Map each process to a timeline row; return the map and the row labels.
+
+    Up to ``limit`` processes get a row each. Beyond, processes are packed into lanes: a
+    process ended by ``info`` is retired and its client goes on as a new process, so a lane
+    holds one process after another and the timeline stays as tall as the concurrency.
+    """
+    spans: dict[int, tuple[int, int]] = {}
+    for op in ops:
+        stop = end if op.complete_time is None else op.complete_time
+        lo, hi = spans.get(op.process, (op.invoke_time, stop))
+        spans[op.process] = (min(lo, op.invoke_time), max(hi, stop))
+    if len(spans) <= limit:
+        procs = sorted(spans)
+        return {p: i for i, p in enumerate(procs)}, [str(p) for p in procs]
+    rows = _pack_lanes(spans)
+    return rows, [f"lane {i}" for i in range(max(rows.values()) + 1)]
+
+
+def _pack_lanes(spans: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """Greedy interval colouring: each process takes the lowest lane free at its start."""
+    free: list[int] = []  # lanes free again
+    busy: list[tuple[int, int]] = []  # (busy until, lane)
+    rows: dict[int, int] = {}
+    for proc in sorted(spans, key=lambda p: (spans[p][0], p)):
+        start, stop = spans[proc]
+        while busy and busy[0][0] < start:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        rows[proc] = heapq.heappop(free) if free else len(busy)
+        heapq.heappush(busy, (stop, rows[proc]))
+    return rows
+
+
+def _row_ticks(ax: Any, labels: Sequence[str]) -> None:
+    step = max(1, len(labels) // 30)
+    ax.set_yticks(range(0, len(labels), step), labels[::step], fontsize=7)
 
 
 def _anomaly_ops(run: Run) -> list[dict[str, Any]]:
@@ -526,7 +559,7 @@ def plot_anomaly_detail(run: Run) -> str:
         _detail_bar(ax, op, rank[op.process], op.index in wanted, run.end)
     ax.set_xlim((lo - pad) / 1e9, (hi + pad) / 1e9)
     ax.set_ylim(len(procs) - 0.5, -0.6)
-    _process_ticks(ax, procs)
+    _row_ticks(ax, [str(p) for p in procs])
     ax.set_xlabel("time since run start (s)")
     ax.set_ylabel("process")
     wrapped = textwrap.fill(str(anomaly.get("explanation", "")), 150)
@@ -591,10 +624,10 @@ def plot_roles(run: Run) -> str:
 
 
 def _term_labels(ax: Any, spans: Sequence[RoleSpan], y: int, span_s: float) -> None:
-    last: int | None = None
+    """Label every band wide enough to hold it with its term."""
     for s in spans:
         width = (s.stop - s.start) / 1e9
-        if s.term is not None and s.term != last and width >= span_s / 60:
+        if s.term is not None and width >= span_s / 60:
             dark = s.role in ("leader", "down")
             ax.text(
                 s.start / 1e9 + width / 2,
@@ -606,7 +639,6 @@ def _term_labels(ax: Any, spans: Sequence[RoleSpan], y: int, span_s: float) -> N
                 color="white" if dark else "#111827",
                 clip_on=True,
             )
-        last = s.term if s.term is not None else last
 
 
 # ------------------------------------------------------------------------------------- HTML
@@ -764,9 +796,16 @@ def section_latency(run: Run) -> str:
 def section_timeline(run: Run) -> str:
     if not run.ops:
         return _missing("history.jsonl has no operations.")
+    rows, labels = process_rows(run.ops, run.end)
+    packed = (
+        f", packed into {len(labels)} lanes (a process retired by info is followed in its lane "
+        "by a later one)"
+        if len(labels) < len(rows)
+        else ""
+    )
     return (
-        f"<p>{len(run.ops)} operations by {len({op.process for op in run.ops})} processes; "
-        "the anomaly's operations, if any, are outlined in red.</p>"
+        f"<p>{len(run.ops)} operations by {len(rows)} processes{packed}. "
+        "The anomaly's operations, if any, are outlined in red.</p>"
         + _guard("timeline", lambda: plot_timeline(run))
     )
 

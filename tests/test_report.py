@@ -1,0 +1,429 @@
+"""The HTML report of a stored run (harness/report.py), on synthetic run directories.
+
+The run directories are generated here from a seeded RNG (``make_run``), so every test is
+deterministic and needs no cluster. The Chromium test renders the page for real and checks the
+screenshot is not blank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import report
+from harness.cli import main
+
+SECONDS = 1_000_000_000
+EXPLANATION = "read of x returned 1 after the write of 2 had completed (stale read)"
+EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?:[a-z]+:)?//|url\(""", re.I)
+SECTION_IDS = ("summary", "anomaly", "latency", "timeline", "roles", "faults", "invariants")
+
+
+# ------------------------------------------------------------------------- synthetic runs
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def synth_history(
+    n_ops: int, seed: int, clients: int = 5, duration_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """A plausible history: ``clients`` workers, each one op at a time; info retires a process."""
+    rng = random.Random(seed)
+    per_client = max(1, n_ops // clients)
+    gap = int(duration_s * SECONDS / per_client)
+    events: list[tuple[int, dict[str, Any]]] = []
+    for c in range(clients):
+        proc, t = c, rng.randrange(gap)
+        for _ in range(per_client):
+            f, key = rng.choice(("read", "write", "cas")), rng.choice(("x", "y"))
+            value: Any = {"read": None, "write": rng.randrange(5), "cas": [1, 2]}[f]
+            latency = int(rng.lognormvariate(14.5, 0.8))  # ~2 ms median
+            kind = rng.choices(("ok", "fail", "info"), (88, 8, 4))[0]
+            done: dict[str, Any] = {"process": proc, "type": kind, "f": f, "key": key}
+            done["value"] = rng.randrange(5) if f == "read" and kind == "ok" else value
+            if kind != "ok":
+                done["error"] = "mismatch" if f == "cas" and kind == "fail" else "timeout"
+            events.append(
+                (t, {"process": proc, "type": "invoke", "f": f, "key": key, "value": value})
+            )
+            events.append((t + latency, done))
+            t += latency + gap // 2 + rng.randrange(gap)
+            if kind == "info":
+                proc += clients
+    events.sort(key=lambda e: e[0])
+    return [{"index": i, "time": t, **ev} for i, (t, ev) in enumerate(events)]
+
+
+def synth_faults() -> list[dict[str, Any]]:
+    raw = [
+        (2.0, "partition", "start", {"halves": [["n1"], ["n2", "n3"]]}),
+        (4.0, "partition", "stop", {}),
+        (5.5, "kill", "start", {"node": "n2"}),
+        (6.5, "kill", "stop", {"node": "n2"}),
+        (7.0, "latency", "start", {"ms": 50}),
+    ]
+    return [
+        {"index": i, "time": int(t * SECONDS), "fault": f, "action": a, "detail": d}
+        for i, (t, f, a, d) in enumerate(raw)
+    ]
+
+
+def synth_roles() -> dict[str, list[tuple[float, str, int]]]:
+    return {
+        "n1": [
+            (0.0, "follower", 0),
+            (0.3, "candidate", 1),
+            (0.31, "leader", 1),
+            (2.4, "follower", 1),
+            (4.1, "follower", 2),
+        ],
+        "n2": [
+            (0.0, "follower", 0),
+            (0.31, "follower", 1),
+            (2.3, "precandidate", 1),
+            (2.35, "candidate", 2),
+            (2.36, "leader", 2),
+            (5.5, "down", 2),
+            (6.5, "follower", 2),
+        ],
+        "n3": [(0.0, "follower", 0), (0.31, "follower", 1), (2.36, "follower", 2)],
+    }
+
+
+def make_run(
+    root: Path, *, n_ops: int = 300, anomaly: bool = False, extras: bool = True, seed: int = 7
+) -> Path:
+    """A store run directory; ``extras`` adds config, faults, roles and results."""
+    run = root / "run"
+    history = synth_history(n_ops, seed)
+    _write_jsonl(run / "history.jsonl", history)
+    if not extras:
+        return run
+    (run / "config.toml").write_text('name = "partition-kill"\nseed = 42\nnodes = 3\n')
+    _write_jsonl(run / "faults.jsonl", synth_faults())
+    for node, changes in synth_roles().items():
+        _write_jsonl(
+            run / "nodes" / node / "roles.jsonl",
+            [
+                {"time": int(t * SECONDS), "node": node, "role": r, "term": term}
+                for t, r, term in changes
+            ],
+        )
+    found = _anomaly(history) if anomaly else None
+    results = {
+        "scenario": "partition-kill",
+        "seed": 42,
+        "valid": not anomaly,
+        "exit_code": int(anomaly),
+        "started_at": "2024-05-01T12:00:00Z",
+        "duration_s": 10.0,
+        "linearizability": {"valid": not anomaly, "keys": 2, "anomaly": found},
+        "invariants": {"valid": True, "violations": []},
+        "counts": {"ops": n_ops},
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def _anomaly(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two ops on key x from the history: the first completed write and a later read."""
+    pairs, pending = [], {}
+    for e in history:
+        if e["type"] == "invoke":
+            pending[e["process"]] = e
+        elif e["process"] in pending and e["key"] == "x" and e["type"] == "ok":
+            pairs.append((pending.pop(e["process"]), e))
+    write = next(p for p in pairs if p[0]["f"] == "write")
+    read = next(p for p in pairs if p[0]["f"] == "read" and p[0]["time"] > write[1]["time"])
+    ops = [
+        {
+            "index": inv["index"],
+            "process": inv["process"],
+            "f": inv["f"],
+            "value": done["value"],
+            "type": done["type"],
+            "invoke_time": inv["time"],
+            "complete_time": done["time"],
+        }
+        for inv, done in (write, read)
+    ]
+    return {"key": "x", "explanation": EXPLANATION, "ops": ops}
+
+
+def _render(run: Path) -> str:
+    return report.write_report(run).read_text(encoding="utf-8")
+
+
+def _section(page: str, sid: str) -> str:
+    match = re.search(rf'<section id="{sid}">(.*?)</section>', page, re.S)
+    assert match, f"section {sid} missing"
+    return match.group(1)
+
+
+# ------------------------------------------------------------------------------- the tests
+
+
+def test_valid_run_has_every_section_and_is_self_contained(tmp_path: Path) -> None:
+    page = _render(make_run(tmp_path))
+    for sid in SECTION_IDS:
+        _section(page, sid)
+    assert '<span class="verdict valid">VALID</span>' in page
+    assert not EXTERNAL.search(page)
+    assert "http://" not in page
+    assert "https://" not in page
+    assert page.count("data:image/png;base64,") == 3  # latency, timeline, roles
+    assert "could not be drawn" not in page
+    assert "partition-kill" in page
+    assert "<td>seed</td><td>42</td>" in page
+    assert "No anomaly found." in _section(page, "anomaly")
+
+
+def test_counts_per_operation(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _write_jsonl(
+        run / "history.jsonl",
+        [
+            {
+                "index": 0,
+                "time": 1,
+                "process": 0,
+                "type": "invoke",
+                "f": "write",
+                "key": "x",
+                "value": 1,
+            },
+            {
+                "index": 1,
+                "time": 2,
+                "process": 1,
+                "type": "invoke",
+                "f": "read",
+                "key": "x",
+                "value": None,
+            },
+            {
+                "index": 2,
+                "time": 3,
+                "process": 0,
+                "type": "ok",
+                "f": "write",
+                "key": "x",
+                "value": 1,
+            },
+            {
+                "index": 3,
+                "time": 4,
+                "process": 1,
+                "type": "fail",
+                "f": "read",
+                "key": "x",
+                "value": None,
+            },
+            {
+                "index": 4,
+                "time": 5,
+                "process": 0,
+                "type": "invoke",
+                "f": "write",
+                "key": "x",
+                "value": 2,
+            },
+        ],
+    )
+    summary = _section(_render(run), "summary")
+    rows = re.findall(r"<tr><td>(\w+)</td>((?:<td class=n>\d+</td>)+)</tr>", summary)
+    table = {f: re.findall(r"\d+", cells) for f, cells in rows}
+    assert table == {
+        "read": ["0", "1", "0", "1"],
+        "write": ["1", "0", "1", "2"],
+        "all": ["1", "1", "1", "3"],
+    }
+    assert "1 invoke(s) never completed" in summary
+
+
+def test_anomaly_is_explained_and_marked(tmp_path: Path) -> None:
+    page = _render(make_run(tmp_path, anomaly=True))
+    assert '<span class="verdict invalid">INVALID</span>' in page
+    section = _section(page, "anomaly")
+    assert EXPLANATION in section
+    assert section.count("data:image/png;base64,") == 1  # the zoom on the anomaly
+    assert page.count("data:image/png;base64,") == 4
+    assert "could not be drawn" not in page
+    assert not EXTERNAL.search(page)
+
+
+def test_faults_are_paired_and_listed(tmp_path: Path) -> None:
+    page = _render(make_run(tmp_path))
+    faults = _section(page, "faults")
+    for kind in ("partition", "kill", "latency"):
+        assert kind in faults
+    assert "never" in faults  # the latency fault was never stopped
+
+
+def test_missing_parts_degrade_with_reasons(tmp_path: Path) -> None:
+    page = _render(make_run(tmp_path, extras=False))
+    assert '<span class="verdict unknown">UNKNOWN</span>' in page
+    assert "No results.json" in page
+    assert "roles were not recorded" in _section(page, "roles")
+    assert "no fault periods to shade" in _section(page, "latency")
+    assert "No config.toml" in _section(page, "config")
+    assert page.count("data:image/png;base64,") == 2  # latency, timeline
+
+
+def test_malformed_lines_are_skipped_and_noted(tmp_path: Path) -> None:
+    run = make_run(tmp_path, extras=False)
+    with (run / "history.jsonl").open("a") as fh:
+        fh.write('{"index": 9999, "time": \n[1, 2]\n')
+    (run / "results.json").write_text("{not json")
+    page = _render(run)
+    assert "history.jsonl: skipped 2 malformed line(s)" in page
+    assert "results.json: unreadable" in page
+
+
+def test_html_is_escaped(tmp_path: Path) -> None:
+    run = make_run(tmp_path, anomaly=True)
+    results = json.loads((run / "results.json").read_text())
+    results["linearizability"]["anomaly"]["explanation"] = "<script>alert(1)</script>"
+    (run / "results.json").write_text(json.dumps(results))
+    page = _render(run)
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_same_run_gives_same_bytes(tmp_path: Path) -> None:
+    run = make_run(tmp_path, anomaly=True)
+    first = report.write_report(run, tmp_path / "a.html").read_bytes()
+    second = report.write_report(run, tmp_path / "b.html").read_bytes()
+    assert first == second
+
+
+def test_fault_pairing_rules() -> None:
+    events = [
+        {"time": 1, "fault": "kill", "action": "start", "detail": {"node": "n1"}},
+        {"time": 2, "fault": "kill", "action": "start", "detail": {"node": "n2"}},
+        {"time": 3, "fault": "kill", "action": "stop", "detail": {"node": "n2"}},
+        {"time": 4, "fault": "clock", "action": "bump", "detail": {"ms": 5}},
+        {"time": 5, "fault": "kill", "action": "stop", "detail": {}},
+        {"time": 6, "fault": "pause", "action": "start", "detail": {}},
+    ]
+    periods = [(p.kind, p.start, p.stop, p.instant) for p in report.fault_periods(events)]
+    assert periods == [
+        ("kill", 1, 5, False),
+        ("kill", 2, 3, False),
+        ("clock", 4, 4, True),
+        ("pause", 6, None, False),
+    ]
+
+
+def test_cli_writes_to_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path)
+    out = tmp_path / "elsewhere" / "r.html"
+    assert main(["report", str(run), "-o", str(out)]) == 0
+    assert out.is_file()
+    assert not (run / "report.html").exists()
+    assert capsys.readouterr().out.strip() == str(out)
+
+
+def test_cli_missing_dir_or_history_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no history.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_large_history_stays_small_and_fast(tmp_path: Path) -> None:
+    run = make_run(tmp_path, n_ops=100_000, anomaly=True)
+    began = time.perf_counter()
+    out = report.write_report(run)
+    elapsed = time.perf_counter() - began
+    size = out.stat().st_size
+    print(f"100k ops: {elapsed:.2f} s, {size / 1e6:.2f} MB")
+    assert size < 5_000_000
+    assert elapsed < 30  # about 5 s on an idle 2-core machine; generous for a shared one
+
+
+# ------------------------------------------------------------------------------- Chromium
+
+
+@pytest.fixture
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but chromium is not installed (./scripts/setup.sh --tests)")
+        pytest.skip("chromium not installed (./scripts/setup.sh --tests installs it)")
+    return found
+
+
+@pytest.mark.integration
+def test_report_renders_in_headless_chromium(tmp_path: Path, chromium: str) -> None:
+    import numpy as np
+    from PIL import Image
+
+    page = report.write_report(make_run(tmp_path, n_ops=2_000, anomaly=True))
+    shot = tmp_path / "shot.png"
+    command = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        page.resolve().as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert shot.is_file(), f"no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
+    with Image.open(shot) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    assert pixels.shape == (2000, 1280, 3)
+    non_white = float((pixels.min(axis=2) < 235).mean())
+    colors = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    assert non_white > 0.05, f"screenshot nearly blank: {non_white:.1%} non-white"
+    assert colors > 50, f"only {colors} distinct colors"
+    keep = os.environ.get("ORBITAL_REPORT_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
+
+
+def test_many_processes_are_packed_into_lanes() -> None:
+    # Two clients; every op ends in info, so each op is a new process (as after timeouts).
+    ops = [
+        report.Op(
+            index=i,
+            process=i,
+            f="read",
+            key="x",
+            value=None,
+            type="info",
+            invoke_time=10 * (i // 2),
+            complete_time=10 * (i // 2) + 5,
+        )
+        for i in range(100)
+    ]
+    rows, labels = report.process_rows(ops, end=1000)
+    assert labels == ["lane 0", "lane 1"]
+    assert [rows[i] for i in range(4)] == [0, 1, 0, 1]
+    few, few_labels = report.process_rows(ops[:6], end=1000)
+    assert few_labels == [str(p) for p in range(6)]
+    assert few == {p: p for p in range(6)}
