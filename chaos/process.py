@@ -1,0 +1,325 @@
+"""Node processes: start, SIGKILL, SIGSTOP/SIGCONT, restart, and a cleanup that leaves no orphan.
+
+A `ManagedProcess` is one command (a node) started by us in its own session and process group,
+stdout and stderr appended to a log file (with a marker line before every start, so restarts
+are visible in the log). Signals go to the PID we started and to its descendants as psutil
+sees them at that moment; nothing else is ever signalled. The `subprocess.Popen` is kept until
+the process is reaped, so its PID cannot be reused while we may still signal it.
+
+`ProcessManager` owns several, records an event per start/kill/pause/resume/restart/stop with
+`time.monotonic_ns()` (the clock of history.jsonl), and `stop_all()` stops everything: SIGCONT
+(a stopped process cannot handle SIGTERM), SIGTERM, wait, SIGKILL.
+
+Orphans: children run in their own process group, so a Ctrl-C at the terminal reaches only us;
+`KeyboardInterrupt` unwinds the `with` blocks, and every live manager is also stopped at
+interpreter exit (atexit). SIGTERM/SIGHUP skip atexit by default: `install_signal_cleanup()`
+turns them into `SystemExit` so the same cleanup runs. A SIGKILL of the harness itself cannot
+be cleaned up after (Linux's PR_SET_PDEATHSIG is tied to the forking thread; not used).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+import psutil
+
+EventSink = Callable[["ProcessEvent"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEvent:
+    """Something we did to a process: action is start/kill/pause/resume/restart/stop."""
+
+    name: str
+    action: str
+    pid: int
+    time_ns: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_detail(self) -> dict[str, Any]:
+        """The event as a faults.jsonl `detail` object."""
+        return {"node": self.name, "action": self.action, "pid": self.pid, **self.detail}
+
+
+class ProcessError(RuntimeError):
+    """A process was used in a state that does not allow the operation."""
+
+
+class ManagedProcess:
+    """One command we start, signal and stop; only ever its own PID and descendants."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        self._on_event = on_event
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._paused = False
+        self._stopping: list[psutil.Process] = []  # the tree we sent SIGTERM to
+
+    @property
+    def pid(self) -> int | None:
+        """The PID of the current (or last, until restarted) incarnation."""
+        return None if self._popen is None else self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative: killed by that signal)."""
+        return None if self._popen is None else self._popen.poll()
+
+    @property
+    def paused(self) -> bool:
+        """Whether we stopped it with SIGSTOP and have not resumed it."""
+        return self._paused and self.alive()
+
+    def alive(self) -> bool:
+        """Whether it is started and not yet exited (a stopped process is alive)."""
+        return self._popen is not None and self._popen.poll() is None
+
+    def status(self) -> str:
+        """psutil's status of the process ("running", "sleeping", "stopped", ...)."""
+        if not self.alive():
+            return "exited"
+        assert self.pid is not None
+        try:
+            return str(psutil.Process(self.pid).status())
+        except psutil.NoSuchProcess:
+            return "exited"
+
+    def start(self) -> int:
+        """Start the command; its output is appended to `log_path`. Returns the PID."""
+        if self.alive():
+            raise ProcessError(f"{self.name} is already running (pid {self.pid})")
+        self._spawn()
+        assert self.pid is not None
+        self._emit("start", argv=self.argv)
+        return self.pid
+
+    def _spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(
+                f"# orbital: start {self.name} at monotonic_ns={time.monotonic_ns()}\n".encode()
+            )
+            log.flush()
+            self._popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env, cwd=self.cwd, start_new_session=True,
+            )  # fmt: skip
+        self._paused = False
+
+    def kill(self) -> None:
+        """SIGKILL the process and its descendants (a crash); it is reaped before returning."""
+        self._require_alive("kill")
+        self._emit("kill")
+        self._signal_tree(signal.SIGKILL)
+        self.wait_exit(10.0)
+        self._paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP the process and its descendants."""
+        self._require_alive("pause")
+        self._emit("pause")
+        self._signal_tree(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT the process and its descendants."""
+        self._require_alive("resume")
+        self._emit("resume")
+        self._signal_tree(signal.SIGCONT)
+        self._paused = False
+
+    def restart(self, env: Mapping[str, str] | None = None) -> int:
+        """Start again with the same argv (same data dir); SIGKILL first if still running.
+
+        `env`, if given, is laid over the environment (e.g. a clock skew for this incarnation).
+        """
+        old, was_running = self.pid, self.alive()
+        if was_running:
+            self._signal_tree(signal.SIGKILL)
+            self.wait_exit(10.0)
+        if env:
+            self.env.update(env)
+        self._spawn()
+        assert self.pid is not None
+        self._emit("restart", previous_pid=old, killed=was_running)
+        return self.pid
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to exit and reap it; its return code.
+
+        Raises `subprocess.TimeoutExpired` if it is still running after `timeout` seconds.
+        """
+        if self._popen is None:
+            raise ProcessError(f"{self.name} was never started")
+        return self._popen.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGCONT (a stopped process cannot act on SIGTERM), SIGTERM, wait, SIGKILL.
+
+        Returns the exit status (None if never started).
+        """
+        if self.alive():
+            self._terminate()
+        return self._reap(time.monotonic() + timeout)
+
+    def _terminate(self) -> None:
+        self._emit("stop")
+        self._signal_tree(signal.SIGCONT)
+        self._stopping = self._signal_tree(signal.SIGTERM)
+
+    def _reap(self, deadline: float) -> int | None:
+        """Wait until `deadline` for the exit, then SIGKILL; the exit status."""
+        if self._popen is None:
+            return None
+        try:
+            code = self._popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self._signal_tree(signal.SIGKILL)
+            code = self._popen.wait(10.0)
+        self._paused = False
+        self._reap_descendants(deadline)
+        return code
+
+    def _reap_descendants(self, deadline: float) -> None:
+        """SIGKILL the descendants we sent SIGTERM to that outlived the deadline.
+
+        Once our child has exited, its children are re-parented and no longer found by
+        `children()`; the psutil handles kept from SIGTERM time still name exactly them
+        (psutil checks the creation time, so a reused PID is never signalled).
+        """
+        rest = [proc for proc in self._stopping if proc.pid != self.pid]
+        self._stopping = []
+        _, alive = psutil.wait_procs(rest, timeout=max(0.0, deadline - time.monotonic()))
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=10.0)
+
+    def _signal_tree(self, sig: signal.Signals) -> list[psutil.Process]:
+        """Signal our PID and its current descendants, never any other process; return them."""
+        assert self._popen is not None
+        try:
+            root = psutil.Process(self._popen.pid)
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        for proc in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
+        return family
+
+    def _require_alive(self, action: str) -> None:
+        if not self.alive():
+            raise ProcessError(f"cannot {action} {self.name}: it is not running")
+
+    def _emit(self, action: str, **detail: Any) -> None:
+        if self._on_event is None:
+            return
+        assert self.pid is not None
+        self._on_event(ProcessEvent(self.name, action, self.pid, time.monotonic_ns(), detail))
+
+
+_live_managers: weakref.WeakSet[ProcessManager] = weakref.WeakSet()
+
+
+class ProcessManager:
+    """The processes of one run, by name; stops them all on exit, even at interpreter exit."""
+
+    def __init__(self, on_event: EventSink | None = None) -> None:
+        self.events: list[ProcessEvent] = []
+        self._on_event = on_event
+        self._procs: dict[str, ManagedProcess] = {}
+        _live_managers.add(self)
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ManagedProcess:
+        """Start a new named process (see `ManagedProcess`)."""
+        if name in self._procs:
+            raise ProcessError(f"a process named {name!r} already exists; restart it instead")
+        proc = ManagedProcess(name, argv, log_path, env=env, cwd=cwd, on_event=self._record)
+        self._procs[name] = proc
+        proc.start()
+        return proc
+
+    def __getitem__(self, name: str) -> ManagedProcess:
+        return self._procs[name]
+
+    def processes(self) -> list[ManagedProcess]:
+        """All processes, started or exited, in start order."""
+        return list(self._procs.values())
+
+    def stop_all(self, timeout: float = 5.0) -> None:
+        """Stop every live process: SIGCONT, SIGTERM, then SIGKILL after `timeout`."""
+        live = [proc for proc in self._procs.values() if proc.alive()]
+        for proc in live:  # signal all first, so they share one timeout
+            proc._terminate()
+        deadline = time.monotonic() + timeout
+        for proc in live:
+            proc._reap(deadline)
+
+    def _record(self, event: ProcessEvent) -> None:
+        self.events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+
+@atexit.register
+def _stop_live_managers() -> None:
+    for manager in list(_live_managers):
+        manager.stop_all(timeout=2.0)
+
+
+def install_signal_cleanup() -> None:
+    """Make SIGTERM and SIGHUP raise SystemExit (main thread only), so cleanup runs.
+
+    Leaves alone any handler someone else installed; call it once from a command's main().
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
