@@ -7,7 +7,10 @@ calls :func:`write_report` at the end of every run; the command calls it on a st
 Theory of operation
 -------------------
 Every input is optional except ``history.jsonl``. A missing or malformed part never stops the
-report: its section says what is missing and why. Malformed JSON lines are skipped and counted.
+report: its section says what is missing and why. The history and faults are read by
+:mod:`harness.history`; a file that breaks the format is read again leniently (bad lines skipped
+and counted, unmatched events dropped) and the report notes why, since a broken history is the
+one most worth looking at.
 The same run directory always gives the same bytes (no timestamps, PNG metadata stripped).
 Large histories are drawn rasterized, so the file size does not grow with the number of
 operations (100k ops: about 1 MB and a few seconds, see ``tests/test_report.py``).
@@ -67,6 +70,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.history import HistoryError, Operation, pair_operations, read_faults, read_history
+
 #: Completion types in drawing order, and their colors (Jepsen's timeline palette).
 TYPE_COLORS: dict[str, str] = {"ok": "#4e9cf5", "fail": "#f06aa8", "info": "#f5a623"}
 ROLE_COLORS: dict[str, str] = {
@@ -86,8 +91,8 @@ class ReportError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Op:
-    """One operation: an invoke paired with its completion (``pending`` when there was none)."""
+class OpRecord:
+    """One operation as drawn: an invoke and its completion (``complete_time`` None: never)."""
 
     index: int
     process: int
@@ -124,7 +129,7 @@ class Run:
     """Everything read from a run directory, with notes on what was missing or skipped."""
 
     path: Path
-    ops: list[Op]
+    ops: list[OpRecord]
     faults: list[FaultPeriod]
     roles: list[RoleSpan]
     results: dict[str, Any]
@@ -169,10 +174,52 @@ def _int(value: Any, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def pair_ops(events: Iterable[dict[str, Any]], notes: list[str]) -> list[Op]:
-    """Pair each invoke with the next completion of its process, in invoke order."""
+def read_ops(path: Path, notes: list[str]) -> list[OpRecord]:
+    """The operations of ``history.jsonl``, in invoke order.
+
+    Read by :mod:`harness.history`, the format's single implementation. A file that breaks the
+    format (a run that crashed mid-line, a buggy client) is read leniently instead, with a note
+    saying why: a broken history is exactly the run whose report someone wants to see.
+    """
+    try:
+        events = read_history(path)
+    except HistoryError as exc:
+        notes.append(f"history.jsonl breaks the history format, read leniently: {exc}")
+        return pair_ops(_read_jsonl(path, notes), notes)
+    return [_from_operation(operation) for operation in pair_operations(events)]
+
+
+def _from_operation(operation: Operation) -> OpRecord:
+    inv, done = operation.invoke, operation.completion
+    return OpRecord(
+        index=inv.index,
+        process=inv.process,
+        f=inv.f,
+        key=inv.key,
+        value=inv.value,
+        type=operation.outcome,
+        invoke_time=inv.time,
+        complete_time=done.time if done else None,
+        result=done.value if done else None,
+        error=done.error if done else None,
+    )
+
+
+def read_fault_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """The events of ``faults.jsonl`` (none when absent), leniently if it breaks the format."""
+    if not path.is_file():
+        return []
+    try:
+        return [fault.model_dump() for fault in read_faults(path)]
+    except HistoryError as exc:
+        notes.append(f"faults.jsonl breaks the history format, read leniently: {exc}")
+        return _read_jsonl(path, notes)
+
+
+def pair_ops(events: Iterable[dict[str, Any]], notes: list[str]) -> list[OpRecord]:
+    """Lenient pairing: each invoke with the next completion of its process, in invoke order."""
     open_: dict[int, dict[str, Any]] = {}
-    done: list[Op] = []
+    done: list[OpRecord] = []
     orphans = 0
     for i, ev in enumerate(events):
         proc, kind = _int(ev.get("process"), -1), ev.get("type")
@@ -189,8 +236,8 @@ def pair_ops(events: Iterable[dict[str, Any]], notes: list[str]) -> list[Op]:
     return done
 
 
-def _make_op(inv: dict[str, Any], comp: dict[str, Any] | None) -> Op:
-    return Op(
+def _make_op(inv: dict[str, Any], comp: dict[str, Any] | None) -> OpRecord:
+    return OpRecord(
         index=inv["index"],
         process=_int(inv.get("process"), -1),
         f=str(inv.get("f", "?")),
@@ -278,10 +325,8 @@ def load_run(run_dir: Path) -> Run:
     if not history.is_file():
         raise ReportError(f"{run_dir} has no history.jsonl")
     notes: list[str] = []
-    ops = pair_ops(_read_jsonl(history, notes), notes)
-    fault_events = (
-        _read_jsonl(run_dir / "faults.jsonl", notes) if (run_dir / "faults.jsonl").is_file() else []
-    )
+    ops = read_ops(history, notes)
+    fault_events = read_fault_events(run_dir / "faults.jsonl", notes)
     results = _read_json(run_dir / "results.json", notes)
     config, config_text = _read_config(run_dir / "config.toml", notes)
     role_events = {
@@ -295,7 +340,7 @@ def load_run(run_dir: Path) -> Run:
 
 
 def _run_end(
-    ops: Sequence[Op],
+    ops: Sequence[OpRecord],
     faults: Sequence[dict[str, Any]],
     roles: dict[str, list[dict[str, Any]]],
     results: dict[str, Any],
@@ -381,7 +426,7 @@ def plot_latency_throughput(run: Run) -> str:
     return _png(fig)
 
 
-def _latencies(ops: Sequence[Op]) -> tuple[Any, Any]:
+def _latencies(ops: Sequence[OpRecord]) -> tuple[Any, Any]:
     """Completion times (s) and latencies (ms, at least 1 ns) of completed ops, as arrays."""
     import numpy as np
 
@@ -403,7 +448,7 @@ def _legend(fig: Any, handles: list[Any]) -> None:
     )
 
 
-def _percentile_lines(ax: Any, done: Sequence[Op], edges: Any) -> None:
+def _percentile_lines(ax: Any, done: Sequence[OpRecord], edges: Any) -> None:
     import numpy as np
 
     ok = [op for op in done if op.type == "ok"]
@@ -458,7 +503,9 @@ def plot_timeline(run: Run) -> str:
     return _png(fig)
 
 
-def process_rows(ops: Sequence[Op], end: int, limit: int = 40) -> tuple[dict[int, int], list[str]]:
+def process_rows(
+    ops: Sequence[OpRecord], end: int, limit: int = 40
+) -> tuple[dict[int, int], list[str]]:
     """Map each process to a timeline row; return the map and the row labels.
 
     Up to ``limit`` processes get a row each. Beyond, processes are packed into lanes: a
@@ -567,7 +614,7 @@ def plot_anomaly_detail(run: Run) -> str:
     return _png(fig)
 
 
-def _detail_bar(ax: Any, op: Op, y: int, highlight: bool, end: int) -> None:
+def _detail_bar(ax: Any, op: OpRecord, y: int, highlight: bool, end: int) -> None:
     stop = end if op.complete_time is None else op.complete_time
     color = TYPE_COLORS.get(op.type, "#999999")
     edge: dict[str, Any] = {"edgecolor": "black", "linewidth": 2.2} if highlight else {}

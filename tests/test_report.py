@@ -185,6 +185,7 @@ def test_valid_run_has_every_section_and_is_self_contained(tmp_path: Path) -> No
     assert "https://" not in page
     assert page.count("data:image/png;base64,") == 3  # latency, timeline, roles
     assert "could not be drawn" not in page
+    assert "read leniently" not in page  # the synthetic history follows HISTORY.md
     assert "partition-kill" in page
     assert "<td>seed</td><td>42</td>" in page
     assert "No anomaly found." in _section(page, "anomaly")
@@ -288,6 +289,7 @@ def test_malformed_lines_are_skipped_and_noted(tmp_path: Path) -> None:
         fh.write('{"index": 9999, "time": \n[1, 2]\n')
     (run / "results.json").write_text("{not json")
     page = _render(run)
+    assert "history.jsonl breaks the history format, read leniently" in page
     assert "history.jsonl: skipped 2 malformed line(s)" in page
     assert "results.json: unreadable" in page
 
@@ -409,7 +411,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, chromium: str) -> N
 def test_many_processes_are_packed_into_lanes() -> None:
     # Two clients; every op ends in info, so each op is a new process (as after timeouts).
     ops = [
-        report.Op(
+        report.OpRecord(
             index=i,
             process=i,
             f="read",
