@@ -403,8 +403,10 @@ class ProxyNetwork:
     def reset(self, links: Iterable[Link] | None = None) -> None:
         """Close every connection on `links` (default: node links) once, by disable+enable."""
         for link in self._select(links):
-            self._proxy_call(link, "disable")
-            self._proxy_call(link, "enable")
+            try:
+                self._proxy_call(link, "disable")
+            finally:
+                self._proxy_call(link, "enable")
 
     def state(self) -> dict[str, Any]:
         """The current faults, JSON-ready, for a faults.jsonl `detail`."""

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from chaos.toxiproxy import (
     CLIENT,
@@ -291,3 +293,57 @@ def test_stop_leaves_no_server_process(tmp_path: Path) -> None:
 def test_one_server_at_a_time_per_process(server: ToxiproxyServer) -> None:
     with pytest.raises(ToxiproxyError, match="another ToxiproxyServer"):
         ToxiproxyServer(server.binary).start()
+
+
+def zmq_receive_until(router: zmq.Socket[bytes], last: bytes) -> list[bytes]:
+    """Every message the ROUTER receives up to and including `last` (deadline PASS_S)."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + PASS_S
+    while last not in got:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            pytest.fail(f"{last!r} not received, got {got}")
+        if router.poll(remaining_ms):
+            got.append(router.recv_multipart()[-1])
+    return got
+
+
+def zmq_wait_disconnected(monitor: zmq.Socket[bytes]) -> None:
+    """Wait until ZeroMQ has seen its connection close, so the next send is queued."""
+    if not monitor.poll(int(PASS_S * 1000)):
+        pytest.fail("ZeroMQ did not see the connection close")
+    assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+
+
+@pytest.mark.integration
+def test_zeromq_loses_messages_across_a_cut_but_replays_them_across_a_disable(
+    server: ToxiproxyServer,
+) -> None:
+    """Why a cut is a blackhole: a disabled proxy lets ZeroMQ queue and re-send later."""
+    with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as router, ctx.socket(zmq.DEALER) as dealer:
+        router.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port(f"tcp://{LOOPBACK}")
+        nodes = {"a": f"{LOOPBACK}:1", "b": f"{LOOPBACK}:{port}"}
+        with ProxyNetwork.create(server, nodes) as net:
+            monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            dealer.connect(f"tcp://{net.address('a', 'b')}")
+            dealer.send(b"before")
+            assert zmq_receive_until(router, b"before") == [b"before"]
+
+            net.cut("a", "b")
+            for n in range(3):
+                dealer.send(b"cut%d" % n)
+            net.heal()  # closes the blackholed connection; ZeroMQ reconnects
+            zmq_wait_disconnected(monitor)
+            dealer.send(b"healed")
+            assert zmq_receive_until(router, b"healed") == [b"healed"]
+
+            net._proxy_call(Link("a", "b"), "disable")
+            zmq_wait_disconnected(monitor)
+            for n in range(3):
+                dealer.send(b"queued%d" % n)
+            net._proxy_call(Link("a", "b"), "enable")
+            assert zmq_receive_until(router, b"queued2") == [b"queued0", b"queued1", b"queued2"]
+            dealer.disable_monitor()
+            monitor.close()
