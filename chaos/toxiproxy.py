@@ -33,6 +33,9 @@ Server habits (v2.12.0; observed with an echo server behind a proxy, and read in
    `jitter > 0`.
 7. `POST /proxies/{name}` (used by toxiproxy-python to enable/disable) is deprecated in favour
    of `PATCH` and logs a warning, but works.
+8. SIGTERM starts a graceful shutdown of the API (up to 30 s for requests in flight; in
+   practice milliseconds); proxied connections die with the process. `LOG_LEVEL` picks the
+   log level (we default it to `info`: the default level logs every toxic operation).
 
 Why a cut is a blackhole and not a disabled proxy: our transport is ZeroMQ, which reconnects
 by itself after a close and keeps messages queued for a disconnected peer, re-sending them on

@@ -131,7 +131,7 @@ def server_binary() -> Path:
     try:
         return find_server_binary()
     except ToxiproxyNotFound as exc:
-        if os.environ.get("CI"):
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
             pytest.fail(f"CI requires toxiproxy-server: {exc}")
         pytest.skip(str(exc))
 
