@@ -32,15 +32,16 @@ Store run directory (``store/<scenario>/<timestamp>/``)
 
         {"scenario": str, "seed": int, "valid": true|false|"unknown", "exit_code": int,
          "started_at": ISO-8601 str, "duration_s": float,
-         "linearizability": {"valid": true|false|"unknown", "keys": int,
-             "anomaly": null | {"key": str, "explanation": str,
-                 "ops": [{"index": int (history line index of the invoke), "process": int,
-                          "f": str, "value": any, "type": str, "invoke_time": int (ns),
-                          "complete_time": int (ns) | null}]}},
+         "linearizability": CheckResult.to_json() of harness/checker/linearizable.py,
          "invariants": {"valid": bool, "violations": [{"kind": str, "detail": str, ...}]},
          "counts": {...}}
 
-    Every key is optional. The verdict is ``valid``, else ``linearizability.valid``, else unknown.
+    From ``linearizability`` the report uses ``valid``, ``keys`` (a count, or the checker's
+    per-key map, shown as a table) and ``anomalies`` (else the single ``anomaly``), each
+    ``{"key": str, "explanation": str, "ops": [{"index": int (history line of the invoke),
+    "process": int, "f": str, "value": any, "type": str, "error"?: str, "node"?: str,
+    "invoke_time": ns, "complete_time": ns | null}]}``. Every key is optional. The verdict is
+    ``valid``, else ``linearizability.valid``, else unknown.
 ``nodes/<id>/roles.jsonl``
     Each node's role and term changes, one line per change, in time order::
 
@@ -84,6 +85,7 @@ ROLE_COLORS: dict[str, str] = {
 FAULT_PALETTE = ("#e11d48", "#7c3aed", "#0891b2", "#ca8a04", "#4d7c0f", "#c2410c", "#be185d")
 ANOMALY_COLOR = "#dc2626"
 TABLE_LIMIT = 200  # rows of any table before it is cut
+MAX_ANOMALY_PLOTS = 4  # anomalies drawn in detail; the others are counted
 
 
 class ReportError(Exception):
@@ -139,10 +141,15 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def anomaly(self) -> dict[str, Any] | None:
+    def anomalies(self) -> list[dict[str, Any]]:
+        """The checker's anomalies: ``anomalies`` when given, else the single ``anomaly``."""
         lin = self.results.get("linearizability")
-        found = lin.get("anomaly") if isinstance(lin, dict) else None
-        return found if isinstance(found, dict) else None
+        if not isinstance(lin, dict):
+            return []
+        found = lin.get("anomalies")
+        if not isinstance(found, list) or not found:
+            found = [lin.get("anomaly")]
+        return [a for a in found if isinstance(a, dict)]
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -543,38 +550,38 @@ def _row_ticks(ax: Any, labels: Sequence[str]) -> None:
     ax.set_yticks(range(0, len(labels), step), labels[::step], fontsize=7)
 
 
-def _anomaly_ops(run: Run) -> list[dict[str, Any]]:
-    anomaly = run.anomaly
-    ops = anomaly.get("ops") if anomaly else None
+def _anomaly_ops(anomaly: dict[str, Any]) -> list[dict[str, Any]]:
+    ops = anomaly.get("ops")
     return [o for o in ops if isinstance(o, dict)] if isinstance(ops, list) else []
 
 
 def _mark_anomaly(ax: Any, run: Run, rank: dict[int, int], lw: float) -> None:
-    """Outline the anomaly's ops and shade its window on a timeline."""
-    marked = [o for o in _anomaly_ops(run) if _int(o.get("process"), -1) in rank]
-    if not marked:
-        return
-    starts = [_int(o.get("invoke_time")) for o in marked]
-    stops = [_op_stop(o, run.end) for o in marked]
-    ax.axvspan(min(starts) / 1e9, max(stops) / 1e9, color=ANOMALY_COLOR, alpha=0.12, lw=0)
-    for o, a, b in zip(marked, starts, stops, strict=True):
-        y = rank[_int(o.get("process"), -1)]
-        ax.hlines(y, a / 1e9, b / 1e9, colors="black", lw=lw + 3, zorder=4).set_capstyle(
-            "projecting"
+    """Outline every anomaly's ops, shade its window and label it on a timeline."""
+    for number, anomaly in enumerate(run.anomalies, start=1):
+        marked = [o for o in _anomaly_ops(anomaly) if _int(o.get("process"), -1) in rank]
+        if not marked:
+            continue
+        starts = [_int(o.get("invoke_time")) for o in marked]
+        stops = [_op_stop(o, run.end) for o in marked]
+        ax.axvspan(min(starts) / 1e9, max(stops) / 1e9, color=ANOMALY_COLOR, alpha=0.15, lw=0)
+        ax.axvline(min(starts) / 1e9, color=ANOMALY_COLOR, lw=0.8, ls="--", zorder=3)
+        for o, lo, hi in zip(marked, starts, stops, strict=True):
+            y = rank[_int(o.get("process"), -1)]
+            for color, extra, z in (("black", 3, 4), (ANOMALY_COLOR, 1, 5)):
+                bar = ax.hlines(y, lo / 1e9, hi / 1e9, colors=color, lw=lw + extra, zorder=z)
+                bar.set_capstyle("projecting")
+        ax.annotate(
+            f"anomaly {number}: key {anomaly.get('key', '?')}",
+            (min(starts) / 1e9, 0),
+            xytext=(4, 2),
+            textcoords="offset points",
+            color=ANOMALY_COLOR,
+            fontweight="bold",
+            fontsize=9,
+            zorder=6,
+            va="top",
+            annotation_clip=False,
         )
-        ax.hlines(y, a / 1e9, b / 1e9, colors=ANOMALY_COLOR, lw=lw + 1, zorder=5).set_capstyle(
-            "projecting"
-        )
-    ax.annotate(
-        "anomaly",
-        (max(stops) / 1e9, rank[_int(marked[0].get("process"), -1)]),
-        xytext=(8, -8),
-        textcoords="offset points",
-        color=ANOMALY_COLOR,
-        fontweight="bold",
-        fontsize=9,
-        zorder=6,
-    )
 
 
 def _op_stop(o: dict[str, Any], end: int) -> int:
@@ -582,9 +589,9 @@ def _op_stop(o: dict[str, Any], end: int) -> int:
     return _int(stop) if isinstance(stop, int) else end
 
 
-def plot_anomaly_detail(run: Run) -> str:
-    """A zoom on the anomaly: every op on its key near its window, labelled, anomaly outlined."""
-    anomaly, marked = run.anomaly or {}, _anomaly_ops(run)
+def plot_anomaly_detail(run: Run, anomaly: dict[str, Any]) -> str:
+    """A zoom on an anomaly: every op on its key near its window, labelled, anomaly outlined."""
+    marked = _anomaly_ops(anomaly)
     lo = min(_int(o.get("invoke_time")) for o in marked)
     hi = max(_op_stop(o, run.end) for o in marked)
     pad = max((hi - lo) // 4, 1)
@@ -617,7 +624,7 @@ def plot_anomaly_detail(run: Run) -> str:
 def _detail_bar(ax: Any, op: OpRecord, y: int, highlight: bool, end: int) -> None:
     stop = end if op.complete_time is None else op.complete_time
     color = TYPE_COLORS.get(op.type, "#999999")
-    edge: dict[str, Any] = {"edgecolor": "black", "linewidth": 2.2} if highlight else {}
+    edge: dict[str, Any] = {"edgecolor": ANOMALY_COLOR, "linewidth": 2.5} if highlight else {}
     ax.broken_barh(
         [(op.invoke_time / 1e9, max(stop - op.invoke_time, 1) / 1e9)],
         (y - 0.32, 0.64),
@@ -637,7 +644,7 @@ def _detail_bar(ax: Any, op: OpRecord, y: int, highlight: bool, end: int) -> Non
         va="center",
         fontsize=7.5,
         fontweight="bold" if highlight else "normal",
-        color=ANOMALY_COLOR if highlight else "#111827",
+        color="#111827",
         clip_on=True,
     )
 
@@ -796,41 +803,74 @@ def _checks(results: dict[str, Any]) -> str:
     for name in ("linearizability", "invariants"):
         part = results.get(name)
         if isinstance(part, dict):
-            rows.append(
-                (name, _verdict({"valid": part.get("valid")}).upper(), part.get("keys", ""))
-            )
+            keys = part.get("keys", "")
+            count = len(keys) if isinstance(keys, dict) else keys
+            rows.append((name, _verdict({"valid": part.get("valid")}).upper(), count))
+    lin = results.get("linearizability")
+    keys = lin.get("keys") if isinstance(lin, dict) else None
+    per_key = _key_table(keys) if isinstance(keys, dict) and keys else ""
     counts = results.get("counts")
     extra = f"<p>Counts reported by the runner: <code>{_e(counts)}</code></p>" if counts else ""
-    return (_table(["check", "verdict", "keys"], rows) if rows else "") + extra
+    return (_table(["check", "verdict", "keys"], rows) if rows else "") + per_key + extra
+
+
+def _key_table(keys: dict[str, Any]) -> str:
+    """The checker's verdict per key, the keys that are not valid first."""
+    items = [(k, v) for k, v in keys.items() if isinstance(v, dict)]
+    items.sort(key=lambda kv: (kv[1].get("valid") is True, kv[0]))
+    fields = ("ops", "method", "seconds", "reason")
+    rows = [
+        [
+            k,
+            _verdict({"valid": v.get("valid")}).upper(),
+            *("" if v.get(f) is None else v.get(f) for f in fields),
+        ]
+        for k, v in items[:TABLE_LIMIT]
+    ]
+    cut = f"<p>First {TABLE_LIMIT} of {len(items)} keys.</p>" * (len(items) > TABLE_LIMIT)
+    head = ["key", "linearizable", "ops", "method", "seconds", "reason"]
+    return (
+        "<details><summary>Linearizability per key</summary>"
+        + _table(head, rows)
+        + cut
+        + ("</details>")
+    )
 
 
 def section_anomaly(run: Run) -> str:
-    anomaly = run.anomaly
-    if anomaly is None:
+    if not run.anomalies:
         lin = run.results.get("linearizability")
         why = "No anomaly found." if isinstance(lin, dict) else "No linearizability result."
         return _missing(why)
-    ops = _anomaly_ops(run)
+    shown = run.anomalies[:MAX_ANOMALY_PLOTS]
+    parts = [_anomaly_block(run, n, a) for n, a in enumerate(shown, start=1)]
+    if len(run.anomalies) > len(shown):
+        rest = len(run.anomalies) - len(shown)
+        parts.append(f"<p>{rest} more anomal{'y' if rest == 1 else 'ies'} in results.json.</p>")
+    return "".join(parts)
+
+
+def _anomaly_block(run: Run, number: int, anomaly: dict[str, Any]) -> str:
+    """One anomaly: its explanation, its operations as a table and as a zoomed timeline."""
+    ops = _anomaly_ops(anomaly)
+    head = ["index", "process", "f", "value", "type", "error", "node", "invoke (s)", "complete (s)"]
     rows = [
-        (
-            o.get("index"),
-            o.get("process"),
-            o.get("f"),
-            o.get("value"),
-            o.get("type"),
-            o.get("invoke_time"),
-            o.get("complete_time"),
-        )
+        [o.get(k) for k in ("index", "process", "f", "value", "type", "error", "node")]
+        + [_seconds(o.get("invoke_time")), _seconds(o.get("complete_time"))]
         for o in ops[:TABLE_LIMIT]
     ]
     body = (
-        f"<p>Key <code>{_e(anomaly.get('key', '?'))}</code></p>"
+        f"<h3>Anomaly {number}: key <code>{_e(anomaly.get('key', '?'))}</code></h3>"
         f'<div class="explain">{_e(str(anomaly.get("explanation", "(no explanation)")))}</div>'
-        + _table(["index", "process", "f", "value", "type", "invoke (ns)", "complete (ns)"], rows)
+        + _table(head, rows)
     )
     if not ops:
         return body + _missing("The anomaly lists no operations to draw.")
-    return body + _guard("anomaly detail", lambda: plot_anomaly_detail(run))
+    return body + _guard("anomaly detail", lambda: plot_anomaly_detail(run, anomaly))
+
+
+def _seconds(ns: Any) -> str:
+    return f"{ns / 1e9:.6f}" if isinstance(ns, int) and not isinstance(ns, bool) else "never"
 
 
 def section_latency(run: Run) -> str:

@@ -7,6 +7,7 @@ screenshot is not blank.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import random
@@ -429,3 +430,40 @@ def test_many_processes_are_packed_into_lanes() -> None:
     few, few_labels = report.process_rows(ops[:6], end=1000)
     assert few_labels == [str(p) for p in range(6)]
     assert few == {p: p for p in range(6)}
+
+
+def test_renders_the_real_checker_result(tmp_path: Path) -> None:
+    from harness.checker.linearizable import check_history
+    from harness.history import read_history
+
+    run = tmp_path / "run"
+    ms = 1_000_000
+    raw = [  # (time ms, process, type, f, key, value): x gets a stale read, y is fine
+        (1, 0, "invoke", "write", "x", 1),
+        (3, 0, "ok", "write", "x", 1),
+        (4, 1, "invoke", "write", "x", 2),
+        (6, 1, "ok", "write", "x", 2),
+        (7, 2, "invoke", "read", "x", None),
+        (9, 2, "ok", "read", "x", 1),
+        (10, 0, "invoke", "write", "y", 5),
+        (12, 0, "ok", "write", "y", 5),
+        (13, 1, "invoke", "read", "y", None),
+        (15, 1, "ok", "read", "y", 5),
+    ]
+    _write_jsonl(
+        run / "history.jsonl",
+        [
+            {"index": i, "time": t * ms, "process": p, "type": ty, "f": f, "key": k, "value": v}
+            for i, (t, p, ty, f, k, v) in enumerate(raw)
+        ],
+    )
+    lin = check_history(read_history(run / "history.jsonl")).to_json()
+    assert lin["valid"] is False
+    (run / "results.json").write_text(json.dumps({"valid": False, "linearizability": lin}))
+    page = _render(run)
+    assert '<span class="verdict invalid">INVALID</span>' in page
+    explanation = lin["anomaly"]["explanation"]
+    assert html.escape(explanation) in _section(page, "anomaly")
+    assert "Linearizability per key" in page
+    assert page.count("data:image/png;base64,") == 3  # anomaly zoom, latency, timeline
+    assert "could not be drawn" not in page
