@@ -1,4 +1,4 @@
-"""Disk faults on a stopped node's data directory (a fake one: files shaped like the WAL)."""
+"""Disk faults on a stopped node's data dir: a fake one shaped like the WAL, then a real one."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from chaos.disk import DiskFaultError, flip_byte, newest_segment, truncate_tail
+from raft.core.types import LogEntry
+from raft.storage import FileStorage
+from raft.wal import SEGMENT_MAGIC, StorageCorrupted
 
 
 @pytest.fixture
@@ -59,3 +62,31 @@ def test_a_locked_data_dir_is_refused(data_dir: Path) -> None:
 def test_no_segment_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DiskFaultError, match="no file matches"):
         truncate_tail(tmp_path, 1)
+
+
+# --- against the real FileStorage: the helpers find its files and it sees the faults --------
+
+
+def _store_with_five_entries(path: Path) -> list[LogEntry]:
+    log = [LogEntry(i, 1, f"cmd-{i}".encode()) for i in range(1, 6)]
+    with FileStorage(path) as store:
+        store.append_log(log)
+    return log
+
+
+def test_a_torn_tail_is_cut_off_by_file_storage(tmp_path: Path) -> None:
+    log = _store_with_five_entries(tmp_path)
+    with FileStorage(tmp_path), pytest.raises(DiskFaultError, match="locked"):
+        truncate_tail(tmp_path, 3)  # refused while the store is open
+    truncate_tail(tmp_path, 3)
+    with FileStorage(tmp_path) as store:
+        assert store.recovered_tail is not None
+        assert store.load_log() == log[:4]
+
+
+def test_a_flipped_byte_stops_file_storage_from_opening(tmp_path: Path) -> None:
+    _store_with_five_entries(tmp_path)
+    fault = flip_byte(tmp_path, len(SEGMENT_MAGIC) + 12)  # inside the first record
+    with pytest.raises(StorageCorrupted) as exc:
+        FileStorage(tmp_path)
+    assert exc.value.path == fault.path
