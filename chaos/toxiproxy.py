@@ -172,7 +172,11 @@ class ToxiproxyServer:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> Self:
-        """Start the server at a free port and wait for its API; retry if the port was taken."""
+        """Start the server at a free port and wait for its API; retry if the port was taken.
+
+        If HTTP_PROXY/ALL_PROXY is set, 127.0.0.1 is added to NO_PROXY in os.environ, since
+        requests would otherwise send our API calls to that proxy.
+        """
         global _api_owner
         if self._proc is not None:
             raise ToxiproxyError("the Toxiproxy server is already started")
@@ -424,7 +428,7 @@ class ProxyNetwork:
     def close(self) -> None:
         """Delete this network's proxies from the server (if it still runs)."""
         if self.server.running():
-            for link in self._listen:
+            for link in self._listen:  # direct, with a timeout: this also runs on error paths
                 requests.delete(f"{self.server.url}/proxies/{link.proxy_name}", timeout=5.0)
         self._listen.clear()
         self._cuts.clear()
