@@ -728,6 +728,9 @@ SECTIONS = (
 
 
 def _e(value: Any) -> str:
+    """HTML-escaped text of a value: strings as they are, None as nothing, the rest as JSON."""
+    if value is None:
+        return ""
     return html.escape(value if isinstance(value, str) else json.dumps(value, default=str))
 
 
@@ -981,7 +984,8 @@ RENDERERS: dict[str, Callable[[Run], str]] = {
 def render_html(run: Run) -> str:
     """The whole report as one HTML string."""
     meta = _meta(run)
-    title = f"Orbital Raft run {meta['scenario'] or run.path.name}"
+    where = f"{run.path.resolve().parent.name}/{run.path.resolve().name}"
+    title = f"Orbital Raft run: {meta['scenario'] or where}"
     nav = "".join(f'<a href="#{sid}">{_e(label)}</a>' for sid, label in SECTIONS)
     body = "".join(
         f'<section id="{sid}"><h2>{_e(label)}</h2>{RENDERERS[sid](run)}</section>'
