@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -201,6 +202,28 @@ def prepare(operations: Sequence[Operation]) -> list[KOp]:
     return _drop_unobserved(kops)
 
 
+def forced_only(kops: list[KOp]) -> list[KOp]:
+    """Required ops plus the optional writers that *must* have applied (their value is seen by
+    a required op, or consumed by a cas that must have applied); the rest dropped.
+
+    Exact when the key has no mismatch observations: an optional writer that is not forced is
+    only ever followed by a blind write or by another unforced one, so removing them all from
+    a valid order leaves a valid order.
+    """
+    forced = {k.arg for k in kops if k.required and k.kind in (READ, CAS)}
+    chosen = {id(k) for k in kops if k.required}
+    grew = True
+    while grew:
+        grew = False
+        for k in kops:
+            if id(k) not in chosen and k.writes and k.produced in forced:
+                chosen.add(id(k))
+                grew = True
+                if k.kind == CAS:
+                    forced.add(k.arg)
+    return [k for k in kops if id(k) in chosen]
+
+
 def values_unique(kops: Iterable[KOp]) -> bool:
     """Whether no two writers write the same value."""
     seen: set[State] = set()
@@ -257,8 +280,9 @@ def _index_unique(
             readers.setdefault(k.arg, []).append(k)
         elif k.kind == CAS:
             if k.arg not in producer:
-                why = "succeeded" if k.required else "must have applied (its value was read)"
-                raise _Violation(f"{k.describe()} {why}, but no write produced {k.arg}", [k])
+                why = "succeeded" if k.required else "must have applied (its value was seen)"
+                text = f"{k.describe()} {why}, but no write produced {k.arg}"
+                raise _Violation(text, _forcing(kops, k))
             other = consumer.get(k.arg)
             if other is not None:
                 raise _Violation(
@@ -268,6 +292,20 @@ def _index_unique(
                 )
             consumer[k.arg] = k
     return producer, readers, consumer
+
+
+def _forcing(kops: list[KOp], k: KOp) -> list[KOp]:
+    """``k`` and the ops that force it to have applied (those that saw its value, and so on)."""
+    out = [k]
+    todo = [k]
+    while todo:
+        w = todo.pop()
+        if w.required:
+            continue
+        seen = [o for o in kops if o.kind in (READ, CAS) and o.arg == w.produced and o not in out]
+        out += seen
+        todo += [o for o in seen if o.kind == CAS]
+    return out
 
 
 def _build_chains(kops: list[KOp]) -> list[_Chain]:
@@ -351,9 +389,8 @@ def check_unique(kops: list[KOp]) -> RawResult:
             _check_chain(chain)
         _check_zones(chains)
     except _Violation as v:
-        return RawResult(
-            False, "unique-values", explanation=v.explanation, witness=[k.src for k in v.witness]
-        )
+        witness = {w.src for k in v.witness for w in _forcing(kops, k) if w.src >= 0}
+        return RawResult(False, "unique-values", explanation=v.explanation, witness=sorted(witness))
     return RawResult(True, "unique-values")
 
 
@@ -372,6 +409,8 @@ class _Search:
         self.writers: list[int] = []  # open writer ids
         self.absorbers: list[int] = []  # open read / mismatch ids
         self.configs: set[Config] = {(0, None)}
+        self.optional = 0  # bits of open optional ops (they never close)
+        self.visited = 0  # configurations expanded for the current completion
         self.clean_pos = -1
         self.clean_states: set[State] = {None}
 
@@ -401,6 +440,8 @@ class _Search:
         slot = self.free.pop() if self.free else self.next_slot
         self.next_slot = max(self.next_slot, slot + 1)
         b = self.bit[i] = 1 << slot
+        if not self.kops[i].required:
+            self.optional |= b
         if self.kops[i].writes:
             self.writers.append(i)
             return
@@ -408,19 +449,38 @@ class _Search:
         self.configs = {(m | b, s) if self.matches(i, s) else (m, s) for m, s in self.configs}
 
     def complete(self, i: int) -> bool:
-        b = self.bit.pop(i)
+        b = self.bit[i]
         new: set[Config] = set()
-        seen: set[Config] = set()
+        seen: dict[Config, list[int]] = {}
+        self.visited = 0
         for m, s in self.configs:
             if m & b:
                 new.add((m & ~b, s))
-            elif (m, s) not in seen:
-                seen.add((m, s))
+            elif self.remember(seen, m, s):
                 self.expand(m, s, b, seen, new)
         (self.writers if self.kops[i].writes else self.absorbers).remove(i)
+        del self.bit[i]
         self.free.append(b.bit_length() - 1)
-        self.configs = new
+        self.configs = self.prune(new) if self.optional else new
         return bool(new)
+
+    def prune(self, configs: set[Config]) -> set[Config]:
+        """Drop dominated configurations: with the same state and the same other ops, having
+        applied a superset of optional ops only removes choices (they may stay unapplied)."""
+        opt = self.optional
+        groups: dict[Config, list[int]] = {}
+        for m, s in configs:
+            groups.setdefault((m & ~opt, s), []).append(m & opt)
+        if len(groups) == len(configs):
+            return configs
+        kept: set[Config] = set()
+        for (rest, s), parts in groups.items():
+            minimal: list[int] = []
+            for part in sorted(parts, key=int.bit_count):
+                if not any(p & part == p for p in minimal):
+                    minimal.append(part)
+                    kept.add((rest | part, s))
+        return kept
 
     def absorb(self, m: int, s: State) -> int:
         for a in self.absorbers:
@@ -429,29 +489,41 @@ class _Search:
                 m |= b
         return m
 
-    def expand(self, m: int, s: State, target: int, seen: set[Config], out: set[Config]) -> None:
+    def expand(
+        self, m: int, s: State, target: int, seen: dict[Config, list[int]], out: set[Config]
+    ) -> None:
         """Add to ``out`` every configuration reached by linearizing open writers until
-        ``target`` is in; ``seen`` memoizes configurations already expanded for this target."""
-        stack = [(m, s)]
-        kops, bits = self.kops, self.bit
-        while stack:
-            m, s = stack.pop()
-            for w in self.writers:
-                bw = bits[w]
-                if m & bw:
+        ``target`` is in. Breadth first, so that configurations with fewer optional ops come
+        first; ``seen`` memoizes what was expanded for this target, up to dominance."""
+        moves = []
+        for w in self.writers:
+            k = self.kops[w]
+            moves.append((self.bit[w], k.kind == CAS, k.arg, k.produced))
+        queue = deque([(m, s)])
+        while queue:
+            m, s = queue.popleft()
+            for bw, is_cas, need, s2 in moves:
+                if m & bw or (is_cas and s != need):
                     continue
-                k = kops[w]
-                if k.kind == CAS and s != k.arg:
-                    continue
-                s2 = k.produced
                 m2 = self.absorb(m | bw, s2)
                 if m2 & target:
                     out.add((m2 & ~target, s2))
-                elif (m2, s2) not in seen:
-                    seen.add((m2, s2))
-                    stack.append((m2, s2))
-            if len(seen) & 1023 == 0:
-                self.budget.check(len(seen) + len(self.configs))
+                elif self.remember(seen, m2, s2):
+                    queue.append((m2, s2))
+            self.visited += 1
+            if self.visited & 1023 == 0:
+                self.budget.check(self.visited + len(self.configs))
+
+    def remember(self, seen: dict[Config, list[int]], m: int, s: State) -> bool:
+        """Record ``(m, s)`` unless a recorded configuration dominates it (same state, same
+        other ops, a subset of the optional ones); return whether it was recorded."""
+        opt = self.optional
+        part = m & opt
+        parts = seen.setdefault((m & ~opt, s), [])
+        if any(p & part == p for p in parts):
+            return False
+        parts.append(part)
+        return True
 
     def note_clean(self, pos: int) -> None:
         if len(self.configs) <= 64 and all(m == 0 for m, _ in self.configs):
@@ -489,14 +561,15 @@ def check_prepared(
     started = time.monotonic()
     deadline = started + time_limit if time_limit is not None else float("inf")
     budget = Budget(deadline, max_configs)
-    fits = values_unique(kops) and not any(k.kind == MISMATCH for k in kops)
+    reduced = [] if any(k.kind == MISMATCH for k in kops) else forced_only(kops)
+    fits = bool(reduced) and values_unique(reduced)
     if method == "unique-values" and not fits:
         raise ValueError("the unique-values method needs distinct written values, no mismatch")
     use_unique = method == "unique-values" or (method == "auto" and fits)
     if not kops:
         result = RawResult(True, "empty")
     elif use_unique:
-        result = check_unique(kops)
+        result = check_unique(reduced)
     else:
         try:
             result = search(kops, budget)
