@@ -20,23 +20,68 @@ Contract (every implementation):
 Methods are synchronous: the asyncio runtime runs them off the event loop, one batch at a time
 (group commit). Synchronous methods keep the storage usable by tools that read a data
 directory without a running node (``orbital inspect``, the chaos run's storage replay).
+
+:class:`FileStorage` keeps one directory (format: ``docs/storage-format.md``)::
+
+    LOCK        flock'ed by the process that has the store open for writing
+    hardstate   term and vote; replaced atomically (temp file, fsync, rename, fsync dir)
+    snapshot    snapshot metadata and data in one file; replaced atomically
+    wal/        the log: segments of checksummed records (:mod:`raft.wal`)
+
+Its rules, besides the contract: one fsync per ``append_log`` (suffix replacement included:
+it is an append, see :mod:`raft.wal`); the stored log is kept such that replaying the
+segments gives a log whose :func:`entries_after_snapshot` is exactly what ``load_log``
+returns, at every step of every method (so a crash anywhere leaves a consistent store):
+``save_snapshot`` writes the snapshot first, then, if the log does not continue it,
+appends ``TRUNCATE(0)``, and only then deletes segments whose entries are all below the
+snapshot index. :func:`read_data_dir` is the same reader, read-only and without the lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import json
+import logging
+import os
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 from typing import Protocol
 
-from raft.core.types import HardState, LogEntry, Snapshot
+import google_crc32c
 
+from raft.core.types import ConfState, HardState, LogEntry, NodeId, Snapshot, SnapshotMeta
+from raft.wal import (
+    DEFAULT_SEGMENT_SIZE,
+    TEMP_SUFFIX,
+    LogShape,
+    StorageCorrupted,
+    StorageError,
+    TornTail,
+    WalWriter,
+    atomic_write,
+    encode_entry,
+    encode_truncate,
+    io_errors,
+    read_wal,
+)
 
-class StorageError(Exception):
-    """Storage could not do what was asked (disk full, permissions, ...)."""
+__all__ = [
+    "FileStorage",
+    "MemoryStorage",
+    "Storage",
+    "StorageCorrupted",
+    "StorageError",
+    "TornTail",
+    "check_contiguous",
+    "entries_after_snapshot",
+    "read_data_dir",
+]
 
-
-class StorageCorrupted(StorageError):
-    """Durable data failed its integrity check; the node must not start on it."""
+logger = logging.getLogger(__name__)
 
 
 class Storage(Protocol):
@@ -59,9 +104,13 @@ def check_contiguous(entries: Sequence[LogEntry]) -> None:
 
 def entries_after_snapshot(log: Sequence[LogEntry], snapshot: Snapshot | None) -> list[LogEntry]:
     """The part of ``log`` that continues ``snapshot`` (see the module contract)."""
-    if snapshot is None:
+    return entries_after_meta(log, None if snapshot is None else snapshot.meta)
+
+
+def entries_after_meta(log: Sequence[LogEntry], meta: SnapshotMeta | None) -> list[LogEntry]:
+    """:func:`entries_after_snapshot` given only the snapshot's metadata."""
+    if meta is None:
         return list(log)
-    meta = snapshot.meta
     if not log or log[-1].index <= meta.index:
         return []
     first = log[0].index
@@ -103,7 +152,8 @@ class MemoryStorage:
         return entries_after_snapshot(self._log, self._snapshot)
 
     def truncate_log_after(self, index: int) -> None:
-        self._log = [e for e in self._log if e.index <= index]
+        if self._log:
+            del self._log[max(0, index - self._log[0].index + 1) :]
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
@@ -114,3 +164,298 @@ class MemoryStorage:
 
     def close(self) -> None:
         pass
+
+
+# ------------------------------------------------------------------------------ small files
+
+LOCK_NAME = "LOCK"
+HARDSTATE_NAME = "hardstate"
+SNAPSHOT_NAME = "snapshot"
+WAL_DIR = "wal"
+HARDSTATE_MAGIC = b"ORBHST\x00\x01"
+SNAPSHOT_MAGIC = b"ORBSNP\x00\x01"
+_BLOCK = struct.Struct("<II")  # payload length, CRC32C of the payload
+_DATA = struct.Struct("<QI")  # snapshot data length, CRC32C of the data
+
+
+def _block(payload: bytes) -> bytes:
+    return _BLOCK.pack(len(payload), google_crc32c.value(payload)) + payload
+
+
+def _read_block(path: Path, buf: bytes, pos: int) -> tuple[bytes, int]:
+    """The checksummed payload at ``pos`` and where it ends."""
+    if len(buf) < pos + _BLOCK.size:
+        raise StorageCorrupted("file too short", path=path, offset=pos)
+    length, crc = _BLOCK.unpack_from(buf, pos)
+    start = pos + _BLOCK.size
+    payload = buf[start : start + length]
+    if len(payload) != length:
+        raise StorageCorrupted(f"truncated: {length} bytes expected", path=path, offset=pos)
+    if google_crc32c.value(payload) != crc:
+        raise StorageCorrupted("checksum mismatch", path=path, offset=pos)
+    return payload, start + length
+
+
+def _check_magic(path: Path, buf: bytes, magic: bytes) -> None:
+    if buf[: len(magic)] != magic:
+        raise StorageCorrupted(f"bad magic (expected {magic!r})", path=path, offset=0)
+
+
+def _json(path: Path, payload: bytes, offset: int) -> dict[str, object]:
+    try:
+        obj = json.loads(payload)
+    except ValueError as exc:
+        raise StorageCorrupted(f"bad JSON: {exc}", path=path, offset=offset) from exc
+    if not isinstance(obj, dict):
+        raise StorageCorrupted("bad JSON: not an object", path=path, offset=offset)
+    return obj
+
+
+def encode_hard_state(state: HardState) -> bytes:
+    payload = json.dumps({"term": state.term, "voted_for": state.voted_for}, sort_keys=True)
+    return HARDSTATE_MAGIC + _block(payload.encode())
+
+
+def read_hard_state(path: Path) -> HardState:
+    """The hard state stored at ``path``; ``HardState()`` if there is none."""
+    if not path.exists():
+        return HardState()
+    with io_errors("read", path):
+        buf = path.read_bytes()
+    _check_magic(path, buf, HARDSTATE_MAGIC)
+    payload, _ = _read_block(path, buf, len(HARDSTATE_MAGIC))
+    obj = _json(path, payload, len(HARDSTATE_MAGIC))
+    term, voted_for = obj.get("term"), obj.get("voted_for")
+    if not isinstance(term, int) or not (voted_for is None or isinstance(voted_for, str)):
+        raise StorageCorrupted("bad hard state fields", path=path, offset=len(HARDSTATE_MAGIC))
+    return HardState(term, None if voted_for is None else NodeId(voted_for))
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    meta = snapshot.meta
+    conf = json.loads(meta.conf.encode())
+    payload = json.dumps({"index": meta.index, "term": meta.term, "conf": conf}, sort_keys=True)
+    data = snapshot.data
+    header = _DATA.pack(len(data), google_crc32c.value(data))
+    return b"".join((SNAPSHOT_MAGIC, _block(payload.encode()), header, data))
+
+
+def _decode_meta(path: Path, payload: bytes, offset: int) -> SnapshotMeta:
+    obj = _json(path, payload, offset)
+    index, term, conf = obj.get("index"), obj.get("term"), obj.get("conf")
+    if not isinstance(index, int) or not isinstance(term, int) or not isinstance(conf, dict):
+        raise StorageCorrupted("bad snapshot metadata fields", path=path, offset=offset)
+    try:
+        conf_state = ConfState.decode(json.dumps(conf).encode())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StorageCorrupted(f"bad configuration: {exc}", path=path, offset=offset) from exc
+    return SnapshotMeta(index, term, conf_state)
+
+
+def read_snapshot(path: Path, *, with_data: bool = True) -> tuple[SnapshotMeta, bytes] | None:
+    """The snapshot stored at ``path`` (data is ``b""`` unless ``with_data``), or ``None``."""
+    if not path.exists():
+        return None
+    with io_errors("read", path), path.open("rb") as f:
+        buf = f.read(len(SNAPSHOT_MAGIC) + _BLOCK.size)
+        if len(buf) == len(SNAPSHOT_MAGIC) + _BLOCK.size:
+            buf += f.read(_BLOCK.unpack_from(buf, len(SNAPSHOT_MAGIC))[0])
+        if with_data:
+            buf += f.read()
+    _check_magic(path, buf, SNAPSHOT_MAGIC)
+    payload, pos = _read_block(path, buf, len(SNAPSHOT_MAGIC))
+    meta = _decode_meta(path, payload, len(SNAPSHOT_MAGIC))
+    if not with_data:
+        return meta, b""
+    if len(buf) < pos + _DATA.size:
+        raise StorageCorrupted("snapshot data header missing", path=path, offset=pos)
+    length, crc = _DATA.unpack_from(buf, pos)
+    data = buf[pos + _DATA.size :]
+    if len(data) != length or google_crc32c.value(data) != crc:
+        raise StorageCorrupted("snapshot data length or checksum mismatch", path=path, offset=pos)
+    return meta, data
+
+
+# ----------------------------------------------------------------------------- the reader
+
+
+@dataclass(frozen=True, slots=True)
+class DurableView:
+    """Everything durable in a data directory, as :func:`read_data_dir` found it."""
+
+    directory: Path
+    hard_state: HardState
+    snapshot_meta: SnapshotMeta | None
+    stored_log: list[LogEntry]  #: what the segments hold, replayed
+    log: list[LogEntry]  #: what ``load_log`` returns: the stored log after the snapshot rule
+    torn: TornTail | None  #: an unfinished final write (a writer would cut it off)
+    segments: tuple[Path, ...]
+
+
+def read_data_dir(directory: str | os.PathLike[str]) -> DurableView:
+    """Read a data directory without locking or changing it (for tools; raises
+    :class:`StorageCorrupted` on corruption, :class:`StorageError` if it is missing)."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise StorageError(f"{path}: no such data directory")
+    hard_state = read_hard_state(path / HARDSTATE_NAME)
+    snap = read_snapshot(path / SNAPSHOT_NAME, with_data=False)
+    meta = None if snap is None else snap[0]
+    wal = read_wal(path / WAL_DIR)
+    segments = tuple(s.path for s in wal.shape.segments)
+    log = entries_after_meta(wal.entries, meta)
+    return DurableView(path, hard_state, meta, wal.entries, log, wal.torn, segments)
+
+
+def _lock_directory(directory: Path) -> int:
+    """Take the directory's write lock (``flock`` on ``LOCK``); return its descriptor."""
+    path = directory / LOCK_NAME
+    with io_errors("open", path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StorageError(
+            f"data directory {directory} is already open: {path} is locked by pid {holder}"
+        ) from exc
+    with io_errors("write", path):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _remove_temp_files(directory: Path) -> None:
+    """Delete temp files an interrupted atomic replacement left behind."""
+    for tmp in directory.glob(f"*{TEMP_SUFFIX}"):
+        with io_errors("delete", tmp):
+            tmp.unlink()
+
+
+# ------------------------------------------------------------------------------ FileStorage
+
+
+class FileStorage:
+    """Durable storage in one directory (see the module docstring and
+    ``docs/storage-format.md``). One process at a time: opening takes a lock.
+
+    ``recovered_tail`` is the torn final write that opening cut off, if any.
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike[str], *, segment_size: int = DEFAULT_SEGMENT_SIZE
+    ) -> None:
+        self.directory = Path(directory)
+        self._waldir = self.directory / WAL_DIR
+        with io_errors("create directory", self._waldir):
+            self._waldir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock_directory(self.directory)
+        self._closed = False
+        try:
+            self._open(segment_size)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _open(self, segment_size: int) -> None:
+        _remove_temp_files(self.directory)
+        self._state = read_hard_state(self.directory / HARDSTATE_NAME)
+        snap = read_snapshot(self.directory / SNAPSHOT_NAME, with_data=False)
+        self._meta = None if snap is None else snap[0]
+        wal = read_wal(self._waldir, keep_entries=False)
+        self.recovered_tail: TornTail | None = wal.torn
+        if wal.torn is not None:
+            logger.warning("cutting off a torn log tail: %s", wal.torn)
+        self._shape: LogShape = wal.shape
+        self._wal = WalWriter(self._waldir, wal.shape, wal.end, segment_size)
+
+    def __enter__(self) -> FileStorage:
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"storage {self.directory} is closed")
+
+    def save_state(self, state: HardState) -> None:
+        self._check_open()
+        atomic_write(self.directory / HARDSTATE_NAME, encode_hard_state(state))
+        self._state = state
+
+    def load_state(self) -> HardState:
+        return self._state
+
+    def append_log(self, entries: Sequence[LogEntry]) -> None:
+        if not entries:
+            return
+        check_contiguous(entries)
+        self._check_open()
+        first, shape = entries[0].index, self._shape
+        floor = self._floor()
+        if shape.terms and shape.last > floor and first > shape.last + 1:
+            raise ValueError(f"append at {first} leaves a gap after {shape.last}")
+        records = [encode_entry(e) for e in entries]
+        # Entries up to ``floor`` are kept only for the snapshot rule: writing over them, or
+        # after a gap, starts the stored log afresh, as MemoryStorage's trimmed log would.
+        reset = bool(shape.terms) and (first <= floor or first > shape.last + 1)
+        if reset:
+            records.insert(0, encode_truncate(0))
+        seg = self._wal.append(b"".join(records))
+        if reset:
+            shape.cut_after(0)
+        shape.add(seg, first, [e.term for e in entries])
+
+    def _continues_snapshot(self) -> bool:
+        """Whether the stored log holds the snapshot's last entry or starts right after it."""
+        meta, shape = self._meta, self._shape
+        if meta is None or not shape.terms:
+            return True
+        return shape.term_at(meta.index) == meta.term or shape.first == meta.index + 1
+
+    def _floor(self) -> int:
+        """Stored entries up to this index are covered by the snapshot (the log continues it)."""
+        meta = self._meta
+        return meta.index if meta is not None and self._continues_snapshot() else 0
+
+    def load_log(self) -> list[LogEntry]:
+        self._check_open()
+        return entries_after_meta(read_wal(self._waldir).entries, self._meta)
+
+    def truncate_log_after(self, index: int) -> None:
+        self._check_open()
+        if not self._shape.terms or index >= self._shape.last:
+            return
+        if index < self._floor():  # nothing after the snapshot is left: start afresh
+            index = 0
+        self._wal.append(encode_truncate(index))
+        self._shape.cut_after(index)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._check_open()
+        atomic_write(self.directory / SNAPSHOT_NAME, encode_snapshot(snapshot))
+        meta = self._meta = snapshot.meta
+        shape = self._shape
+        if not self._continues_snapshot():
+            self._wal.append(encode_truncate(0))
+            shape.cut_after(0)
+        dead = itertools.takewhile(lambda s: s.empty or s.hi < meta.index, shape.segments[:-1])
+        self._wal.remove_prefix(sum(1 for _ in dead))
+
+    def load_snapshot(self) -> Snapshot | None:
+        self._check_open()
+        snap = read_snapshot(self.directory / SNAPSHOT_NAME)
+        return None if snap is None else Snapshot(*snap)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._wal.close()
+        finally:
+            os.close(self._lock_fd)

@@ -1,0 +1,492 @@
+"""The write-ahead log under :class:`raft.storage.FileStorage`: segments of checksummed records.
+
+Theory of operation (the byte layout is in ``docs/storage-format.md``):
+
+1. **Append-only.** A log directory holds segment files ``<seq:016x>.wal``; bytes are only
+   ever appended to the last one. The only change to written bytes is cutting a torn tail
+   when a store is opened for writing, and deleting whole segments (compaction). So the only
+   bytes a crash can damage are those written after the last fsync, at the end of the last
+   segment.
+2. **A segment is sealed before the next is created.** A new segment is created (and its
+   creation made durable: fsync of the file, then of the directory) only once the previous
+   one is fsynced and will never be written again. A torn record can therefore only be at
+   the end of the last segment; anywhere else a bad record is corruption.
+3. **Records, replayed in order.** An ``ENTRY`` record at index ``i`` replaces the stored
+   suffix from ``i`` (entries ``>= i`` are dropped first); ``TRUNCATE(i)`` drops entries
+   ``> i`` (``TRUNCATE(0)`` empties the log). So replacing a suffix is a plain append, and
+   costs one fsync like any other. An entry that would leave a gap is corruption: the
+   writer never writes one.
+4. **Recovery.** A record is valid when its header is complete, its length plausible, its
+   body complete and its CRC32C (over the length field and the body) matches. The first
+   invalid record of the last segment is a torn tail if no valid record starts at any later
+   byte of that segment: it is reported (and cut off by a writer). Otherwise, and in any
+   other segment, it raises :class:`StorageCorrupted` naming the file and byte offset. A
+   complete, valid record is never dropped.
+5. **Compaction deletes a prefix of segments**, oldest first, never the last one. Each
+   segment's *live range* (the entries it holds that replay keeps) is tracked; the live
+   ranges are disjoint, ordered, and together form the log, so replaying any suffix of the
+   segments yields a suffix of the log. Deleting a prefix is therefore safe at every step.
+6. **Errors.** Every ``OSError`` is reported as :class:`StorageError` naming the operation,
+   the file and the errno. After a failed write or fsync the writer refuses further appends
+   (what reached the disk is unknown): the store must be reopened.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import struct
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import google_crc32c
+
+from raft.core.types import EntryKind, LogEntry
+
+SEGMENT_MAGIC = b"ORBWAL\x00\x01"
+SEGMENT_SUFFIX = ".wal"
+DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+#: record header: body length, CRC32C of (length field + body)
+HEADER = struct.Struct("<II")
+#: record body prefix: record type, index, term, entry kind; the command follows
+BODY = struct.Struct("<BQQB")
+MAX_BODY = 1 << 30
+RT_ENTRY = 1
+RT_TRUNCATE = 2
+_KINDS = frozenset(int(k) for k in EntryKind)
+_crc_value = google_crc32c.value
+_crc_extend = google_crc32c.extend
+
+
+class StorageError(Exception):
+    """Storage could not do what was asked (disk full, permissions, a locked directory, ...)."""
+
+
+class StorageCorrupted(StorageError):
+    """Durable data failed its integrity check; the node must not start on it."""
+
+    def __init__(
+        self, message: str, *, path: Path | str | None = None, offset: int | None = None
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.offset = offset
+        if path is not None:
+            message = f"{path} at byte offset {offset}: {message}"
+        super().__init__(message)
+
+
+def os_error(op: str, path: Path | str, exc: OSError) -> StorageError:
+    """A :class:`StorageError` saying which operation on which file failed, and why."""
+    code = errno.errorcode.get(exc.errno or 0, "?")
+    return StorageError(f"{op} {path} failed: {exc.strerror or exc} [{code}]")
+
+
+@contextmanager
+def io_errors(op: str, path: Path | str) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside into a :class:`StorageError` (see :func:`os_error`)."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(op, path, exc) from exc
+
+
+# ---------------------------------------------------------------------------------- records
+
+
+def _record(rtype: int, index: int, term: int, kind: int, command: bytes) -> bytes:
+    body = BODY.pack(rtype, index, term, kind) + command
+    length = len(body)
+    if length > MAX_BODY:
+        raise ValueError(f"log entry {index} too large: {len(command)} bytes")
+    crc = _crc_extend(_crc_value(length.to_bytes(4, "little")), body)
+    return HEADER.pack(length, crc) + body
+
+
+def encode_entry(entry: LogEntry) -> bytes:
+    """The record of one log entry."""
+    return _record(RT_ENTRY, entry.index, entry.term, entry.kind, entry.command)
+
+
+def encode_truncate(index: int) -> bytes:
+    """The record that drops every entry after ``index``."""
+    return _record(RT_TRUNCATE, index, 0, 0, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded record and where it sits in its segment."""
+
+    rtype: int
+    index: int
+    term: int
+    kind: int
+    command: bytes
+    offset: int
+    end: int
+
+
+def record_problem(buf: bytes, pos: int) -> str | None:
+    """Why the bytes at ``pos`` are not a valid record, or ``None`` if they are."""
+    left = len(buf) - pos
+    if left < HEADER.size:
+        return f"incomplete record header ({left} bytes)"
+    length, crc = HEADER.unpack_from(buf, pos)
+    if length < BODY.size or length > MAX_BODY:
+        return f"implausible record length {length}"
+    if length > left - HEADER.size:
+        return f"incomplete record ({length} byte body, {left - HEADER.size} bytes left)"
+    body = buf[pos + HEADER.size : pos + HEADER.size + length]
+    if _crc_extend(_crc_value(buf[pos : pos + 4]), body) != crc:
+        return "checksum mismatch"
+    return None
+
+
+def decode_record(buf: bytes, pos: int) -> Record:
+    """Decode the record at ``pos``, which :func:`record_problem` found valid."""
+    length = HEADER.unpack_from(buf, pos)[0]
+    rtype, index, term, kind = BODY.unpack_from(buf, pos + HEADER.size)
+    end = pos + HEADER.size + length
+    command = buf[pos + HEADER.size + BODY.size : end]
+    return Record(rtype, index, term, kind, command, pos, end)
+
+
+def valid_record_after(buf: bytes, pos: int) -> bool:
+    """Whether a valid record starts at any byte offset after ``pos``."""
+    if len(buf) - pos >= HEADER.size:  # fast path: where the bad record says it ends
+        nxt = pos + HEADER.size + HEADER.unpack_from(buf, pos)[0]
+        if nxt + HEADER.size <= len(buf) and record_problem(buf, nxt) is None:
+            return True
+    limit = len(buf) - HEADER.size - BODY.size
+    for shift in range(1, 5):  # every offset, read as 4-byte lengths at 4 alignments
+        start = pos + shift
+        count = max(0, (limit - start) // 4 + 1)
+        lengths = array.array("I", buf[start : start + 4 * count])
+        if sys.byteorder == "big":
+            lengths.byteswap()
+        for k, length in enumerate(lengths):
+            here = start + 4 * k
+            if (
+                BODY.size <= length <= limit - here + BODY.size
+                and record_problem(buf, here) is None
+            ):
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------------- segments
+
+
+@dataclass(frozen=True, slots=True)
+class TornTail:
+    """An unfinished write found at the end of the last segment: the bytes from ``offset``."""
+
+    path: Path
+    offset: int
+    dropped: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} at byte offset {self.offset}: {self.reason} ({self.dropped} bytes)"
+
+
+@dataclass(slots=True)
+class Segment:
+    """A segment file and its live range ``lo..hi`` of log indexes (empty when lo > hi)."""
+
+    seq: int
+    path: Path
+    lo: int = 1
+    hi: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.lo > self.hi
+
+
+def segment_name(seq: int) -> str:
+    return f"{seq:016x}{SEGMENT_SUFFIX}"
+
+
+def list_segments(waldir: Path) -> list[Segment]:
+    """The segment files of ``waldir`` in order (other files are ignored)."""
+    with io_errors("list", waldir):
+        names = os.listdir(waldir) if waldir.is_dir() else []
+    segments = []
+    for name in names:
+        stem = name.removesuffix(SEGMENT_SUFFIX)
+        if name.endswith(SEGMENT_SUFFIX) and len(stem) == 16:
+            try:
+                segments.append(Segment(int(stem, 16), waldir / name))
+            except ValueError:
+                continue
+    return sorted(segments, key=lambda s: s.seq)
+
+
+def scan_segment(path: Path, buf: bytes, *, last: bool) -> tuple[list[Record], TornTail | None]:
+    """The valid records of one segment, and its torn tail (only the last may have one)."""
+    magic = len(SEGMENT_MAGIC)
+    if buf[:magic] != SEGMENT_MAGIC:
+        if last and len(buf) < magic and SEGMENT_MAGIC.startswith(buf):
+            return [], TornTail(path, 0, len(buf), "incomplete segment header")
+        raise StorageCorrupted("not a segment file (bad magic)", path=path, offset=0)
+    records: list[Record] = []
+    pos = magic
+    while pos < len(buf):
+        problem = record_problem(buf, pos)
+        if problem is not None:
+            if last and not valid_record_after(buf, pos):
+                return records, TornTail(path, pos, len(buf) - pos, problem)
+            raise StorageCorrupted(problem, path=path, offset=pos)
+        record = decode_record(buf, pos)
+        if record.rtype not in (RT_ENTRY, RT_TRUNCATE) or record.kind not in _KINDS:
+            raise StorageCorrupted(
+                f"unknown record type {record.rtype} or kind {record.kind}", path=path, offset=pos
+            )
+        records.append(record)
+        pos = record.end
+    return records, None
+
+
+# ----------------------------------------------------------------------------------- replay
+
+
+@dataclass(slots=True)
+class LogShape:
+    """Index and term of every entry of the log, and each segment's live range."""
+
+    first: int = 0
+    terms: array.array[int] = field(default_factory=lambda: array.array("Q"))
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.terms) - 1 if self.terms else 0
+
+    def term_at(self, index: int) -> int | None:
+        if self.terms and self.first <= index <= self.last:
+            return self.terms[index - self.first]
+        return None
+
+    def cut_after(self, index: int) -> None:
+        """Drop the entries after ``index``."""
+        if not self.terms or index >= self.last:
+            return
+        del self.terms[max(0, index - self.first + 1) :]
+        for seg in self.segments:
+            seg.hi = min(seg.hi, index)
+
+    def add(self, seg: Segment, index: int, terms: list[int]) -> None:
+        """Record entries ``index, index+1, ...`` with ``terms``, written to ``seg``."""
+        self.cut_after(index - 1)
+        if not self.terms:
+            self.first = index
+        elif index != self.last + 1:
+            raise ValueError(f"entry {index} leaves a gap after {self.last}")
+        self.terms.extend(terms)
+        if seg.empty:
+            seg.lo = index
+        seg.hi = index + len(terms) - 1
+
+    def drop_segments(self, count: int) -> None:
+        """Forget the first ``count`` segments and the entries only they held."""
+        del self.segments[:count]
+        live = [s.lo for s in self.segments if not s.empty]
+        new_first = min(live) if live else self.last + 1
+        if self.terms and new_first > self.first:
+            del self.terms[: new_first - self.first]
+            self.first = new_first if self.terms else 0
+
+
+@dataclass(slots=True)
+class WalState:
+    """What reading a log directory found."""
+
+    shape: LogShape
+    entries: list[LogEntry]
+    torn: TornTail | None
+    end: int  # where the last segment's valid data ends
+
+
+def read_wal(waldir: Path, *, keep_entries: bool = True) -> WalState:
+    """Read and replay every segment of ``waldir`` (no file is changed)."""
+    shape = LogShape(segments=list_segments(waldir))
+    entries: list[LogEntry] = []
+    torn: TornTail | None = None
+    end = 0
+    for i, seg in enumerate(shape.segments):
+        with io_errors("read", seg.path):
+            buf = seg.path.read_bytes()
+        records, torn = scan_segment(seg.path, buf, last=i == len(shape.segments) - 1)
+        end = torn.offset if torn else len(buf)
+        for rec in records:
+            _replay(shape, seg, rec, entries if keep_entries else None)
+    return WalState(shape, entries, torn, end)
+
+
+def _replay(shape: LogShape, seg: Segment, rec: Record, entries: list[LogEntry] | None) -> None:
+    if rec.rtype == RT_TRUNCATE:
+        shape.cut_after(rec.index)
+        if entries is not None:
+            del entries[len(shape.terms) :]
+        return
+    if shape.terms and rec.index > shape.last + 1:
+        msg = f"entry {rec.index} leaves a gap after {shape.last}"
+        raise StorageCorrupted(msg, path=seg.path, offset=rec.offset)
+    shape.add(seg, rec.index, [rec.term])
+    if entries is not None:  # the shape kept a prefix of its entries, then added this one
+        del entries[len(shape.terms) - 1 :]
+        entries.append(LogEntry(rec.index, rec.term, rec.command, EntryKind(rec.kind)))
+
+
+# ---------------------------------------------------------------------------------- writing
+
+TEMP_SUFFIX = ".tmp"
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte of ``data`` is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the creation, renaming or removal of files in ``directory`` durable."""
+    with io_errors("fsync directory", directory):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data``: write a temp file, fsync it, rename it, fsync the dir."""
+    tmp = path.with_name(path.name + TEMP_SUFFIX)
+    op = "create"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            op = "write"
+            write_all(fd, data)
+            op = "fsync"
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        op = "rename"
+        os.replace(tmp, path)
+    except OSError as exc:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise os_error(op, tmp if op != "rename" else path, exc) from exc
+    fsync_dir(path.parent)
+
+
+class WalWriter:
+    """Appends records to the last segment of a log directory, one fsync per :meth:`append`.
+
+    Keeps the last segment open. Opening cuts the torn tail the reader found (``end`` is
+    where the valid data stops) and makes the cut durable before anything is appended.
+    """
+
+    def __init__(self, waldir: Path, shape: LogShape, end: int, segment_size: int) -> None:
+        self.waldir = waldir
+        self.shape = shape
+        self.segment_size = segment_size
+        self._failed: StorageError | None = None
+        self._fd = -1
+        self._end = 0
+        if shape.segments:
+            self._open_last(end)
+        else:
+            self._create(1)
+
+    @property
+    def current(self) -> Segment:
+        return self.shape.segments[-1]
+
+    def _open_last(self, end: int) -> None:
+        path = self.current.path
+        op = "open"
+        try:
+            self._fd = os.open(path, os.O_WRONLY)
+            if os.fstat(self._fd).st_size != end or end == 0:
+                op = "cut torn tail of"
+                os.ftruncate(self._fd, end)
+                if end == 0:
+                    write_all(self._fd, SEGMENT_MAGIC)
+                    end = len(SEGMENT_MAGIC)
+                os.fsync(self._fd)
+            os.lseek(self._fd, end, os.SEEK_SET)
+        except OSError as exc:
+            self.close()
+            raise os_error(op, path, exc) from exc
+        self._end = end
+
+    def _create(self, seq: int) -> None:
+        """Start segment ``seq`` (the previous one is fsynced and is never written again)."""
+        path = self.waldir / segment_name(seq)
+        op = "create"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                op = "write"
+                write_all(fd, SEGMENT_MAGIC)
+                op = "fsync"
+                os.fsync(fd)
+            except OSError:
+                os.close(fd)
+                raise
+        except OSError as exc:
+            raise os_error(op, path, exc) from exc
+        fsync_dir(self.waldir)
+        self.close()
+        self._fd, self._end = fd, len(SEGMENT_MAGIC)
+        self.shape.segments.append(Segment(seq, path))
+
+    def append(self, data: bytes) -> Segment:
+        """Write ``data`` (whole records) and fsync; return the segment written to."""
+        if self._failed is not None:
+            raise StorageError(f"the log writer failed earlier ({self._failed}); reopen the store")
+        try:
+            if self._end >= self.segment_size:
+                self._create(self.current.seq + 1)
+            return self._write(data)
+        except StorageError as exc:
+            self._failed = exc
+            raise
+
+    def _write(self, data: bytes) -> Segment:
+        seg = self.current
+        op = "write"
+        try:
+            write_all(self._fd, data)
+            op = "fsync"
+            os.fsync(self._fd)
+        except OSError as exc:
+            with suppress(OSError):  # best effort: leave no partial record behind
+                os.ftruncate(self._fd, self._end)
+            raise os_error(op, seg.path, exc) from exc
+        self._end += len(data)
+        return seg
+
+    def remove_prefix(self, count: int) -> None:
+        """Delete the first ``count`` segments (never the last), oldest first."""
+        count = min(count, len(self.shape.segments) - 1)
+        if count <= 0:
+            return
+        for _ in range(count):
+            path = self.shape.segments[0].path
+            with io_errors("delete", path):
+                path.unlink()
+            self.shape.drop_segments(1)
+        fsync_dir(self.waldir)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
