@@ -207,7 +207,9 @@ def _apply(store: Storage, model: MemoryStorage, op: tuple[object, ...], term: i
     name = op[0]
     if name == "append":
         _, back, count, bump = op
-        assert isinstance(back, int) and isinstance(count, int) and isinstance(bump, int)
+        assert isinstance(back, int)
+        assert isinstance(count, int)
+        assert isinstance(bump, int)
         first = max(1, last + 1 - back)
         batch = entries(first, first + count - 1, term + bump)
         _both(store, model, lambda s: s.append_log(batch))
@@ -346,11 +348,13 @@ def test_tail_cut_mid_record_is_recovered(
     with open(seg, "r+b") as f:
         f.truncate(offsets[9] + cut if cut > 0 else size + cut)
     view = read_data_dir(tmp_path)  # read-only: reports, changes nothing
-    assert view.torn is not None and view.torn.offset == offsets[9]
+    assert view.torn is not None
+    assert view.torn.offset == offsets[9]
     assert view.log == entries(1, 9)
     with FileStorage(tmp_path) as s:
         assert s.recovered_tail is not None
-        assert s.recovered_tail.path == seg and s.recovered_tail.offset == offsets[9]
+        assert s.recovered_tail.path == seg
+        assert s.recovered_tail.offset == offsets[9]
         assert s.load_log() == entries(1, 9)
         s.append_log(entries(10, 11))
     assert "torn" in caplog.text
@@ -376,7 +380,8 @@ def test_torn_segment_header_is_recovered(tmp_path: Path) -> None:
         s.append_log(entries(1, 3))
     (tmp_path / "wal" / wal.segment_name(2)).write_bytes(wal.SEGMENT_MAGIC[:3])
     with FileStorage(tmp_path, segment_size=100) as s:
-        assert s.recovered_tail is not None and s.recovered_tail.offset == 0
+        assert s.recovered_tail is not None
+        assert s.recovered_tail.offset == 0
         s.append_log(entries(4, 4))
     with FileStorage(tmp_path) as s:
         assert s.load_log() == entries(1, 4)
@@ -441,7 +446,7 @@ def test_disk_full_on_hard_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with FileStorage(tmp_path) as s:
         s.save_state(HardState(1, None))
         monkeypatch.setattr(os, "write", _failing(errno.ENOSPC))
-        with pytest.raises(StorageError, match="hardstate.tmp failed: No space"):
+        with pytest.raises(StorageError, match=r"hardstate\.tmp failed: No space"):
             s.save_state(HardState(2, NodeId("b")))
         monkeypatch.undo()
         assert not (tmp_path / "hardstate.tmp").exists()
@@ -451,7 +456,7 @@ def test_disk_full_on_hard_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_permission_denied_on_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "open", _failing(errno.EACCES))
-    with pytest.raises(StorageError, match="Permission denied.*EACCES"):
+    with pytest.raises(StorageError, match=r"Permission denied.*EACCES"):
         FileStorage(tmp_path)
 
 
@@ -461,6 +466,7 @@ def test_read_data_dir_needs_no_lock_and_changes_nothing(tmp_path: Path) -> None
         s.append_log(entries(1, 4))
         view = read_data_dir(tmp_path)
         assert view.hard_state == HardState(5, NodeId("c"))
-        assert view.log == entries(1, 4) and view.torn is None
+        assert view.log == entries(1, 4)
+        assert view.torn is None
     with pytest.raises(StorageError, match="no such data directory"):
         read_data_dir(tmp_path / "missing")
