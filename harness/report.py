@@ -475,8 +475,6 @@ def _percentile_lines(ax: Any, done: Sequence[OpRecord], edges: Any) -> None:
 
 def plot_timeline(run: Run) -> str:
     """Processes on the y axis, one bar per op from invoke to completion, colored by type."""
-    import numpy as np
-
     rank, labels = process_rows(run.ops, run.end)
     height = min(14.0, max(3.0, 1.2 + 0.22 * len(labels)))
     fig = _figure(12, height)
@@ -485,19 +483,16 @@ def plot_timeline(run: Run) -> str:
     lw = max(0.6, min(7.0, 0.55 * height * 72 / max(len(labels), 1)))
     for kind, color in TYPE_COLORS.items():
         sel = [op for op in run.ops if op.type == kind]
-        y = np.array([rank[op.process] for op in sel], dtype=np.int64)
-        x0 = np.array([op.invoke_time for op in sel], dtype=np.int64) / 1e9
-        x1 = (
-            np.array(
-                [run.end if op.complete_time is None else op.complete_time for op in sel],
-                dtype=np.int64,
-            )
-            / 1e9
+        x, y = _bar_path(sel, rank, run.end)
+        ax.plot(
+            x,
+            y,
+            color=color,
+            lw=lw,
+            solid_capstyle="projecting",
+            rasterized=True,
+            label=f"{kind} ({len(sel)})",
         )
-        lines = ax.hlines(
-            y, x0, x1, colors=color, lw=lw, label=f"{kind} ({len(sel)})", rasterized=True
-        )
-        lines.set_capstyle("projecting")
     _mark_anomaly(ax, run, rank, lw)
     _row_ticks(ax, labels)
     ax.set_ylim(len(labels) - 0.5, -0.5)
@@ -508,6 +503,24 @@ def plot_timeline(run: Run) -> str:
     ax.set_title("Operations per process (invoke → completion)")
     _legend(fig, [*ax.get_legend_handles_labels()[0], *handles])
     return _png(fig)
+
+
+def _bar_path(ops: Sequence[OpRecord], rank: dict[int, int], end: int) -> tuple[Any, Any]:
+    """One polyline for many bars: (invoke, row) to (completion, row), NaN between bars.
+
+    A single Line2D draws 100k bars in a fraction of the time a LineCollection takes.
+    """
+    import numpy as np
+
+    starts = np.array([op.invoke_time for op in ops], dtype=np.float64)
+    stops = np.array(
+        [end if op.complete_time is None else op.complete_time for op in ops], dtype=np.float64
+    )
+    rows = np.array([rank[op.process] for op in ops], dtype=np.float64)
+    gaps = np.full(len(ops), np.nan)
+    xs = np.column_stack([starts / 1e9, stops / 1e9, gaps])
+    ys = np.column_stack([rows, rows, gaps])
+    return xs.ravel(), ys.ravel()
 
 
 def process_rows(
