@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -78,6 +78,7 @@ Verdict: TypeAlias = bool | Literal["unknown"]
 Method: TypeAlias = Literal["auto", "unique-values", "search"]
 State: TypeAlias = int | None
 Config: TypeAlias = tuple[int, State]
+_Move: TypeAlias = tuple[int, bool, State, State]  # (bit, is cas, expected, value after)
 
 INF = 1 << 62  #: the window end of an op that never completed
 READ, WRITE, CAS, MISMATCH = range(4)
@@ -413,6 +414,13 @@ class _Search:
         self.visited = 0  # configurations expanded for the current completion
         self.clean_pos = -1
         self.clean_states: set[State] = {None}
+        # Values at most one op writes (and null): once the register leaves one, it never
+        # returns, so it may only leave after every op that must see it has been linearized.
+        producers = Counter(k.produced for k in kops if k.writes)
+        self.final = {v for v in [None, *producers] if producers[v] <= 1}
+        self.obligations = Counter(k.arg for k in kops if k.required and k.kind in (READ, CAS))
+        self.invoked_obligations: Counter[State] = Counter()
+        self.open_cas: dict[State, list[int]] = {}  # open required cas ids by expected value
 
     def events(self) -> list[tuple[int, int]]:
         out = [(k.inv, i) for i, k in enumerate(self.kops)]
@@ -440,8 +448,13 @@ class _Search:
         slot = self.free.pop() if self.free else self.next_slot
         self.next_slot = max(self.next_slot, slot + 1)
         b = self.bit[i] = 1 << slot
-        if not self.kops[i].required:
+        k = self.kops[i]
+        if not k.required:
             self.optional |= b
+        elif k.kind in (READ, CAS):
+            self.invoked_obligations[k.arg] += 1
+            if k.kind == CAS:
+                self.open_cas.setdefault(k.arg, []).append(i)
         if self.kops[i].writes:
             self.writers.append(i)
             return
@@ -458,7 +471,10 @@ class _Search:
                 new.add((m & ~b, s))
             elif self.remember(seen, m, s):
                 self.expand(m, s, b, seen, new)
-        (self.writers if self.kops[i].writes else self.absorbers).remove(i)
+        k = self.kops[i]
+        (self.writers if k.writes else self.absorbers).remove(i)
+        if k.required and k.kind == CAS:
+            self.open_cas[k.arg].remove(i)
         del self.bit[i]
         self.free.append(b.bit_length() - 1)
         self.configs = self.prune(new) if self.optional else new
@@ -502,7 +518,7 @@ class _Search:
         queue = deque([(m, s)])
         while queue:
             m, s = queue.popleft()
-            for bw, is_cas, need, s2 in moves:
+            for bw, is_cas, need, s2 in self.allowed(moves, m, s):
                 if m & bw or (is_cas and s != need):
                     continue
                 m2 = self.absorb(m | bw, s2)
@@ -513,6 +529,16 @@ class _Search:
             self.visited += 1
             if self.visited & 1023 == 0:
                 self.budget.check(self.visited + len(self.configs))
+
+    def allowed(self, moves: list[_Move], m: int, s: State) -> list[_Move]:
+        """The moves worth trying from ``(m, s)``: none while a value written at most once
+        still owes an observer, only the owed cas when one is open (see ``final``)."""
+        if s not in self.final:
+            return moves
+        if self.invoked_obligations[s] < self.obligations[s]:
+            return []
+        owed = [self.bit[c] for c in self.open_cas.get(s, ()) if not m & self.bit[c]]
+        return [mv for mv in moves if mv[0] in owed] if owed else moves
 
     def remember(self, seen: dict[Config, list[int]], m: int, s: State) -> bool:
         """Record ``(m, s)`` unless a recorded configuration dominates it (same state, same
