@@ -794,8 +794,11 @@ def _short(value: Any, limit: int = 40) -> str:
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], numeric: int = 0) -> str:
-    """An HTML table; the last ``numeric`` columns are right-aligned."""
-    out = ["<table><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr>"]
+    """An HTML table (no header row when ``head`` is empty); the last ``numeric`` columns are
+    right-aligned."""
+    out = ["<table>"]
+    if head:
+        out.append("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>")
     for row in rows:
         cells = [
             f"<td{' class=n' if i >= len(row) - numeric else ''}>{_e(c)}</td>"
@@ -813,11 +816,9 @@ def _verdict(results: dict[str, Any]) -> str:
     valid = results.get("valid")
     if valid is None and isinstance(results.get("linearizability"), dict):
         valid = results["linearizability"].get("valid")
-    return (
-        {True: "valid", False: "invalid"}.get(valid, "unknown")
-        if isinstance(valid, bool)
-        else "unknown"
-    )
+    if valid is True:
+        return "valid"
+    return "invalid" if valid is False else "unknown"
 
 
 def _meta(run: Run) -> dict[str, Any]:
@@ -848,7 +849,7 @@ def section_summary(run: Run) -> str:
     reason = "" if run.results else _missing("No results.json: the run was not judged.")
     return (
         f'<p><span class="verdict {verdict}">{verdict.upper()}</span></p>{reason}'
-        + _table(["", ""], meta)
+        + _table([], meta)
         + _table(["f", "ok", "fail", "info", "total"], rows, numeric=4)
         + f"<p>{pending} invoke(s) never completed, counted as info.</p>" * bool(pending)
         + checks
