@@ -13,7 +13,8 @@ and counted, unmatched events dropped) and the report notes why, since a broken 
 one most worth looking at.
 The same run directory always gives the same bytes (no timestamps, PNG metadata stripped).
 Large histories are drawn rasterized, so the file size does not grow with the number of
-operations (100k ops: about 1 MB and a few seconds, see ``tests/test_report.py``).
+operations (100k ops: 0.75 MB, 4-5 s on a busy 2-core machine, most of it in reading the
+history; see ``tests/test_report.py``).
 
 Store run directory (``store/<scenario>/<timestamp>/``)
 --------------------------------------------------------
