@@ -570,3 +570,14 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     missing = _cli(str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
+
+
+def test_search_explanation_names_the_later_read_that_pins_the_value() -> None:
+    h = H().inv(0, "write", 1).ok(0).inv(0, "write", 2).ok(0).inv(1, "read").ok(1, 1)
+    h.inv(2, "cas", [5, 6]).fail(2, "mismatch")  # forces the search path
+    result = check_history(h.events)
+    assert result.keys["x"].method == "search"
+    anomaly = result.anomaly
+    assert anomaly is not None
+    assert 4 in {o.invoke.index for o in anomaly.ops}  # the stale read is in the witness
+    assert "read 1" in anomaly.explanation

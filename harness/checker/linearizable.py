@@ -414,6 +414,7 @@ class _Search:
         self.visited = 0  # configurations expanded for the current completion
         self.clean_pos = -1
         self.clean_states: set[State] = {None}
+        self.before: set[Config] = set()  # configurations before the last completion
         # Values at most one op writes (and null): once the register leaves one, it never
         # returns, so it may only leave after every op that must see it has been linearized.
         producers = Counter(k.produced for k in kops if k.writes)
@@ -477,6 +478,7 @@ class _Search:
             self.open_cas[k.arg].remove(i)
         del self.bit[i]
         self.free.append(b.bit_length() - 1)
+        self.before = self.configs
         self.configs = self.prune(new) if self.optional else new
         return bool(new)
 
@@ -565,7 +567,23 @@ class _Search:
             f"no order of the {len(window)} operations between {start} (register then one of: "
             f"{states}) and event {target.ret} lets {target.describe()} take effect"
         )
-        return RawResult(False, "search", explanation=text, witness=[k.src for k in window])
+        owed = self.owed_later(target)
+        if owed:
+            text += (
+                "; the register could not move on, because operations invoked later must "
+                "still see a value written only once: " + "; ".join(k.describe() for k in owed)
+            )
+        return RawResult(False, "search", explanation=text, witness=[k.src for k in window + owed])
+
+    def owed_later(self, target: KOp) -> list[KOp]:
+        """Up to three later-invoked ops that pinned the register to a value written once."""
+        pinned = {s for _, s in self.before if s in self.final}
+        later = [
+            k
+            for k in self.kops
+            if k.required and k.kind in (READ, CAS) and k.inv > target.ret and k.arg in pinned
+        ]
+        return later[:3]
 
 
 def search(kops: list[KOp], budget: Budget) -> RawResult:
