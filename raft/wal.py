@@ -156,6 +156,8 @@ def decode_record(buf: bytes, pos: int) -> Record:
 
 def valid_record_after(buf: bytes, pos: int) -> bool:
     """Whether a valid record starts at any byte offset after ``pos``."""
+    if not buf[pos:].strip(b"\0"):  # zeros (a length of 0) are never a record
+        return False
     if len(buf) - pos >= HEADER.size:  # fast path: where the bad record says it ends
         nxt = pos + HEADER.size + HEADER.unpack_from(buf, pos)[0]
         if nxt + HEADER.size <= len(buf) and record_problem(buf, nxt) is None:

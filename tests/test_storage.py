@@ -470,3 +470,15 @@ def test_read_data_dir_needs_no_lock_and_changes_nothing(tmp_path: Path) -> None
         assert view.torn is None
     with pytest.raises(StorageError, match="no such data directory"):
         read_data_dir(tmp_path / "missing")
+
+
+def test_partial_record_followed_by_zeros_is_torn(tmp_path: Path) -> None:
+    _write_log(tmp_path, 3)
+    (seg,) = _segments(tmp_path)
+    offsets = _record_offsets(seg)
+    data = seg.read_bytes()
+    seg.write_bytes(data[: offsets[2] + 10] + b"\0" * (1 << 20))  # as after a crash on ext4
+    with FileStorage(tmp_path) as s:
+        assert s.recovered_tail is not None
+        assert s.recovered_tail.offset == offsets[2]
+        assert s.load_log() == entries(1, 2)
