@@ -49,6 +49,8 @@ class HardState:
 
 
 class ConfChangeType(enum.Enum):
+    #: a request only (never in the log): add as a learner, promote once it has caught up
+    ADD_VOTER = "add_voter"
     ADD_LEARNER = "add_learner"  #: a new, non-voting member that receives the log
     PROMOTE = "promote"  #: a caught-up learner becomes a voter
     REMOVE = "remove"  #: a voter or learner leaves the cluster
@@ -60,14 +62,20 @@ class ConfChange:
 
     type: ConfChangeType
     node: NodeId
+    #: with ADD_LEARNER: any leader promotes the learner once it has caught up
+    promote: bool = False
 
     def encode(self) -> bytes:
-        return json.dumps({"type": self.type.value, "node": self.node}).encode()
+        return json.dumps(
+            {"type": self.type.value, "node": self.node, "promote": self.promote}
+        ).encode()
 
     @staticmethod
     def decode(data: bytes) -> ConfChange:
         obj = json.loads(data)
-        return ConfChange(ConfChangeType(obj["type"]), NodeId(obj["node"]))
+        return ConfChange(
+            ConfChangeType(obj["type"]), NodeId(obj["node"]), bool(obj.get("promote", False))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,8 @@ class ConfState:
 
     voters: frozenset[NodeId]
     learners: frozenset[NodeId] = field(default_factory=frozenset)
+    #: learners to be promoted to voters once caught up (added through ADD_VOTER)
+    promoting: frozenset[NodeId] = field(default_factory=frozenset)
 
     def members(self) -> frozenset[NodeId]:
         return self.voters | self.learners
@@ -83,15 +93,22 @@ class ConfState:
     def apply(self, change: ConfChange) -> ConfState:
         """The configuration after ``change`` (validity is checked by the proposer)."""
         node = change.node
-        if change.type is ConfChangeType.ADD_LEARNER:
-            return ConfState(self.voters - {node}, self.learners | {node})
-        if change.type is ConfChangeType.PROMOTE:
-            return ConfState(self.voters | {node}, self.learners - {node})
-        return ConfState(self.voters - {node}, self.learners - {node})
+        t = change.type
+        assert t is not ConfChangeType.ADD_VOTER, "ADD_VOTER is a request, never a log entry"
+        if t is ConfChangeType.ADD_LEARNER:
+            promoting = self.promoting | {node} if change.promote else self.promoting
+            return ConfState(self.voters - {node}, self.learners | {node}, promoting)
+        if t is ConfChangeType.PROMOTE:
+            return ConfState(self.voters | {node}, self.learners - {node}, self.promoting - {node})
+        return ConfState(self.voters - {node}, self.learners - {node}, self.promoting - {node})
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"voters": sorted(self.voters), "learners": sorted(self.learners)}
+            {
+                "voters": sorted(self.voters),
+                "learners": sorted(self.learners),
+                "promoting": sorted(self.promoting),
+            }
         ).encode()
 
     @staticmethod
@@ -100,6 +117,7 @@ class ConfState:
         return ConfState(
             frozenset(NodeId(n) for n in obj["voters"]),
             frozenset(NodeId(n) for n in obj.get("learners", [])),
+            frozenset(NodeId(n) for n in obj.get("promoting", [])),
         )
 
 

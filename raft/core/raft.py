@@ -1,0 +1,958 @@
+"""RaftCore: the whole Raft protocol as a pure, deterministic state machine.
+
+Theory of operation
+-------------------
+The core does no I/O. Time arrives as ``tick()``, messages as ``step(msg)``, client commands
+as ``propose(...)``; randomness comes only from the ``random.Random`` handed in. Everything
+the outside world must do is collected into a :class:`Ready` batch. The calling contract (the
+one place it is written down; every driver follows it):
+
+1. ``rd = core.ready()`` — only when ``core.has_ready()``.
+2. Persist ``rd.hard_state``, ``rd.entries`` (replacing any stored suffix from their first
+   index), ``rd.snapshot`` and ``rd.compacted``; *durably* (fsync).
+3. Send ``rd.messages``.
+4. If ``rd.snapshot`` is set, restore the state machine from it; then apply
+   ``rd.committed_entries`` in order; serve ``rd.read_states`` once applied up to their index.
+5. ``core.advance(rd)``.
+
+No ``tick``/``step``/``propose`` between 1 and 5 (``RaftUsageError``). Persist-before-send
+(Raft §5, Figure 2: "respond to RPCs only after updating stable storage") is enforced here,
+not trusted to drivers: a reply or vote request created while this node has state not yet
+durable is *held* and only released into the Ready after ``advance`` confirms the persist.
+Only a leader's replication messages leave at once (dissertation §10.2.1): they depend on
+nothing undurable, and a leader counts its own log toward a commit only once it is durable.
+
+Roles follow etcd's ``raft.go``: ``become_*`` switch the role; ``step_leader``,
+``step_candidate`` and ``step_follower`` handle what a role receives; ``tick_election`` and
+``tick_heartbeat`` are the two clocks. Raft sections are cited where rules are implemented.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from raft.core.errors import ConfChangeError, NotLeader, ProposalDropped, RaftUsageError
+from raft.core.log import RaftLog
+from raft.core.messages import (
+    LEADER_MESSAGES,
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from raft.core.progress import Progress, ProgressState, has_quorum, quorum_index
+from raft.core.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    EntryKind,
+    HardState,
+    LogEntry,
+    NodeId,
+    Snapshot,
+    SnapshotMeta,
+)
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "precandidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    """Tunables; times are in ticks (the driver decides how long a tick is)."""
+
+    election_ticks: int = 10  #: election timeout is drawn from [election, 2*election)
+    heartbeat_ticks: int = 1
+    pre_vote: bool = True  #: dissertation §9.6
+    check_quorum: bool = True  #: leader steps down without a majority; followers keep a lease
+    max_msg_bytes: int = 1 << 20  #: batching: bytes of entries per AppendEntries
+    max_inflight: int = 256  #: pipelining: unacknowledged AppendEntries per follower
+    max_apply_bytes: int = 8 << 20  #: bytes of committed entries per Ready
+    max_uncommitted: int = 20_000  #: back-pressure: proposals refused beyond this many
+    snapshot_chunk_bytes: int = 1 << 20
+    snapshot_entries: int = 0  #: compact after this many applied entries (0: never)
+    snapshot_bytes: int = 0  #: ... or after this many applied bytes (0: never)
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.max_inflight < 1 or self.max_msg_bytes < 1:
+            raise ValueError("max_inflight and max_msg_bytes must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A ReadIndex request resolved: serve it once applied >= ``index`` (None: failed)."""
+
+    request: int
+    index: int | None
+
+
+@dataclass(slots=True)
+class Ready:
+    """One batch of work for the driver; see the module docstring for the contract."""
+
+    hard_state: HardState | None = None
+    entries: list[LogEntry] = field(default_factory=list)
+    snapshot: Snapshot | None = None  #: from the leader: persist, then restore the SM from it
+    compacted: Snapshot | None = None  #: our own compaction: persist only
+    messages: list[Message] = field(default_factory=list)
+    committed_entries: list[LogEntry] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _IncomingSnapshot:
+    meta: SnapshotMeta
+    term: int
+    data: bytearray
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    request: int
+    index: int
+    acks: set[NodeId]
+
+
+class RaftCore:
+    """One Raft node's protocol state. See the module docstring."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        conf: ConfState,
+        *,
+        rng: random.Random,
+        config: RaftConfig | None = None,
+        hard_state: HardState | None = None,
+        snapshot: Snapshot | None = None,
+        entries: Sequence[LogEntry] = (),
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """Start (or restart from durable state) a node.
+
+        ``conf`` is the initial configuration, used when neither ``snapshot`` nor ``entries``
+        carry one. ``hard_state``, ``snapshot`` and ``entries`` are what storage loaded.
+        """
+        self.id = node_id
+        self.cfg = config or RaftConfig()
+        self.rng = rng
+        self._log_fn = log
+        hs = hard_state or HardState()
+        self.term = hs.term
+        self.vote: NodeId | None = hs.voted_for
+        self._persisted_hs = hs
+        self.log = RaftLog()
+        self.snapshot: Snapshot | None = None
+        if snapshot is not None:
+            self.log = RaftLog(snapshot.meta.index, snapshot.meta.term)
+            self.snapshot = snapshot
+            conf = snapshot.meta.conf
+        self.log.append(list(entries))
+        self.log.stable_to(self.log.last_index())
+        #: configurations in the log: (index, term, conf); the first is the base
+        self._confs: list[tuple[int, int, ConfState]] = [
+            (self.log.snap_index, self.log.snap_term, conf)
+        ]
+        self._record_confs(entries)
+        self.role = Role.FOLLOWER
+        self.lead: NodeId | None = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self.votes: dict[NodeId, bool] = {}
+        self.prs: dict[NodeId, Progress] = {}
+        self.msgs: list[Message] = []
+        self._held: list[Message] = []
+        self._in_ready = False
+        self._needs_bcast = False
+        self._pending_snapshot: Snapshot | None = None
+        self._pending_compacted: Snapshot | None = None
+        self._incoming: _IncomingSnapshot | None = None
+        self._read_states: list[ReadState] = []
+        self._reads: list[_PendingRead] = []
+        self._reads_waiting_commit: list[int] = []
+        self._next_read = 0
+        self.pending_conf_index = 0
+        self.transferee: NodeId | None = None
+        self._transfer_elapsed = 0
+        self._applied_since_snapshot = 0
+        self._applied_bytes_since_snapshot = 0
+        self._reset_randomized_timeout()
+        self._event(f"follower, term={self.term}")
+
+    # ==== public API ======================================================================
+    @property
+    def conf(self) -> ConfState:
+        return self._confs[-1][2]
+
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote)
+
+    def tick(self) -> None:
+        self._check_outside_ready()
+        if self.role is Role.LEADER:
+            self.tick_heartbeat()
+        else:
+            self.tick_election()
+
+    def step(self, m: Message) -> None:
+        """Receive a message (Raft §5.1: a higher term makes anyone a follower)."""
+        self._check_outside_ready()
+        if m.dst != self.id:
+            raise RaftUsageError(f"{self.id} got a message for {m.dst}")
+        if m.term > self.term:
+            if not self._accept_higher_term(m):
+                return
+        elif m.term < self.term:
+            self._step_stale(m)
+            return
+        if isinstance(m, RequestVote):
+            self.handle_vote_request(m)
+        elif self.role is Role.LEADER:
+            self.step_leader(m)
+        elif self.role is Role.FOLLOWER:
+            self.step_follower(m)
+        else:
+            self.step_candidate(m)
+
+    def propose(self, command: bytes, kind: EntryKind = EntryKind.NORMAL) -> tuple[int, int]:
+        """Append a command on the leader; returns its ``(index, term)``.
+
+        The entry is committed once it is applied with the same term at that index; any other
+        entry showing up there means it was lost (a new leader overwrote it).
+        """
+        self._check_outside_ready()
+        self._check_can_propose()
+        if kind is EntryKind.CONFIG:
+            raise RaftUsageError("use propose_conf_change for configuration entries")
+        return self._append_entry(kind, command)
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
+        """Propose a single-server membership change (dissertation §4.1).
+
+        ``ADD_VOTER`` appends the node as a learner marked for promotion; the leader proposes
+        the promotion itself once the learner has caught up (§4.2.1). One change at a time.
+        """
+        self._check_outside_ready()
+        self._check_can_propose()
+        if self.pending_conf_index > self.log.committed:
+            raise ConfChangeError(
+                f"a membership change is still pending (index {self.pending_conf_index})"
+            )
+        entry = self._validate_conf_change(change)
+        index, term = self._append_entry(EntryKind.CONFIG, entry.encode())
+        return index, term
+
+    def read_index(self) -> int:
+        """Start a linearizable read (ReadIndex, dissertation §6.4); returns a request id.
+
+        The answer arrives as a :class:`ReadState` in a later Ready.
+        """
+        self._check_outside_ready()
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead)
+        self._next_read += 1
+        request = self._next_read
+        if self.log.term(self.log.committed) != self.term:
+            # A new leader learns the commit index only once it commits in its term (§6.4).
+            self._reads_waiting_commit.append(request)
+        else:
+            self._start_read(request)
+        return request
+
+    def transfer_leader(self, target: NodeId) -> None:
+        """Hand leadership to ``target`` (dissertation §3.10)."""
+        self._check_outside_ready()
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead)
+        if target == self.id:
+            return
+        if target not in self.conf.voters:
+            raise ConfChangeError(f"{target} is not a voter of {sorted(self.conf.voters)}")
+        self.transferee = target
+        self._transfer_elapsed = 0
+        self._event(f"transferring leadership to {target}")
+        if self.prs[target].match == self.log.last_index():
+            self._send_timeout_now(target)
+        else:
+            self.send_append(target)
+
+    def should_compact(self) -> bool:
+        """Has the snapshot policy's threshold been crossed since the last snapshot?"""
+        c = self.cfg
+        if c.snapshot_entries and self._applied_since_snapshot >= c.snapshot_entries:
+            return True
+        return bool(c.snapshot_bytes and self._applied_bytes_since_snapshot >= c.snapshot_bytes)
+
+    def compact(self, index: int, data: bytes) -> None:
+        """The state machine's image ``data`` covers everything up to ``index`` (applied)."""
+        self._check_outside_ready()
+        if index <= self.log.snap_index:
+            return
+        term = self.log.term(index)
+        assert term is not None
+        meta = SnapshotMeta(index, term, self._conf_at(index))
+        self.log.compact(index)
+        self.snapshot = Snapshot(meta, data)
+        self._pending_compacted = self.snapshot
+        self._confs = [c for c in self._confs if c[0] > index]
+        self._confs.insert(0, (index, term, meta.conf))
+        self._applied_since_snapshot = 0
+        self._applied_bytes_since_snapshot = 0
+
+    # ==== Ready / advance =================================================================
+    def has_ready(self) -> bool:
+        if self.msgs or (self._needs_bcast and self.role is Role.LEADER):
+            return True
+        log = self.log
+        return bool(
+            self._hs_dirty()
+            or log.unstable_from <= log.last_index()
+            or log.committed > log.applied
+            or self._pending_snapshot is not None
+            or self._pending_compacted is not None
+            or self._read_states
+        )
+
+    def _hs_dirty(self) -> bool:
+        p = self._persisted_hs
+        return self.term != p.term or self.vote != p.voted_for
+
+    def ready(self) -> Ready:
+        self._check_outside_ready()
+        if self._needs_bcast and self.role is Role.LEADER:
+            self.bcast_append(send_if_empty=False)
+        self._needs_bcast = False
+        rd = Ready(
+            hard_state=self.hard_state() if self._hs_dirty() else None,
+            entries=self.log.unstable(),
+            snapshot=self._pending_snapshot,
+            compacted=self._pending_compacted,
+            messages=self.msgs,
+            committed_entries=self.log.next_committed(self.cfg.max_apply_bytes),
+            read_states=self._read_states,
+        )
+        self.msgs = []
+        self._read_states = []
+        self._in_ready = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver has done everything ``rd`` asked (persisted, sent, applied)."""
+        if not self._in_ready:
+            raise RaftUsageError("advance() without ready()")
+        self._in_ready = False
+        if rd.hard_state is not None:
+            self._persisted_hs = rd.hard_state
+        if rd.entries:
+            self.log.stable_to(rd.entries[-1].index)
+        if rd.snapshot is not None and rd.snapshot is self._pending_snapshot:
+            self._pending_snapshot = None
+        if rd.compacted is not None and rd.compacted is self._pending_compacted:
+            self._pending_compacted = None
+        if rd.committed_entries:
+            self._applied(rd.committed_entries)
+        if self._held and not self._has_unpersisted():
+            self.msgs.extend(self._held)
+            self._held = []
+        if self.role is Role.LEADER:
+            me = self.prs.get(self.id)
+            if me is not None and me.maybe_update(self.log.stable_index()) and self.maybe_commit():
+                self.bcast_append(send_if_empty=True)
+
+    # ==== roles ===========================================================================
+    def become_follower(self, term: int, lead: NodeId | None) -> None:
+        was_leader = self.role is Role.LEADER
+        if term != self.term:
+            self.term = term
+            self.vote = None
+            self._incoming = None
+        self.role = Role.FOLLOWER
+        self.lead = lead
+        self._reset()
+        if was_leader:
+            self._fail_reads()
+        self._event(f"follower, term={term}" + (f", leader={lead}" if lead else ""))
+
+    def become_pre_candidate(self) -> None:
+        assert self.role is not Role.LEADER
+        self.role = Role.PRE_CANDIDATE
+        self.lead = None
+        self.votes = {}
+        self.election_elapsed = 0
+        self._reset_randomized_timeout()
+
+    def become_candidate(self) -> None:
+        assert self.role is not Role.LEADER
+        self.term += 1
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+        self.lead = None
+        self._reset()
+
+    def become_leader(self) -> None:
+        assert self.role is Role.CANDIDATE
+        self.role = Role.LEADER
+        self.lead = self.id
+        self._reset()
+        last = self.log.last_index()
+        # sorted: iteration order decides message order, which must not depend on hashing
+        members = sorted(self.conf.members())
+        self.prs = {n: Progress(last + 1, self.cfg.max_inflight) for n in members}
+        if self.id in self.prs:
+            self.prs[self.id].match = self.log.stable_index()
+            self.prs[self.id].become_replicate()
+        # Conservatively assume an uncommitted configuration entry may be in our log.
+        self.pending_conf_index = last
+        self._event(f"received majority votes, becoming leader (term={self.term})")
+        # Raft §8: a no-op entry of our term lets us commit (and learn) earlier entries.
+        self._append_entry(EntryKind.NOOP, b"")
+
+    def _reset(self) -> None:
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self.votes = {}
+        self.prs = {}
+        self.transferee = None
+        self._needs_bcast = False
+
+    def _reset_randomized_timeout(self) -> None:
+        e = self.cfg.election_ticks
+        self.randomized_timeout = self.rng.randrange(e, 2 * e)
+
+    def promotable(self) -> bool:
+        """May this node campaign? Only voters, and not while installing a snapshot."""
+        return self.id in self.conf.voters and self._pending_snapshot is None
+
+    # ==== clocks ==========================================================================
+    def tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.promotable() and self.election_elapsed >= self.randomized_timeout:
+            self.election_elapsed = 0
+            self.campaign(pre_vote=self.cfg.pre_vote, transfer=False, reason="election timeout")
+
+    def tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_ticks:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum and not self._quorum_active():
+                self._event(f"lost contact with a majority, stepping down (term={self.term})")
+                self.become_follower(self.term, None)
+                return
+            if self.transferee is not None:
+                self._event(f"leadership transfer to {self.transferee} timed out")
+                self.transferee = None
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self.bcast_heartbeat(self._reads[-1].request if self._reads else 0)
+
+    def _quorum_active(self) -> bool:
+        active = [n for n, pr in self.prs.items() if pr.recent_active or n == self.id]
+        for n, pr in self.prs.items():
+            if n != self.id:
+                pr.recent_active = False
+        return has_quorum(self.conf.voters, active)
+
+    # ==== elections =======================================================================
+    def campaign(self, *, pre_vote: bool, transfer: bool, reason: str) -> None:
+        if pre_vote:
+            self.become_pre_candidate()
+            vote_term = self.term + 1
+            self._event(f"{reason}, becoming pre-candidate (term={self.term})")
+        else:
+            self.become_candidate()
+            vote_term = self.term
+            self._event(f"{reason}, becoming candidate (term={self.term})")
+        self.votes[self.id] = True
+        if self._tally():
+            return
+        peers = sorted(self.conf.voters - {self.id})
+        kind = "pre-votes" if pre_vote else "votes"
+        self._event(f"requested {kind} from {{{','.join(peers)}}}")
+        for p in peers:
+            self.send(
+                RequestVote(
+                    self.id,
+                    p,
+                    vote_term,
+                    self.log.last_index(),
+                    self.log.last_term(),
+                    pre_vote=pre_vote,
+                    transfer=transfer,
+                )
+            )
+
+    def _tally(self) -> bool:
+        """Count votes; act on a decision. Returns whether the election ended."""
+        voters = self.conf.voters
+        granted = [n for n, v in self.votes.items() if v]
+        rejected = [n for n, v in self.votes.items() if not v]
+        if has_quorum(voters, granted):
+            if self.role is Role.PRE_CANDIDATE:
+                self.campaign(pre_vote=False, transfer=False, reason="pre-vote won")
+            else:
+                self.become_leader()
+            return True
+        if has_quorum(voters, rejected):
+            self._event(f"lost the election (term={self.term})")
+            self.become_follower(self.term, None)
+            return True
+        return False
+
+    def _in_lease(self) -> bool:
+        """Have we heard from a live leader within the election timeout? (§6 of the
+        dissertation: servers ignore RequestVote while they believe a leader exists.)"""
+        return (
+            self.cfg.check_quorum
+            and self.lead is not None
+            and self.election_elapsed < self.cfg.election_ticks
+        )
+
+    def _accept_higher_term(self, m: Message) -> bool:
+        """A message from a higher term; returns whether to go on processing it."""
+        if isinstance(m, RequestVote):
+            if not m.transfer and self._in_lease():
+                return False  # a disruptive candidate: ignore (dissertation §4.2.3)
+            if m.pre_vote:
+                return True  # a pre-vote never changes our term
+        if isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
+            return True  # granted pre-votes carry the future term
+        lead = m.src if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot) else None
+        self.become_follower(m.term, lead)
+        return True
+
+    def _step_stale(self, m: Message) -> None:
+        """A message from an older term."""
+        cfg = self.cfg
+        if isinstance(m, AppendEntries | Heartbeat) and (cfg.check_quorum or cfg.pre_vote):
+            # Tell the stale leader our term, or a node that raised its term while cut off
+            # could be ignored by it forever.
+            self.send(AppendEntriesResponse(self.id, m.src, self.term, success=False))
+        elif isinstance(m, RequestVote) and m.pre_vote:
+            self.send(RequestVoteResponse(self.id, m.src, self.term, False, pre_vote=True))
+
+    def handle_vote_request(self, m: RequestVote) -> None:
+        """Raft §5.2 (one vote per term) and §5.4.1 (the election restriction)."""
+        can_vote = (
+            self.vote == m.src
+            or (self.vote is None and self.lead is None)
+            or (m.pre_vote and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term):
+            self.send(RequestVoteResponse(self.id, m.src, m.term, True, m.pre_vote))
+            if not m.pre_vote:
+                self.vote = m.src
+                self.election_elapsed = 0
+                self._event(f"vote granted to {m.src} (term={m.term})")
+        else:
+            self.send(RequestVoteResponse(self.id, m.src, self.term, False, m.pre_vote))
+
+    # ==== per-role message handling ========================================================
+    def step_follower(self, m: Message) -> None:
+        if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
+            self.election_elapsed = 0
+            self.lead = m.src
+            if isinstance(m, AppendEntries):
+                self.handle_append_entries(m)
+            elif isinstance(m, Heartbeat):
+                self.handle_heartbeat(m)
+            else:
+                self.handle_snapshot(m)
+        elif isinstance(m, TimeoutNow) and self.promotable():
+            self.campaign(pre_vote=False, transfer=True, reason=f"timeout-now from {m.src}")
+
+    def step_candidate(self, m: Message) -> None:
+        if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot):
+            self.become_follower(m.term, m.src)  # a leader exists in our term (§5.2)
+            self.step_follower(m)
+        elif isinstance(m, RequestVoteResponse):
+            if m.pre_vote != (self.role is Role.PRE_CANDIDATE):
+                return
+            expected = self.term + 1 if m.pre_vote else self.term
+            if m.term != expected and m.granted:
+                return  # from an earlier round
+            self.votes.setdefault(m.src, m.granted)
+            self._tally()
+
+    def step_leader(self, m: Message) -> None:
+        pr = self.prs.get(m.src)
+        if pr is None:
+            return  # not (or no longer) a member
+        if isinstance(m, AppendEntriesResponse):
+            pr.recent_active = True
+            self.handle_append_response(m, pr)
+        elif isinstance(m, HeartbeatResponse):
+            pr.recent_active = True
+            self.handle_heartbeat_response(m, pr)
+        elif isinstance(m, InstallSnapshotResponse):
+            pr.recent_active = True
+            self.handle_snapshot_response(m, pr)
+
+    # ==== follower side of replication ======================================================
+    def handle_append_entries(self, m: AppendEntries) -> None:
+        """Raft §5.3: the consistency check, then append, then commit."""
+        log = self.log
+        if m.prev_log_index < log.committed:
+            self.send(AppendEntriesResponse(self.id, m.src, self.term, True, log.committed))
+            return
+        if log.matches(m.prev_log_index, m.prev_log_term):
+            last_new = log.append_after(m.prev_log_index, m.entries)
+            if m.entries:
+                self._sync_confs(m.entries)
+            log.commit_to(min(m.commit, last_new))
+            self.send(AppendEntriesResponse(self.id, m.src, self.term, True, last_new))
+            return
+        if m.prev_log_index > log.last_index():
+            hint_index, hint_term = log.last_index() + 1, 0
+        else:
+            t = log.term(m.prev_log_index)
+            assert t is not None
+            hint_index, hint_term = log.first_index_of_term(m.prev_log_index), t
+        self.send(
+            AppendEntriesResponse(
+                self.id,
+                m.src,
+                self.term,
+                False,
+                reject_index=m.prev_log_index,
+                hint_index=hint_index,
+                hint_term=hint_term,
+            )
+        )
+
+    def handle_heartbeat(self, m: Heartbeat) -> None:
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self.send(HeartbeatResponse(self.id, m.src, self.term, m.context))
+
+    def handle_snapshot(self, m: InstallSnapshot) -> None:
+        """Raft §7, receiver side, with chunks reassembled in order."""
+        meta = m.meta
+        if meta.index <= self.log.committed:
+            self._reply_snapshot(m, m.offset + len(m.data), self.log.committed)
+            return
+        inc = self._incoming
+        if m.offset == 0:
+            inc = self._incoming = _IncomingSnapshot(meta, m.term, bytearray())
+        if inc is None or inc.meta != meta or inc.term != m.term or m.offset != len(inc.data):
+            self._reply_snapshot(m, len(inc.data) if inc and inc.meta == meta else 0, 0)
+            return
+        inc.data += m.data
+        if not m.done:
+            self._reply_snapshot(m, len(inc.data), 0)
+            return
+        self._incoming = None
+        self._install(Snapshot(meta, bytes(inc.data)))
+        self._reply_snapshot(m, len(inc.data), meta.index)
+
+    def _install(self, snap: Snapshot) -> None:
+        meta = snap.meta
+        if self.log.matches(meta.index, meta.term):
+            # We hold the snapshot's last entry: keep the log, just commit (Raft §7).
+            self.log.commit_to(meta.index)
+            return
+        self._event(f"installing snapshot at index {meta.index} (term={meta.term})")
+        self.log.restore(meta.index, meta.term)
+        self.snapshot = snap
+        self._pending_snapshot = snap
+        self._pending_compacted = None
+        self._confs = [(meta.index, meta.term, meta.conf)]
+        self._applied_since_snapshot = 0
+        self._applied_bytes_since_snapshot = 0
+
+    def _reply_snapshot(self, m: InstallSnapshot, next_offset: int, match: int) -> None:
+        self.send(
+            InstallSnapshotResponse(self.id, m.src, self.term, m.meta.index, next_offset, match)
+        )
+
+    # ==== leader side of replication ========================================================
+    def send(self, m: Message) -> None:
+        if isinstance(m, LEADER_MESSAGES) or not self._has_unpersisted():
+            self.msgs.append(m)
+        else:
+            self._held.append(m)
+
+    def _has_unpersisted(self) -> bool:
+        return (
+            self._hs_dirty()
+            or self.log.unstable_from <= self.log.last_index()
+            or self._pending_snapshot is not None
+        )
+
+    def send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
+        """Send ``to`` what it lacks (or a snapshot); returns whether anything was sent."""
+        pr = self.prs[to]
+        if pr.is_paused():
+            return False
+        log = self.log
+        prev = pr.next - 1
+        prev_term = log.term(prev)
+        if prev_term is None:
+            return self._send_snapshot(to, pr)
+        last = log.last_index()
+        entries = log.slice(pr.next, last, self.cfg.max_msg_bytes) if pr.next <= last else []
+        if not entries and not send_if_empty:
+            return False
+        self.send(
+            AppendEntries(self.id, to, self.term, prev, prev_term, tuple(entries), log.committed)
+        )
+        pr.sent(entries[-1].index if entries else prev)
+        return True
+
+    def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
+        snap = self.snapshot
+        assert snap is not None, "entries compacted without a snapshot"
+        if pr.state is not ProgressState.SNAPSHOT or pr.pending_snapshot != snap.meta.index:
+            pr.become_snapshot(snap.meta.index)
+        self._send_snapshot_chunk(to, pr)
+        return True
+
+    def _send_snapshot_chunk(self, to: NodeId, pr: Progress) -> None:
+        snap = self.snapshot
+        assert snap is not None
+        off = pr.snapshot_offset
+        chunk = snap.data[off : off + self.cfg.snapshot_chunk_bytes]
+        done = off + len(chunk) >= len(snap.data)
+        self.send(InstallSnapshot(self.id, to, self.term, snap.meta, off, chunk, done))
+
+    def bcast_append(self, send_if_empty: bool) -> None:
+        for n in self.prs:
+            if n != self.id:
+                self.send_append(n, send_if_empty)
+
+    def bcast_heartbeat(self, context: int) -> None:
+        for n, pr in self.prs.items():
+            if n != self.id:
+                commit = min(pr.match, self.log.committed)
+                self.send(Heartbeat(self.id, n, self.term, commit, context))
+
+    def handle_append_response(self, m: AppendEntriesResponse, pr: Progress) -> None:
+        if not m.success:
+            if m.reject_index == 0 and m.hint_index == 0:
+                return  # a stale-term notice; the term check already handled it
+            hint_next = m.hint_index
+            if m.hint_term:
+                j = self.log.last_index_of_term(m.hint_term)
+                if j:
+                    hint_next = j + 1
+            if pr.maybe_decr_to(m.reject_index, hint_next):
+                self.send_append(m.src)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.match_index):
+            return
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.become_probe()
+            pr.become_replicate()
+        if self.maybe_commit():
+            if self.role is not Role.LEADER:
+                return  # our own removal committed
+            self.bcast_append(send_if_empty=True)
+        elif was_paused:
+            self.send_append(m.src)
+        while self.send_append(m.src, send_if_empty=False):
+            pass
+        self._maybe_promote(m.src, pr)
+        if m.src == self.transferee and pr.match == self.log.last_index():
+            self._send_timeout_now(m.src)
+
+    def handle_heartbeat_response(self, m: HeartbeatResponse, pr: Progress) -> None:
+        if pr.state is ProgressState.SNAPSHOT:
+            self._send_snapshot_chunk(m.src, pr)  # resend a possibly lost chunk
+        else:
+            pr.paused = False
+            if pr.state is ProgressState.REPLICATE and pr.is_paused():
+                pr.inflight.popleft()  # free a slot: messages in flight may have been lost
+            if pr.match < self.log.last_index():
+                self.send_append(m.src)
+        if m.context:
+            self._ack_read(m.src, m.context)
+
+    def handle_snapshot_response(self, m: InstallSnapshotResponse, pr: Progress) -> None:
+        if pr.state is not ProgressState.SNAPSHOT or m.snapshot_index != pr.pending_snapshot:
+            return
+        if m.match_index:
+            pr.maybe_update(m.match_index)
+            pr.become_probe()
+            self.send_append(m.src)
+            return
+        if m.next_offset < pr.snapshot_offset and m.next_offset != 0:
+            return  # a stale duplicate
+        pr.snapshot_offset = m.next_offset
+        self._send_snapshot_chunk(m.src, pr)
+
+    def maybe_commit(self) -> bool:
+        """Raft §5.3 and §5.4.2: commit the majority's index, but only by counting entries of the
+        current term (Figure 8)."""
+        mci = quorum_index(self.conf.voters, {n: pr.match for n, pr in self.prs.items()})
+        if mci > self.log.committed and self.log.term(mci) == self.term:
+            self.log.commit_to(mci)
+            self._on_commit()
+            return True
+        return False
+
+    def _on_commit(self) -> None:
+        if self._reads_waiting_commit and self.log.term(self.log.committed) == self.term:
+            waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
+            for r in waiting:
+                self._start_read(r)
+        if self.id not in self.conf.voters and self._conf_committed():
+            # A removed leader steps down once its removal is committed (dissertation §4.2.2).
+            self._event(f"removed from the configuration, stepping down (term={self.term})")
+            self.become_follower(self.term, None)
+
+    def _send_timeout_now(self, to: NodeId) -> None:
+        self._event(f"sending timeout-now to {to}")
+        self.send(TimeoutNow(self.id, to, self.term))
+
+    # ==== proposals and membership ==========================================================
+    def _check_can_propose(self) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead)
+        if self.transferee is not None:
+            raise ProposalDropped(f"leadership transfer to {self.transferee} in progress")
+        if self.log.last_index() - self.log.committed >= self.cfg.max_uncommitted:
+            raise ProposalDropped(
+                f"back-pressure: {self.cfg.max_uncommitted} proposals await commit; retry later"
+            )
+
+    def _append_entry(self, kind: EntryKind, command: bytes) -> tuple[int, int]:
+        e = LogEntry(self.log.last_index() + 1, self.term, command, kind)
+        self.log.append([e])
+        if kind is EntryKind.CONFIG:
+            self.pending_conf_index = e.index
+            self._sync_confs([e])
+        self._needs_bcast = True
+        return e.index, e.term
+
+    def _validate_conf_change(self, change: ConfChange) -> ConfChange:
+        conf, node = self.conf, change.node
+        t = change.type
+        if t is ConfChangeType.ADD_VOTER or t is ConfChangeType.ADD_LEARNER:
+            if node in conf.members():
+                raise ConfChangeError(f"{node} is already a member")
+            return ConfChange(ConfChangeType.ADD_LEARNER, node, t is ConfChangeType.ADD_VOTER)
+        if t is ConfChangeType.PROMOTE:
+            if node not in conf.learners:
+                raise ConfChangeError(f"{node} is not a learner")
+            return change
+        if node not in conf.members():
+            raise ConfChangeError(f"{node} is not a member")
+        if conf.voters == {node}:
+            raise ConfChangeError(f"cannot remove {node}, the last voter")
+        return change
+
+    def _maybe_promote(self, node: NodeId, pr: Progress) -> None:
+        """Promote a learner added as a voter once it has caught up (dissertation §4.2.1)."""
+        conf = self.conf
+        if node not in conf.promoting or node not in conf.learners:
+            return
+        if self.pending_conf_index > self.log.committed or pr.match < self.log.committed:
+            return
+        if self.transferee is not None:
+            return
+        self._event(f"{node} caught up (match={pr.match}), promoting it to voter")
+        self._append_entry(EntryKind.CONFIG, ConfChange(ConfChangeType.PROMOTE, node).encode())
+
+    def _conf_committed(self) -> bool:
+        return self._confs[-1][0] <= self.log.committed
+
+    def _conf_at(self, index: int) -> ConfState:
+        conf = self._confs[0][2]
+        for i, _, c in self._confs:
+            if i <= index:
+                conf = c
+        return conf
+
+    def _record_confs(self, entries: Sequence[LogEntry]) -> None:
+        for e in entries:
+            if e.kind is EntryKind.CONFIG and e.index > self._confs[-1][0]:
+                change = ConfChange.decode(e.command)
+                self._confs.append((e.index, e.term, self._confs[-1][2].apply(change)))
+
+    def _sync_confs(self, entries: Sequence[LogEntry]) -> None:
+        """A configuration takes effect when appended, and is undone if truncated away."""
+        before = self.conf
+        while len(self._confs) > 1 and self.log.term(self._confs[-1][0]) != self._confs[-1][1]:
+            self._confs.pop()
+        self._record_confs(entries)
+        if self.conf != before:
+            self._on_conf_change(before)
+
+    def _on_conf_change(self, before: ConfState) -> None:
+        conf = self.conf
+        self._event(
+            f"configuration: voters={{{','.join(sorted(conf.voters))}}}"
+            + (f" learners={{{','.join(sorted(conf.learners))}}}" if conf.learners else "")
+        )
+        if self.role is not Role.LEADER:
+            return
+        for n in sorted(conf.members() - self.prs.keys()):
+            self.prs[n] = Progress(self.log.last_index() + 1, self.cfg.max_inflight)
+        for n in sorted(self.prs.keys() - conf.members() - {self.id}):
+            del self.prs[n]
+        if self.transferee is not None and self.transferee not in conf.voters:
+            self.transferee = None
+
+    # ==== ReadIndex =========================================================================
+    def _start_read(self, request: int) -> None:
+        read = _PendingRead(request, self.log.committed, {self.id})
+        if has_quorum(self.conf.voters, read.acks):
+            self._read_states.append(ReadState(request, read.index))
+            return
+        self._reads.append(read)
+        self.bcast_heartbeat(request)
+
+    def _ack_read(self, node: NodeId, context: int) -> None:
+        done = 0
+        for k, read in enumerate(self._reads):
+            if read.request <= context:
+                read.acks.add(node)
+                if has_quorum(self.conf.voters, read.acks):
+                    done = k + 1
+        for read in self._reads[:done]:
+            self._read_states.append(ReadState(read.request, read.index))
+        del self._reads[:done]
+
+    def _fail_reads(self) -> None:
+        for read in self._reads:
+            self._read_states.append(ReadState(read.request, None))
+        for r in self._reads_waiting_commit:
+            self._read_states.append(ReadState(r, None))
+        self._reads = []
+        self._reads_waiting_commit = []
+
+    # ==== misc ==============================================================================
+    def _applied(self, entries: Sequence[LogEntry]) -> None:
+        self.log.applied_to(entries[-1].index)
+        self._applied_since_snapshot += len(entries)
+        self._applied_bytes_since_snapshot += sum(len(e.command) for e in entries)
+
+    def _check_outside_ready(self) -> None:
+        if self._in_ready:
+            raise RaftUsageError("the core was called between ready() and advance()")
+
+    def _event(self, text: str) -> None:
+        if self._log_fn is not None:
+            self._log_fn(text)
