@@ -112,6 +112,8 @@ class SimNode:
     sm_hash: int = 0
     last_commit: int = 0
     pending: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    #: index -> command of every entry this node applied (only with ``record_applied``)
+    applied_log: dict[int, bytes] | None = None
 
     @property
     def up(self) -> bool:
@@ -128,6 +130,7 @@ class World:
         trace: Callable[[str], None] | None = None,
         digest: bool = False,
         check_liveness: bool = True,
+        record_applied: bool = False,
     ) -> None:
         self.cfg = cfg
         self.now = 0
@@ -144,6 +147,9 @@ class World:
         names = cfg.node_names()
         self.nodes = [SimNode(NodeId(n), i) for i, n in enumerate(names)]
         self.by_name = {n.name: n for n in self.nodes}
+        if record_applied:
+            for n in self.nodes:
+                n.applied_log = {}
         self.initial_conf = ConfState(frozenset(NodeId(n) for n in names[: cfg.nodes]))
         self.blocked: set[tuple[str, str]] = set()
         self.drop_p = 0.0
@@ -414,6 +420,8 @@ class World:
             if e.kind is EntryKind.NORMAL:
                 node.sm_hash = hash((node.sm_hash, e.command))
             inv.applied(node.name, e.index, e.term, e.command)
+            if node.applied_log is not None:
+                node.applied_log[e.index] = e.command
             waiting = node.pending.pop(e.index, None)
             if waiting is not None and waiting[0] == e.term:
                 inv.acknowledged(e.index, e.command)

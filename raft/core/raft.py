@@ -60,6 +60,8 @@ from raft.core.types import (
     NodeId,
     Snapshot,
     SnapshotMeta,
+    decode_conf_entry,
+    encode_conf_entry,
 )
 
 
@@ -258,8 +260,7 @@ class RaftCore:
                 f"a membership change is still pending (index {self.pending_conf_index})"
             )
         entry = self._validate_conf_change(change)
-        index, term = self._append_entry(EntryKind.CONFIG, entry.encode())
-        return index, term
+        return self._append_conf(entry)
 
     def read_index(self) -> int:
         """Start a linearizable read (ReadIndex, dissertation §6.4); returns a request id.
@@ -873,7 +874,12 @@ class RaftCore:
         if self.transferee is not None:
             return
         self._event(f"{node} caught up (match={pr.match}), promoting it to voter")
-        self._append_entry(EntryKind.CONFIG, ConfChange(ConfChangeType.PROMOTE, node).encode())
+        self._append_conf(ConfChange(ConfChangeType.PROMOTE, node))
+
+    def _append_conf(self, change: ConfChange) -> tuple[int, int]:
+        return self._append_entry(
+            EntryKind.CONFIG, encode_conf_entry(change, self.conf.apply(change))
+        )
 
     def _conf_committed(self) -> bool:
         return self._confs[-1][0] <= self.log.committed
@@ -888,8 +894,8 @@ class RaftCore:
     def _record_confs(self, entries: Sequence[LogEntry]) -> None:
         for e in entries:
             if e.kind is EntryKind.CONFIG and e.index > self._confs[-1][0]:
-                change = ConfChange.decode(e.command)
-                self._confs.append((e.index, e.term, self._confs[-1][2].apply(change)))
+                _, conf = decode_conf_entry(e.command)
+                self._confs.append((e.index, e.term, conf))
 
     def _sync_confs(self, entries: Sequence[LogEntry]) -> None:
         """A configuration takes effect when appended, and is undone if truncated away."""

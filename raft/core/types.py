@@ -136,3 +136,23 @@ class Snapshot:
 
     meta: SnapshotMeta
     data: bytes
+
+
+def encode_conf_entry(change: ConfChange, conf: ConfState) -> bytes:
+    """The command of a CONFIG log entry: the change and the whole configuration after it.
+
+    Carrying the whole configuration lets a server that joins with no configuration of its
+    own (it was not among the initial members) learn the cluster from the first config entry
+    it receives, instead of replaying changes onto a base it never had.
+    """
+    return json.dumps(
+        {"change": json.loads(change.encode()), "conf": json.loads(conf.encode())}
+    ).encode()
+
+
+def decode_conf_entry(data: bytes) -> tuple[ConfChange, ConfState]:
+    obj = json.loads(data)
+    return (
+        ConfChange.decode(json.dumps(obj["change"]).encode()),
+        ConfState.decode(json.dumps(obj["conf"]).encode()),
+    )
