@@ -1,0 +1,230 @@
+"""The replicated key-value state machine, with client sessions for exactly-once commands.
+
+Theory of operation
+-------------------
+A :class:`KVStore` is a deterministic function of the sequence of commands applied to it: every
+replica that applies the same log ends in the same state and returns the same results. So
+nothing here reads a clock, a random source, or iterates a set/dict whose order could differ.
+
+Commands and results are compact JSON (pydantic models)::
+
+    {"op":"read","key":"x"}                      -> {"ok":true,"value":3}
+    {"op":"write","key":"x","value":3}           -> {"ok":true}
+    {"op":"cas","key":"x","expected":3,"new":4}  -> {"ok":true}
+                                                 or {"ok":false,"error":"mismatch","value":5}
+
+with ``"client"`` and ``"seq"`` added for a session. ``expected: null`` matches an absent key.
+
+Client sessions (Raft dissertation §6.3): a client names itself (``client``) and numbers its
+commands (``seq``, from 1, one outstanding at a time). The store keeps, per client, the last
+``seq`` applied and its result. A command whose ``seq`` equals the session's is a retry of one
+that was already applied: the cached result is returned and the command is *not* applied again.
+A lower ``seq`` is answered with the error ``"stale"`` (its result is gone). A command without
+a client applies unconditionally.
+
+Sessions expire deterministically: the store counts the commands it applies (its *position*:
+the same on every replica, since NOOP and configuration entries never reach it) and drops a
+session idle for more than ``session_ttl`` commands, oldest first. A retry arriving after its
+session expired would apply twice; ``session_ttl`` trades memory for that window. Sessions,
+data and position are all in the snapshot, so expiry agrees across snapshot installs too.
+
+A malformed command never raises: it yields ``{"ok":false,"error":"bad command: ..."}``
+(deterministically), since every replica must apply the same log without crashing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "Cas",
+    "Command",
+    "KVStore",
+    "Read",
+    "Result",
+    "StateMachine",
+    "Write",
+    "decode_result",
+    "encode_command",
+]
+
+#: commands a session may stay idle before it is forgotten (deterministic: counted in commands)
+DEFAULT_SESSION_TTL = 100_000
+
+
+class StateMachine(Protocol):
+    """What the Raft node applies committed commands to (DESIGN.md, "Library API")."""
+
+    def apply(self, command: bytes) -> bytes: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, snapshot: bytes) -> None: ...
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Read(_Model):
+    op: Literal["read"] = "read"
+    key: str
+
+
+class Write(_Model):
+    op: Literal["write"] = "write"
+    key: str
+    value: int
+
+
+class Cas(_Model):
+    op: Literal["cas"] = "cas"
+    key: str
+    expected: int | None
+    new: int
+
+
+Op = Annotated[Read | Write | Cas, Field(discriminator="op")]
+
+
+class Command(_Model):
+    """One state machine command: an operation, optionally inside a client session."""
+
+    op: Op
+    client: str | None = None
+    seq: int = Field(default=0, ge=0)
+
+
+class Result(_Model):
+    """A command's outcome; ``value`` is the value read, or the current value on a mismatch."""
+
+    ok: bool
+    value: int | None = None
+    error: str | None = None
+
+
+def encode_command(op: Read | Write | Cas, client: str | None = None, seq: int = 0) -> bytes:
+    """The compact JSON a client proposes for ``op``."""
+    body = op.model_dump(exclude_none=False)
+    if client is not None:
+        body["client"] = client
+        body["seq"] = seq
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_command(data: bytes) -> Command:
+    """Parse a proposed command (raises ``ValueError`` on a malformed one)."""
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("a command is a JSON object")
+    client, seq = obj.pop("client", None), obj.pop("seq", 0)
+    return Command.model_validate({"op": obj, "client": client, "seq": seq})
+
+
+def encode_result(result: Result) -> bytes:
+    return result.model_dump_json(exclude_none=True).encode()
+
+
+def decode_result(data: bytes) -> Result:
+    return Result.model_validate_json(data)
+
+
+@dataclass(slots=True)
+class _Session:
+    seq: int
+    result: bytes
+    last_active: int  #: the store position of its last command
+
+
+class KVStore:
+    """String keys, integer values; see the module docstring."""
+
+    def __init__(self, session_ttl: int = DEFAULT_SESSION_TTL) -> None:
+        if session_ttl < 1:
+            raise ValueError("session_ttl must be >= 1")
+        self.session_ttl = session_ttl
+        self.data: dict[str, int] = {}
+        #: ordered by last activity, oldest first (so expiry pops from the front)
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        self.position = 0  #: commands applied so far
+
+    # -- the StateMachine protocol --------------------------------------------------------
+    def apply(self, command: bytes) -> bytes:
+        self.position += 1
+        self._expire()
+        try:
+            cmd = decode_command(command)
+        except (ValueError, ValidationError) as exc:
+            return encode_result(Result(ok=False, error=f"bad command: {_brief(exc)}"))
+        if cmd.client is None:
+            return encode_result(self._execute(cmd.op))
+        return self._apply_in_session(cmd, cmd.client)
+
+    def snapshot(self) -> bytes:
+        image = {
+            "position": self.position,
+            "data": self.data,
+            "sessions": [
+                [c, s.seq, s.result.decode(), s.last_active] for c, s in self.sessions.items()
+            ],
+        }
+        return json.dumps(image, separators=(",", ":"), sort_keys=True).encode()
+
+    def restore(self, snapshot: bytes) -> None:
+        image = json.loads(snapshot)
+        self.position = int(image["position"])
+        self.data = {str(k): int(v) for k, v in image["data"].items()}
+        self.sessions = OrderedDict(
+            (str(c), _Session(int(seq), str(res).encode(), int(last)))
+            for c, seq, res, last in image["sessions"]
+        )
+
+    # -- local reads (after ReadIndex) -----------------------------------------------------
+    def get(self, key: str) -> int | None:
+        """The value of ``key`` as applied here (linearizable only after a ReadIndex wait)."""
+        return self.data.get(key)
+
+    # -- internals --------------------------------------------------------------------------
+    def _apply_in_session(self, cmd: Command, client: str) -> bytes:
+        session = self.sessions.get(client)
+        if session is not None and cmd.seq <= session.seq:
+            if cmd.seq < session.seq:
+                return encode_result(Result(ok=False, error="stale"))
+            session.last_active = self.position
+            self.sessions.move_to_end(client)
+            return session.result
+        result = encode_result(self._execute(cmd.op))
+        self.sessions[client] = _Session(cmd.seq, result, self.position)
+        self.sessions.move_to_end(client)
+        return result
+
+    def _execute(self, op: Read | Write | Cas) -> Result:
+        if isinstance(op, Read):
+            return Result(ok=True, value=self.data.get(op.key))
+        if isinstance(op, Write):
+            self.data[op.key] = op.value
+            return Result(ok=True)
+        current = self.data.get(op.key)
+        if current != op.expected:
+            return Result(ok=False, error="mismatch", value=current)
+        self.data[op.key] = op.new
+        return Result(ok=True)
+
+    def _expire(self) -> None:
+        horizon = self.position - self.session_ttl
+        while self.sessions:
+            client, oldest = next(iter(self.sessions.items()))
+            if oldest.last_active >= horizon:
+                return
+            del self.sessions[client]
+
+
+def _brief(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        return f"{loc}: {err['msg']}" if loc else str(err["msg"])
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
