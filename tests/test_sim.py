@@ -1,0 +1,244 @@
+"""The simulator itself: the brief's election timeline, seeded sweeps, determinism, teeth."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from unittest import mock
+
+import pytest
+
+from harness.cli import main
+from harness.sim.lab import LabCluster
+from harness.sim.sweep import sweep
+from harness.sim.world import SimConfig, World
+from raft.core.log import RaftLog
+from raft.core.progress import quorum_index
+from raft.core.raft import RaftCore
+from raft.core.types import HardState
+from raft.storage import MemoryStorage
+
+ALL_FAULTS = frozenset({"partition", "crash", "drop", "delay", "duplicate"})
+
+
+def test_five_nodes_elect_and_reelect_within_two_election_timeouts() -> None:
+    """The brief's acceptance test, printing its timeline (run with -s to see it)."""
+    lines: list[str] = []
+    lab = LabCluster(5, seed=3, names="ABCDE", trace=lines.append)
+    print("[t=0.000s] cluster=[A,B,C,D,E] started")
+    timeout = lab.election_timeout_s
+    leader = lab.check_one_leader(within=2 * timeout)
+    term = lab.get_state(leader)[0]
+    elected_at = lab.now
+    print("\n".join(lines))
+    print(f"PASS: cluster elected {leader} as leader in term {term} within 2 election timeouts")
+    assert elected_at <= 2 * timeout
+
+    lab.run_for(2.0 - lab.now)
+    lines.clear()
+    crashed_at = lab.now
+    lab.crash(leader)
+    new_leader = lab.check_one_leader(within=2 * timeout)
+    new_term = lab.get_state(new_leader)[0]
+    print("\n".join(lines))
+    print(f"PASS: cluster re-elected {new_leader} as leader in term {new_term}", end="")
+    print(f" after {leader}'s failure")
+    assert new_leader != leader
+    assert new_term > term
+    assert lab.now - crashed_at <= 2 * timeout
+    assert any("becoming leader" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_1000_seeded_runs_never_two_leaders_in_one_term() -> None:
+    """Election safety (Raft §5.2) under partitions, crashes and drops; every other invariant
+    is checked too, and any violation fails the test."""
+    base = SimConfig(
+        nodes=5,
+        duration_us=3_000_000,
+        settle_us=1_000_000,
+        faults=frozenset({"partition", "crash", "drop", "churn"}),
+    )
+    summary = sweep(base, 0, 1000)
+    assert summary.runs == 1000
+    assert summary.totals["elections"] >= 1000, "the sweep must actually elect leaders"
+    failing = [(r.seed, r.violations[0]) for r in summary.failing]
+    assert failing == []
+
+
+def test_all_faults_sweep_keeps_every_invariant() -> None:
+    base = SimConfig(faults=ALL_FAULTS | {"churn"}, duration_us=5_000_000)
+    summary = sweep(base, 10_000, 60)
+    assert [(r.seed, r.violations) for r in summary.failing] == []
+    assert summary.totals["acked"] > 1000
+    assert summary.totals["crashes"] > 0
+
+
+def _digest(seed: int) -> str:
+    world = World(SimConfig(seed=seed, faults=ALL_FAULTS), digest=True)
+    world.run()
+    return world.trace_digest()
+
+
+def test_same_seed_same_trace_and_different_seed_different_trace() -> None:
+    assert _digest(7) == _digest(7)
+    assert _digest(7) != _digest(8)
+
+
+def test_trace_does_not_depend_on_python_hash_seed() -> None:
+    """Set iteration order varies with PYTHONHASHSEED; the trace must not."""
+    code = (
+        "from harness.sim.world import SimConfig, World\n"
+        "w = World(SimConfig(seed=7, faults=frozenset("
+        "{'partition','crash','drop','delay','duplicate'})), digest=True)\n"
+        "w.run(); print(w.trace_digest())"
+    )
+    digests = set()
+    for hash_seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip())
+    assert digests == {_digest(7)}
+
+
+# ---- the harness has teeth: planted bugs are found ---------------------------------------------
+
+
+def _no_election_restriction(self: RaftLog, last_index: int, last_term: int) -> bool:
+    return True
+
+
+def _commit_by_counting_any_term(self: RaftCore) -> bool:
+    mci = quorum_index(self.conf.voters, {n: pr.match for n, pr in self.prs.items()})
+    if mci > self.log.committed:
+        self.log.commit_to(mci)
+        self._on_commit()
+        return True
+    return False
+
+
+_real_save_state = MemoryStorage.save_state
+
+
+def _vote_not_persisted(self: MemoryStorage, state: HardState) -> None:
+    _real_save_state(self, HardState(state.term, None))
+
+
+@contextmanager
+def _planted(bug: str) -> Iterator[None]:
+    patches = {
+        "election_restriction": mock.patch.object(
+            RaftLog, "is_up_to_date", _no_election_restriction
+        ),
+        "commit_by_counting": mock.patch.object(
+            RaftCore, "maybe_commit", _commit_by_counting_any_term
+        ),
+        "vote_not_persisted": mock.patch.object(MemoryStorage, "save_state", _vote_not_persisted),
+    }
+    with patches[bug]:
+        yield
+
+
+@pytest.mark.parametrize(
+    ("bug", "config", "expected_kinds"),
+    [
+        (
+            "election_restriction",
+            SimConfig(faults=ALL_FAULTS),
+            {"leader_completeness", "state_machine_safety", "durability"},
+        ),
+        (
+            "commit_by_counting",
+            SimConfig(nodes=3, faults=frozenset({"churn", "crash"})),
+            {"leader_commit_term", "leader_completeness", "state_machine_safety"},
+        ),
+        (
+            "vote_not_persisted",
+            SimConfig(nodes=3, faults=frozenset({"churn", "crash", "partition"})),
+            {"double_vote", "election_safety"},
+        ),
+    ],
+)
+def test_planted_bug_is_found_within_bounded_seeds(
+    bug: str, config: SimConfig, expected_kinds: set[str]
+) -> None:
+    found: list[tuple[int, str]] = []
+    with _planted(bug):
+        for seed in range(60):
+            violations = World(replace(config, seed=seed)).run()
+            if violations:
+                found.append((seed, violations[0].kind))
+                break
+    assert found, f"{bug}: no violation in 60 seeds"
+    assert found[0][1] in expected_kinds, found
+
+
+def test_correct_core_passes_the_same_teeth_configurations() -> None:
+    """Control for the test above: the unpatched core survives those seeds."""
+    for config in (
+        SimConfig(nodes=3, faults=frozenset({"churn", "crash"})),
+        SimConfig(nodes=3, faults=frozenset({"churn", "crash", "partition"})),
+    ):
+        for seed in range(25):
+            assert World(replace(config, seed=seed)).run() == [], seed
+
+
+# ---- orbital sim -------------------------------------------------------------------------------
+
+
+def test_cli_sweep_prints_a_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["sim", "--seeds", "6", "--time", "2s", "--jobs", "2", "--no-progress"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["runs"] == 6
+    assert out["violations"] == 0
+    assert out["simulated_seconds"] == 12.0
+    assert {"elections", "commits", "wall_seconds", "violations_by_kind"} <= out.keys()
+
+
+def test_cli_reports_a_violation_with_seed_and_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    with _planted("election_restriction"):
+        code = main(["sim", "--seeds", "3", "--jobs", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert json.loads(captured.out)["violations"] >= 1
+    assert "violated" in captured.err
+    assert "orbital sim --seed" in captured.err
+    assert "VIOLATION" in captured.err
+
+
+def test_cli_replays_one_seed_with_its_timeline(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["sim", "--seed", "4", "--trace", "--time", "1s", "--faults", "none"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "becoming leader" in out
+    assert out.splitlines()[0].startswith("[t=0.000s]")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sim", "--seeds", "0"],
+        ["sim", "--seeds", "x"],
+        ["sim", "--time", "soon"],
+        ["sim", "--faults", "meteor"],
+        ["sim", "--start-seed", "-1"],
+    ],
+)
+def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_cli_trace_without_seed_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "--trace"]) == 2
+    assert "--trace needs --seed" in capsys.readouterr().err
