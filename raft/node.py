@@ -1,0 +1,483 @@
+"""RaftNode: the asyncio driver of :class:`~raft.core.raft.RaftCore`.
+
+Theory of operation
+-------------------
+One event loop, one *main loop* coroutine, and it alone touches the core. Everything that
+wants the core (a received message, a clock tick, a client's proposal or read, a membership
+change) becomes an item in the inbox; the main loop takes the items and steps them into the
+core, then, whenever ``core.has_ready()``, runs the Ready contract of :mod:`raft.core.raft`:
+
+1. ``rd = core.ready()``
+2. persist, in a worker thread (``asyncio.to_thread``), as one batch: hard state, then the
+   snapshot, then the entries — every Storage write returns only once durable (fsync);
+3. send ``rd.messages``;
+4. restore the state machine from ``rd.snapshot``, apply ``rd.committed_entries``, serve
+   ``rd.read_states``;
+5. ``core.advance(rd)``; then, if the snapshot policy says so, compact.
+
+While step 2 runs, the loop keeps receiving: items pile up in the inbox and are all stepped
+after ``advance``, so they share the next batch and its single fsync (group commit). Nothing
+steps the core between 1 and 5 because only the main loop does, and it is busy in 2 to 4.
+
+Clients: ``submit(command)`` proposes on the leader and resolves when an entry is applied at
+the proposed index: with the proposal's term, its result; with another term,
+:class:`ProposalLost` (a new leader overwrote it: it did *not* take effect). If a snapshot
+jumps over the index, :class:`OutcomeUnknown`. ``read()`` is ReadIndex (dissertation §6.4):
+the leader confirms it still leads, and the call returns once this node has applied up to the
+read index, so the caller's local read of the state machine is linearizable.
+
+Time: a tick task reads the node's clock (``SkewedClock`` in a chaos run) and enqueues one
+tick per ``tick_ms`` of clock time that passed (capped, so a paused process wakes with at most
+two election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
+from the core's event callback; role and term changes are also appended to ``roles_path`` as
+JSON lines ``{"time": monotonic ns, "node", "role", "term"}`` (system-wide CLOCK_MONOTONIC,
+the clock of ``history.jsonl`` and ``faults.jsonl``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TextIO, TypeVar
+
+from raft.core.errors import RaftError
+from raft.core.messages import Message
+from raft.core.raft import RaftConfig, RaftCore, ReadState, Ready
+from raft.core.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    EntryKind,
+    LogEntry,
+    NodeId,
+    Snapshot,
+)
+from raft.kv import StateMachine
+from raft.storage import Storage
+from raft.transport import Transport
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "NodeStopped",
+    "OutcomeUnknown",
+    "ProposalLost",
+    "RaftNode",
+    "ReadFailed",
+]
+
+SM = TypeVar("SM", bound=StateMachine)
+
+#: 10 ms ticks: heartbeats every 30 ms, election timeouts drawn from [150, 300) ms
+DEFAULT_CONFIG = RaftConfig(election_ticks=15, heartbeat_ticks=3)
+#: beyond this many queued items, received messages are dropped (Raft tolerates loss)
+MAX_INBOX = 10_000
+#: items stepped before the next Ready at most (bounds a batch)
+MAX_BATCH_ITEMS = 4096
+
+
+class ProposalLost(RaftError):
+    """Another entry was committed at the proposal's index: the proposal did not take effect."""
+
+
+class OutcomeUnknown(RaftError):
+    """The proposal may or may not have taken effect (a snapshot covered its index)."""
+
+
+class ReadFailed(RaftError):
+    """A ReadIndex round failed (leadership was lost before it was confirmed)."""
+
+
+class NodeStopped(RaftError):
+    """The node is not running."""
+
+
+@dataclass(slots=True)
+class _Tick:
+    pass
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _Stop:
+    pass
+
+
+_Item = Message | _Tick | _Call | _Stop
+
+
+@dataclass(slots=True)
+class _Proposal:
+    term: int
+    future: asyncio.Future[bytes]
+
+
+def print_timeline(line: str) -> None:
+    """The default timeline sink: stdout, flushed (a node process's log)."""
+    print(line, flush=True)
+
+
+class RaftNode(Generic[SM]):
+    """One Raft node on an asyncio event loop; see the module docstring.
+
+    ``peers`` is the bootstrap configuration: every initial voter, this node included if it is
+    one (a node joining later is started with the current voters, not itself). Storage and
+    state are loaded here, so a node built on an existing store restarts from it.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        peers: list[str],
+        transport: Transport,
+        storage: Storage,
+        state_machine: SM,
+        config: RaftConfig | None = None,
+        *,
+        tick_ms: float = 10.0,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        epoch: float | None = None,
+        timeline: Callable[[str], None] | None = print_timeline,
+        roles_path: Path | None = None,
+    ) -> None:
+        self.id = NodeId(node_id)
+        self.transport = transport
+        self.storage = storage
+        self.sm = state_machine
+        self.tick_s = tick_ms / 1000.0
+        self._clock = clock
+        self._epoch = time.monotonic() if epoch is None else epoch
+        self._timeline = timeline
+        self._roles: TextIO | None = None
+        if roles_path is not None:
+            self._roles = roles_path.open("a", encoding="utf-8", buffering=1)
+        self._last_role: tuple[str, int] | None = None
+        self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        self._proposals: dict[int, _Proposal] = {}
+        self._read_requests: dict[int, asyncio.Future[int]] = {}
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._running = False
+        self.core = self._load(peers, config or DEFAULT_CONFIG, seed)
+        self._record_role()
+
+    def _load(self, peers: list[str], config: RaftConfig, seed: int | None) -> RaftCore:
+        hs = self.storage.load_state()
+        snap = self.storage.load_snapshot()
+        entries = self.storage.load_log()
+        bootstrap = ConfState(frozenset(NodeId(p) for p in peers))
+        self.membership: ConfState = bootstrap if snap is None else snap.meta.conf
+        if snap is not None:
+            self.sm.restore(snap.data)
+        return RaftCore(
+            self.id,
+            bootstrap,
+            rng=random.Random(seed),
+            config=config,
+            hard_state=hs,
+            snapshot=snap,
+            entries=entries,
+            log=self._on_core_event,
+        )
+
+    # ==== public API ========================================================================
+    async def run(self) -> None:
+        """Drive the node until :meth:`stop` (or cancellation); storage errors propagate."""
+        self._running = True
+        helpers = [
+            asyncio.create_task(self._receive_loop(), name=f"{self.id}-recv"),
+            asyncio.create_task(self._tick_loop(), name=f"{self.id}-tick"),
+        ]
+        try:
+            await self._main_loop()
+        finally:
+            self._running = False
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            self.transport.close()
+            self._fail_everything(NodeStopped(f"{self.id} stopped"))
+            if self._roles is not None:
+                self._roles.close()
+                self._roles = None
+
+    def stop(self) -> None:
+        """Ask the main loop to finish (after the batch in progress)."""
+        self._inbox.put_nowait(_Stop())
+
+    async def submit(self, command: bytes) -> bytes:
+        """Replicate ``command`` and return the state machine's result once applied.
+
+        Raises ``NotLeader`` (with a hint), ``ProposalDropped`` (back-pressure or a transfer in
+        progress: nothing was appended), :class:`ProposalLost`, :class:`OutcomeUnknown`.
+        """
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def propose() -> None:
+            index, term = self.core.propose(command)
+            self._proposals[index] = _Proposal(term, fut)
+
+        await self._call(propose)
+        return await fut
+
+    async def read(self) -> int:
+        """Linearizable read barrier (ReadIndex); returns once the local state machine may be
+        read. Raises ``NotLeader`` or :class:`ReadFailed`."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def start() -> None:
+            self._read_requests[self.core.read_index()] = fut
+
+        await self._call(start)
+        index = await fut
+        await self.wait_applied(index)
+        return index
+
+    async def change_membership(self, change: ConfChange) -> None:
+        """Propose a single-server change; returns once it is applied (for ADD_VOTER: once
+        the node has been promoted to voter). Raises ``NotLeader``, ``ConfChangeError``..."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def propose() -> None:
+            index, term = self.core.propose_conf_change(change)
+            self._proposals[index] = _Proposal(term, fut)
+
+        await self._call(propose)
+        await fut
+        if change.type is ConfChangeType.ADD_VOTER:
+            while change.node not in self.membership.voters:
+                await self.wait_applied(self.core.log.applied + 1)
+
+    async def transfer_leader(self, target: str) -> None:
+        """Start handing leadership to ``target`` (returns at once; raises ``NotLeader``)."""
+        await self._call(lambda: self.core.transfer_leader(NodeId(target)))
+
+    async def wait_applied(self, index: int) -> None:
+        """Return once this node has applied every entry up to ``index``."""
+        if self.core.log.applied >= index:
+            return
+        if not self._running:
+            raise NodeStopped(f"{self.id} is not running")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, fut))
+        await fut
+
+    def is_leader(self) -> bool:
+        return self.core.is_leader()
+
+    def get_state(self) -> tuple[int, bool]:
+        """``(current_term, is_leader)``."""
+        return self.core.term, self.core.is_leader()
+
+    def leader(self) -> str | None:
+        return self.core.lead
+
+    def status(self) -> dict[str, Any]:
+        core, log = self.core, self.core.log
+        conf = self.membership
+        return {
+            "id": self.id,
+            "role": core.role.value,
+            "term": core.term,
+            "leader": core.lead,
+            "commit": log.committed,
+            "applied": log.applied,
+            "last_index": log.last_index(),
+            "snapshot_index": log.snap_index,
+            "voters": sorted(conf.voters),
+            "learners": sorted(conf.learners),
+        }
+
+    # ==== the main loop =====================================================================
+    async def _main_loop(self) -> None:
+        while True:
+            if not self._drain():
+                return
+            if self.core.has_ready():
+                await self._handle_ready()
+                continue
+            item = await self._inbox.get()
+            if not self._handle(item):
+                return
+
+    def _drain(self) -> bool:
+        """Step queued items into the core; False once a stop was asked for."""
+        for _ in range(MAX_BATCH_ITEMS):
+            try:
+                item = self._inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if not self._handle(item):
+                return False
+        return True
+
+    def _handle(self, item: _Item) -> bool:
+        if isinstance(item, _Tick):
+            self.core.tick()
+        elif isinstance(item, _Call):
+            self._run_call(item)
+        elif isinstance(item, _Stop):
+            return False
+        else:
+            try:
+                self.core.step(item)
+            except RaftError as exc:
+                self._line(f"dropped {type(item).__name__} from {item.src}: {exc}")
+        return True
+
+    @staticmethod
+    def _run_call(call: _Call) -> None:
+        if call.future.done():  # the caller gave up (cancelled)
+            return
+        try:
+            call.future.set_result(call.fn())
+        except RaftError as exc:
+            call.future.set_exception(exc)
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        if not self._running:
+            raise NodeStopped(f"{self.id} is not running")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Call(fn, fut))
+        return await fut
+
+    async def _handle_ready(self) -> None:
+        rd = self.core.ready()
+        if rd.hard_state is not None or rd.snapshot or rd.compacted or rd.entries:
+            await asyncio.to_thread(self._persist, rd)
+        for m in rd.messages:
+            await self.transport.send(m)
+        if rd.snapshot is not None:
+            self._restore(rd.snapshot)
+        self._apply(rd.committed_entries)
+        self._serve_reads(rd.read_states)
+        self.core.advance(rd)
+        self._wake_applied_waiters()
+        if self.core.should_compact():
+            self.core.compact(self.core.log.applied, self.sm.snapshot())
+
+    def _persist(self, rd: Ready) -> None:
+        """Step 2 of the contract, in a worker thread; each write is durable on return."""
+        s = self.storage
+        if rd.hard_state is not None:
+            s.save_state(rd.hard_state)
+        for snap in (rd.snapshot, rd.compacted):
+            if snap is not None:
+                s.save_snapshot(snap)
+        if rd.entries:
+            s.append_log(rd.entries)
+
+    def _restore(self, snap: Snapshot) -> None:
+        self.sm.restore(snap.data)
+        self.membership = snap.meta.conf
+        for index in sorted(i for i in self._proposals if i <= snap.meta.index):
+            p = self._proposals.pop(index)
+            _fail(p.future, OutcomeUnknown(f"a snapshot at {snap.meta.index} covered {index}"))
+
+    def _apply(self, entries: list[LogEntry]) -> None:
+        for e in entries:
+            result = b""
+            if e.kind is EntryKind.NORMAL:
+                result = self.sm.apply(e.command)
+            elif e.kind is EntryKind.CONFIG:
+                self.membership = self.membership.apply(ConfChange.decode(e.command))
+            p = self._proposals.pop(e.index, None)
+            if p is None or p.future.done():
+                continue
+            if p.term == e.term:
+                p.future.set_result(result)
+            else:
+                p.future.set_exception(
+                    ProposalLost(f"entry {e.index} of term {e.term} replaced the proposal")
+                )
+
+    def _serve_reads(self, states: list[ReadState]) -> None:
+        for rs in states:
+            fut = self._read_requests.pop(rs.request, None)
+            if fut is None or fut.done():
+                continue
+            if rs.index is None:
+                fut.set_exception(ReadFailed(f"read {rs.request} failed: leadership lost"))
+            else:
+                fut.set_result(rs.index)
+
+    def _wake_applied_waiters(self) -> None:
+        applied = self.core.log.applied
+        waiting = []
+        for index, fut in self._applied_waiters:
+            if fut.done():
+                continue
+            if index <= applied:
+                fut.set_result(None)
+            else:
+                waiting.append((index, fut))
+        self._applied_waiters = waiting
+
+    def _fail_everything(self, exc: RaftError) -> None:
+        futures: list[asyncio.Future[Any]] = [p.future for p in self._proposals.values()]
+        futures += list(self._read_requests.values())
+        futures += [f for _, f in self._applied_waiters]
+        self._proposals.clear()
+        self._read_requests.clear()
+        self._applied_waiters.clear()
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if isinstance(item, _Call):
+                futures.append(item.future)
+        for f in futures:
+            _fail(f, exc)
+
+    # ==== helpers: receiving and ticking ======================================================
+    async def _receive_loop(self) -> None:
+        while True:
+            msg = await self.transport.recv()
+            if self._inbox.qsize() < MAX_INBOX:
+                self._inbox.put_nowait(msg)
+
+    async def _tick_loop(self) -> None:
+        cap = 2 * self.core.cfg.election_ticks
+        last = self._clock()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = self._clock()
+            n = int((now - last) / self.tick_s)
+            if n <= 0:
+                continue
+            last = now if n > cap else last + n * self.tick_s
+            for _ in range(min(n, cap)):
+                self._inbox.put_nowait(_Tick())
+
+    # ==== timeline and roles ==================================================================
+    def _on_core_event(self, text: str) -> None:
+        self._line(text)
+        if hasattr(self, "core"):
+            self._record_role()
+
+    def _line(self, text: str) -> None:
+        if self._timeline is not None:
+            self._timeline(f"[t={time.monotonic() - self._epoch:.3f}s] {self.id}: {text}")
+
+    def _record_role(self) -> None:
+        now = (self.core.role.value, self.core.term)
+        if now == self._last_role:
+            return
+        self._last_role = now
+        if self._roles is not None:
+            line = {"time": time.monotonic_ns(), "node": self.id, "role": now[0], "term": now[1]}
+            self._roles.write(json.dumps(line) + "\n")
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+        # a caller that already gave up must not produce "exception never retrieved" noise
+        fut.exception()
