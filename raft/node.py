@@ -56,6 +56,7 @@ from raft.core.types import (
     LogEntry,
     NodeId,
     Snapshot,
+    decode_conf_entry,
 )
 from raft.kv import StateMachine
 from raft.storage import Storage
@@ -389,7 +390,7 @@ class RaftNode(Generic[SM]):
             if e.kind is EntryKind.NORMAL:
                 result = self.sm.apply(e.command)
             elif e.kind is EntryKind.CONFIG:
-                self.membership = self.membership.apply(ConfChange.decode(e.command))
+                _, self.membership = decode_conf_entry(e.command)
             p = self._proposals.pop(e.index, None)
             if p is None or p.future.done():
                 continue

@@ -1,0 +1,353 @@
+"""RaftNode clusters over MemoryTransport and MemoryStorage, in one event loop.
+
+Real asyncio time (10 ms ticks), so assertions are on outcomes, never on timings: every wait
+is bounded (a test fails with a timeout, it never hangs), and every run checks election safety
+(at most one leader per term) from the nodes' own timeline lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from raft.core.errors import NotLeader, ProposalDropped
+from raft.core.raft import RaftConfig
+from raft.core.types import ConfChange, ConfChangeType, NodeId
+from raft.kv import KVStore, Read, Write, decode_result, encode_command
+from raft.node import NodeStopped, OutcomeUnknown, ProposalLost, RaftNode, ReadFailed
+from raft.storage import MemoryStorage
+from raft.transport import MemoryNetwork
+
+RETRYABLE = (
+    NotLeader,
+    ProposalDropped,
+    ProposalLost,
+    OutcomeUnknown,
+    ReadFailed,
+    NodeStopped,
+    TimeoutError,
+)
+LEADER_LINE = re.compile(r"\] (\w+): received majority votes, becoming leader \(term=(\d+)\)")
+
+
+class Cluster:
+    """Nodes n1..nN sharing a MemoryNetwork; crash = cancel the node's task, keep its storage."""
+
+    def __init__(self, size: int, config: RaftConfig | None = None, seed: int = 1) -> None:
+        self.ids = [f"n{i}" for i in range(1, size + 1)]
+        self.net = MemoryNetwork()
+        self.config = config
+        self.seed = seed
+        self.epoch = time.monotonic()
+        self.lines: list[str] = []
+        self.storages: dict[str, MemoryStorage] = {}
+        self.nodes: dict[str, RaftNode[KVStore]] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._seq = itertools.count(1)
+
+    def start(self, node_id: str, peers: list[str] | None = None) -> RaftNode[KVStore]:
+        storage = self.storages.setdefault(node_id, MemoryStorage())
+        node = RaftNode(
+            node_id,
+            peers or self.ids,
+            self.net.join(NodeId(node_id)),
+            storage,
+            KVStore(),
+            self.config,
+            seed=self.seed * 1000 + next(self._seq),
+            epoch=self.epoch,
+            timeline=self.lines.append,
+        )
+        self.nodes[node_id] = node
+        self.tasks[node_id] = asyncio.create_task(node.run())
+        return node
+
+    def start_all(self) -> None:
+        for n in self.ids:
+            self.start(n)
+
+    async def crash(self, node_id: str) -> None:
+        task = self.tasks.pop(node_id)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise AssertionError(f"{node_id} died") from task.exception()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self.lines.append(f"[t={time.monotonic() - self.epoch:.3f}s] {node_id} crashed")
+
+    async def stop_all(self) -> None:
+        for n in list(self.tasks):
+            await self.crash(n)
+
+    def running(self) -> list[RaftNode[KVStore]]:
+        return [self.nodes[n] for n in self.tasks]
+
+    async def leader(self, timeout: float = 10.0) -> RaftNode[KVStore]:
+        """The one running leader of the highest term, once every running node agrees."""
+
+        def agreed() -> RaftNode[KVStore] | None:
+            leaders = [n for n in self.running() if n.is_leader()]
+            if len(leaders) != 1:
+                return None
+            lead = leaders[0]
+            voters = [n for n in self.running() if n.id in n.membership.voters]
+            followers = [n for n in voters if n.leader() == lead.id]
+            return lead if 2 * len(followers) > len(voters) else None
+
+        return await wait_for(agreed, timeout)
+
+    async def submit(self, command: bytes, timeout: float = 20.0) -> bytes:
+        """Submit through whoever leads, retrying (commands carry sessions: applied once)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                lead = await self.leader()
+                try:
+                    async with asyncio.timeout(2):
+                        return await lead.submit(command)
+                except RETRYABLE:
+                    await asyncio.sleep(0.02)
+
+    async def read(self, key: str, timeout: float = 20.0) -> int | None:
+        async with asyncio.timeout(timeout):
+            while True:
+                lead = await self.leader()
+                try:
+                    async with asyncio.timeout(2):
+                        await lead.read()
+                    return lead.sm.get(key)
+                except RETRYABLE:
+                    await asyncio.sleep(0.02)
+
+    async def converged(self, timeout: float = 10.0) -> None:
+        """Every running node has applied the same prefix, and their stores agree."""
+
+        def same() -> bool | None:
+            nodes = self.running()
+            applied = {n.core.log.applied for n in nodes}
+            last = {n.core.log.last_index() for n in nodes}
+            if len(applied) == 1 and applied == last:
+                return len({repr(sorted(n.sm.data.items())) for n in nodes}) == 1 or None
+            return None
+
+        await wait_for(same, timeout)
+
+    def check_election_safety(self) -> dict[int, str]:
+        leaders: dict[int, str] = {}
+        for line in self.lines:
+            m = LEADER_LINE.search(line)
+            if m:
+                node, term = m.group(1), int(m.group(2))
+                assert leaders.setdefault(term, node) == node, f"two leaders in term {term}"
+        return leaders
+
+
+T = TypeVar("T")
+
+
+async def wait_for(check: Callable[[], T | None], timeout: float) -> T:
+    async with asyncio.timeout(timeout):
+        while (value := check()) is None:
+            await asyncio.sleep(0.01)
+        return value
+
+
+def run(factory: Callable[[], Coroutine[Any, Any, None]], timeout: float = 60.0) -> None:
+    async def main() -> None:
+        async with asyncio.timeout(timeout):
+            await factory()
+
+    asyncio.run(main())
+
+
+def with_cluster(
+    size: int, body: Callable[[Cluster], Awaitable[None]], config: RaftConfig | None = None
+) -> None:
+    async def main() -> None:
+        c = Cluster(size, config)
+        try:
+            c.start_all()
+            await body(c)
+            c.check_election_safety()
+        finally:
+            await c.stop_all()
+
+    run(main)
+
+
+def put(key: str, value: int, seq: int, client: str = "t") -> bytes:
+    return encode_command(Write(key=key, value=value), client, seq)
+
+
+# ==== tests ===================================================================================
+def test_three_nodes_elect_replicate_and_read() -> None:
+    async def body(c: Cluster) -> None:
+        lead = await c.leader()
+        for i in range(1, 31):
+            assert decode_result(await c.submit(put(f"k{i % 4}", i, i))).ok
+        assert await c.read("k2") == 30
+        r = decode_result(await c.submit(encode_command(Read(key="k1"))))
+        assert r.value == 29
+        await c.converged()
+        follower = next(n for n in c.running() if n is not lead)
+        with pytest.raises(NotLeader) as err:
+            await follower.submit(put("x", 1, 99))
+        assert err.value.leader_hint == lead.id
+        with pytest.raises(NotLeader):
+            await follower.read()
+
+    with_cluster(3, body)
+
+
+def test_five_nodes_survive_leader_crash() -> None:
+    async def body(c: Cluster) -> None:
+        first = await c.leader()
+        for i in range(1, 11):
+            await c.submit(put("x", i, i))
+        await c.crash(first.id)
+        second = await c.leader()
+        assert second.id != first.id
+        assert second.core.term > first.core.term
+        for i in range(11, 21):
+            await c.submit(put("x", i, i))
+        assert await c.read("x") == 20
+        await c.converged()
+
+    with_cluster(5, body)
+
+
+def test_retried_command_applies_once() -> None:
+    async def body(c: Cluster) -> None:
+        await c.submit(put("x", 1, 1, client="c"))
+        add = encode_command(Write(key="x", value=2), "c", 2)
+        first = await c.submit(add)
+        await c.submit(put("x", 3, 1, client="other"))
+        again = await c.submit(add)  # a retry after another client's write
+        assert again == first
+        assert await c.read("x") == 3
+
+    with_cluster(3, body)
+
+
+def test_membership_add_fourth_then_remove_first() -> None:
+    async def body(c: Cluster) -> None:
+        for i in range(1, 6):
+            await c.submit(put("x", i, i))
+        c.start("n4", peers=["n1", "n2", "n3"])
+        lead = await c.leader()
+        await lead.change_membership(ConfChange(ConfChangeType.ADD_VOTER, NodeId("n4")))
+        assert lead.membership.voters == {"n1", "n2", "n3", "n4"}
+        await c.submit(put("x", 6, 6))
+        lead = await c.leader()
+        await lead.change_membership(ConfChange(ConfChangeType.REMOVE, NodeId("n1")))
+        await c.submit(put("x", 7, 7))
+        await c.crash("n1")
+        await c.submit(put("x", 8, 8))
+        await c.converged()
+        for n in c.running():
+            assert n.membership.voters == {"n2", "n3", "n4"}, n.id
+            assert n.sm.get("x") == 8
+
+    with_cluster(3, body)
+
+
+def test_leadership_transfer() -> None:
+    async def body(c: Cluster) -> None:
+        lead = await c.leader()
+        await c.submit(put("x", 1, 1))
+        target = next(n for n in c.ids if n != lead.id)
+        await lead.transfer_leader(target)
+        new = await wait_for(lambda: c.nodes[target] if c.nodes[target].is_leader() else None, 10)
+        assert new.core.term > lead.core.term - 1
+        await c.submit(put("x", 2, 2))
+        assert await c.read("x") == 2
+
+    with_cluster(3, body)
+
+
+def test_restart_all_from_storage_keeps_committed_entries() -> None:
+    async def body(c: Cluster) -> None:
+        for i in range(1, 21):
+            await c.submit(put(f"k{i % 3}", i, i))
+        await c.stop_all()
+        c.start_all()
+        assert await c.read("k2") == 20
+        assert await c.read("k0") == 18
+        await c.converged()
+
+    with_cluster(3, body)
+
+
+def test_snapshot_brings_up_a_new_follower() -> None:
+    config = RaftConfig(election_ticks=15, heartbeat_ticks=3, snapshot_entries=10)
+
+    async def body(c: Cluster) -> None:
+        for i in range(1, 41):
+            await c.submit(put(f"k{i % 5}", i, i))
+        lead = await c.leader()
+        assert lead.core.log.snap_index > 0
+        joiner = c.start("n4", peers=["n1", "n2", "n3"])
+        await lead.change_membership(ConfChange(ConfChangeType.ADD_VOTER, NodeId("n4")))
+        await c.submit(put("k0", 99, 41))
+        await c.converged()
+        assert joiner.sm.get("k0") == 99
+        assert joiner.sm.get("k4") == 39
+        assert any("n4: installing snapshot" in line for line in c.lines)
+
+    with_cluster(3, body, config)
+
+
+def test_minority_leader_commits_nothing() -> None:
+    async def body(c: Cluster) -> None:
+        old = await c.leader()
+        await c.submit(put("x", 1, 1))
+        c.net.isolate(old.id, c.ids)
+        doomed = asyncio.create_task(old.submit(put("x", 666, 2, client="minority")))
+        await asyncio.sleep(0.05)
+        new = await wait_for(
+            lambda: next((n for n in c.running() if n.is_leader() and n is not old), None), 10
+        )
+        await new.submit(put("x", 2, 2))
+        c.net.heal()
+        with pytest.raises((ProposalLost, NotLeader)):
+            async with asyncio.timeout(10):
+                await doomed
+        await c.converged()
+        assert all(n.sm.get("x") == 2 for n in c.running())
+
+    with_cluster(5, body)
+
+
+def test_timeline_and_roles_file(tmp_path: Path) -> None:
+    async def main() -> None:
+        net, lines = MemoryNetwork(), []
+        roles = tmp_path / "roles.jsonl"
+        node = RaftNode(
+            "solo",
+            ["solo"],
+            net.join(NodeId("solo")),
+            MemoryStorage(),
+            KVStore(),
+            timeline=lines.append,
+            roles_path=roles,
+            seed=1,
+        )
+        task = asyncio.create_task(node.run())
+        await wait_for(lambda: node.is_leader() or None, 5)
+        assert decode_result(await node.submit(put("x", 5, 1))).ok
+        node.stop()
+        await task
+        with pytest.raises(NodeStopped):
+            await node.submit(put("x", 6, 2))
+        assert any(
+            re.match(r"\[t=\d+\.\d{3}s\] solo: .*becoming leader \(term=1\)", x) for x in lines
+        )
+        text = roles.read_text().splitlines()
+        assert '"role": "leader"' in text[-1]
+
+    run(main)
