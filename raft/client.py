@@ -1,0 +1,291 @@
+"""The KV client (:class:`KVClient`) and the ``orbital kv`` command.
+
+Theory of operation
+-------------------
+A :class:`KVClient` is one logical client in the history sense: it runs one operation at a
+time (a lock enforces it), under one session id, numbering its writes. It talks to the nodes'
+client ROUTERs (``raft.server``) with one DEALER per node and guesses the leader: it starts
+with any node, follows ``not_leader`` hints, and moves on when a node does not answer.
+
+Every write keeps its ``(client, seq)`` across retries, so however often it is resent, to
+whichever node, the state machine applies it at most once and answers every retry with the
+first result (``raft.kv``). That is what makes retrying safe, and lets an answer received after
+retries be definite. The outcome of an operation is one of:
+
+* a value (success);
+* :class:`Rejected` — it certainly did not take effect (``mismatch`` for a cas whose expected
+  value did not match: :class:`CasMismatch`, itself an observation; or no leader reachable
+  and no request possibly delivered) — a history ``fail``;
+* :class:`Unknown` — the deadline passed after a request may have reached a node: it may take
+  effect later, or never — a history ``info``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+__all__ = ["CasMismatch", "KVClient", "KVError", "Rejected", "Unknown", "configure", "run"]
+
+#: how long one node gets to answer before the client tries another
+ATTEMPT_TIMEOUT_S = 1.0
+#: pause before retrying after "busy" or when no leader is known
+BACKOFF_S = 0.05
+#: errors after which the same request is simply sent again (sessions make that safe)
+_RETRY = {"not_leader", "busy", "lost", "read_failed", "unknown"}
+
+
+class KVError(Exception):
+    """Base of the client's errors; ``error`` is the server's code."""
+
+    def __init__(self, error: str, message: str = "") -> None:
+        super().__init__(f"{error}: {message}" if message else error)
+        self.error = error
+
+
+class Rejected(KVError):
+    """The operation certainly did not take effect."""
+
+
+class CasMismatch(Rejected):
+    """A cas found ``current`` instead of the expected value."""
+
+    def __init__(self, current: int | None) -> None:
+        super().__init__("mismatch", f"current value {current}")
+        self.current = current
+
+
+class Unknown(KVError):
+    """The operation may or may not take effect (a timeout after a possible delivery)."""
+
+
+class KVClient:
+    """A client of the replicated KV store; ``nodes`` maps node ids to client addresses."""
+
+    def __init__(
+        self,
+        nodes: dict[str, str],
+        *,
+        client_id: str | None = None,
+        timeout: float = 5.0,
+        attempt_timeout: float = ATTEMPT_TIMEOUT_S,
+    ) -> None:
+        if not nodes:
+            raise ValueError("no nodes to talk to")
+        self.nodes = dict(sorted(nodes.items()))
+        self.client_id = client_id or uuid.uuid4().hex[:12]
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.leader: str | None = None
+        self.last_node: str | None = None  #: the node that gave the last answer
+        self._ctx = zmq.asyncio.Context()
+        self._socks: dict[str, zmq.asyncio.Socket] = {}
+        self._seq = 0
+        self._ids = itertools.count(1)
+        self._rotation = itertools.cycle(self.nodes)
+        self._lock = asyncio.Lock()
+
+    # -- operations -----------------------------------------------------------------------------
+    async def get(self, key: str) -> int | None:
+        reply = await self.request({"op": "get", "key": key}, write=False)
+        value = reply.get("value")
+        return value if isinstance(value, int) else None
+
+    async def put(self, key: str, value: int) -> None:
+        await self.request({"op": "put", "key": key, "value": value}, write=True)
+
+    async def cas(self, key: str, expected: int | None, new: int) -> None:
+        """Raises :class:`CasMismatch` if ``key`` did not hold ``expected``."""
+        await self.request({"op": "cas", "key": key, "expected": expected, "new": new}, write=True)
+
+    async def transfer(self, to: str) -> None:
+        await self.request({"op": "transfer", "to": to}, write=False)
+
+    async def membership(self, action: str, node: str) -> dict[str, Any]:
+        reply = await self.request({"op": "membership", "action": action, "node": node}, True)
+        return dict(reply.get("value") or {})
+
+    async def status(self, node: str) -> dict[str, Any]:
+        """One node's own status (not redirected to the leader)."""
+        async with self._lock:
+            reply = await self._attempt(node, {"op": "status"}, self.attempt_timeout)
+        if reply is None:
+            raise Unknown("unreachable", f"{node} did not answer")
+        return dict(reply.get("value") or {})
+
+    # -- the retry loop ---------------------------------------------------------------------------
+    async def request(self, body: dict[str, Any], write: bool) -> dict[str, Any]:
+        """Send ``body`` to the leader, following hints and retrying until ``timeout``."""
+        async with self._lock:
+            if write:
+                self._seq += 1
+                body = {**body, "client": self.client_id, "seq": self._seq}
+            return await self._until_answered(body, write)
+
+    async def _until_answered(self, body: dict[str, Any], write: bool) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        maybe_delivered = False
+        last = "no node answered"
+        while (left := deadline - time.monotonic()) > 0:
+            node = self.leader or next(self._rotation)
+            reply = await self._attempt(node, body, min(left, self.attempt_timeout))
+            if reply is None:
+                maybe_delivered = True
+                self.leader = None
+                last = f"{node} did not answer"
+                continue
+            self.last_node = node
+            if reply.get("ok"):
+                self.leader = node
+                return reply
+            error = str(reply.get("error"))
+            last = f"{node}: {error} {reply.get('message') or ''}".strip()
+            if error not in _RETRY:
+                raise _rejection(error, reply)
+            maybe_delivered |= error == "unknown"
+            await self._follow(error, reply)
+        if write and maybe_delivered:
+            raise Unknown("timeout", last)
+        raise Rejected("unavailable", last)
+
+    async def _follow(self, error: str, reply: dict[str, Any]) -> None:
+        hint = reply.get("leader")
+        if error == "not_leader" and isinstance(hint, str) and hint in self.nodes:
+            self.leader = hint
+            return
+        self.leader = None if error == "not_leader" else self.leader
+        await asyncio.sleep(BACKOFF_S)
+
+    async def _attempt(
+        self, node: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any] | None:
+        """One request to one node; ``None`` if it does not answer within ``timeout``."""
+        sock = self._socket(node)
+        rid = next(self._ids)
+        try:
+            await sock.send(json.dumps({**body, "id": rid}).encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    reply = json.loads(await sock.recv())
+                    if isinstance(reply, dict) and reply.get("id") == rid:
+                        return reply
+        except TimeoutError:
+            return None
+
+    def _socket(self, node: str) -> zmq.asyncio.Socket:
+        sock = self._socks.get(node)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 10)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+            sock.connect(f"tcp://{self.nodes[node]}")
+            self._socks[node] = sock
+        return sock
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close(linger=0)
+        self._socks.clear()
+        self._ctx.term()
+
+    async def __aenter__(self) -> KVClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rejection(error: str, reply: dict[str, Any]) -> Rejected:
+    if error == "mismatch":
+        value = reply.get("value")
+        return CasMismatch(value if isinstance(value, int) else None)
+    return Rejected(error, str(reply.get("message") or ""))
+
+
+# ==== orbital kv ==============================================================================
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="the cluster file (TOML)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per operation")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("get", help="read a key (linearizable)").add_argument("key")
+    p = sub.add_parser("put", help="write a key")
+    p.add_argument("key")
+    p.add_argument("value", type=int)
+    p = sub.add_parser("cas", help="compare-and-set (EXPECTED may be 'null')")
+    p.add_argument("key")
+    p.add_argument("expected")
+    p.add_argument("new", type=int)
+    p = sub.add_parser("status", help="every node's status")
+    p.add_argument("--node", help="only this node")
+    sub.add_parser("transfer", help="hand leadership over").add_argument("--to", required=True)
+    for name in ("add", "remove"):
+        sub.add_parser(name, help=f"{name} a node (membership change)").add_argument("node")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done, 1 rejected (certainly no effect), 2 usage, 3 outcome unknown."""
+    from raft.server import ConfigError, load_config
+
+    try:
+        cfg, _ = load_config(args.config)
+    except ConfigError as exc:
+        print(f"orbital kv: {exc}", file=sys.stderr)
+        return 2
+    nodes = {n: c.client for n, c in cfg.nodes.items()}
+    try:
+        out = asyncio.run(_run_action(args, nodes))
+    except Unknown as exc:
+        print(json.dumps({"ok": False, "outcome": "unknown", "error": str(exc)}))
+        return 3
+    except KVError as exc:
+        print(json.dumps({"ok": False, "outcome": "rejected", "error": str(exc)}))
+        return 1
+    print(json.dumps(out, indent=None if args.action != "status" else 2))
+    return 0
+
+
+async def _run_action(args: argparse.Namespace, nodes: dict[str, str]) -> Any:
+    async with KVClient(nodes, timeout=args.timeout) as c:
+        a = args.action
+        if a == "get":
+            return {
+                "ok": True,
+                "key": args.key,
+                "value": await c.get(args.key),
+                "node": c.last_node,
+            }
+        if a == "put":
+            await c.put(args.key, args.value)
+        elif a == "cas":
+            expected = None if args.expected == "null" else int(args.expected)
+            await c.cas(args.key, expected, args.new)
+        elif a == "transfer":
+            await c.transfer(args.to)
+        elif a in ("add", "remove"):
+            return await c.membership("add_voter" if a == "add" else "remove", args.node)
+        else:
+            return await _statuses(c, [args.node] if args.node else list(nodes))
+        return {"ok": True, "node": c.last_node}
+
+
+async def _statuses(c: KVClient, nodes: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for n in nodes:
+        try:
+            out.append(await c.status(n))
+        except KVError as exc:
+            out.append({"id": n, "error": str(exc)})
+    return out

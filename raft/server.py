@@ -1,0 +1,386 @@
+"""``orbital node``: one Raft node process serving the replicated KV store.
+
+Theory of operation
+-------------------
+The process reads the cluster file (TOML, validated by :class:`ClusterConfig`; a bad file is
+reported naming the field, exit 2), opens :class:`~raft.storage.FileStorage` on the node's data
+directory, and runs one :class:`~raft.node.RaftNode` over a :class:`~raft.transport.ZmqTransport`
+with a :class:`~raft.kv.KVStore`, all on one asyncio loop. SIGTERM or SIGINT stop it cleanly
+(the batch in progress finishes, sockets close with linger 0, storage is closed).
+
+Cluster file::
+
+    cluster_id = "demo"
+    data_dir = "data"            # each node uses data_dir/<id> unless it sets its own
+    tick_ms = 10
+    election_ticks = 15
+    heartbeat_ticks = 3
+    snapshot_entries = 10000     # compact after this many applied entries (0: never)
+
+    [nodes.n1]
+    raft = "127.0.0.1:7001"      # the node's ROUTER for Raft messages
+    client = "127.0.0.1:8001"    # the node's ROUTER for clients
+    [nodes.n1.peers]             # optional: where n1 reaches its peers (Toxiproxy proxies)
+    n2 = "127.0.0.1:9012"
+
+    [nodes.n4]
+    initial = false              # not in the bootstrap configuration: joins by membership change
+
+Client protocol (one JSON object per ZeroMQ frame, DEALER to the node's client ROUTER)::
+
+    {"id": 7, "op": "get", "key": "x"}
+    {"id": 8, "op": "put", "key": "x", "value": 3, "client": "w1", "seq": 12}
+    {"id": 9, "op": "cas", "key": "x", "expected": 3, "new": 4, "client": "w1", "seq": 13}
+    {"id": 10, "op": "status"}   {"op": "transfer", "to": "n2"}
+    {"op": "membership", "action": "add_voter" | "add_learner" | "remove", "node": "n4"}
+
+Replies: ``{"id": 7, "ok": true, "value": 3, "node": "n1"}``, or ``"ok": false`` with an
+``error`` code. Definite rejections (the command did not and will not take effect):
+``not_leader`` (with ``leader`` and ``leader_client`` when known), ``busy`` (back-pressure),
+``lost`` (overwritten by another leader), ``mismatch`` (cas; ``value`` is the current value),
+``stale``, ``read_failed``, ``bad_request``, ``refused`` (membership). Indefinite:
+``unknown`` (timed out or covered by a snapshot: it may take effect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import zmq
+import zmq.asyncio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from chaos.clock import ClockFault, SkewedClock
+from raft.core.errors import ConfChangeError, NotLeader, ProposalDropped, RaftError
+from raft.core.raft import RaftConfig
+from raft.core.types import ConfChange, ConfChangeType, NodeId
+from raft.kv import Cas, KVStore, Write, decode_result, encode_command
+from raft.node import NodeStopped, OutcomeUnknown, ProposalLost, RaftNode, ReadFailed
+from raft.storage import FileStorage
+from raft.transport import ZmqTransport
+
+__all__ = ["ClusterConfig", "ConfigError", "NodeConfig", "configure", "load_config", "run"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: how long the server waits for a command to be applied before answering "unknown"
+REQUEST_TIMEOUT_S = 5.0
+MAX_REQUEST_BYTES = 1 << 20
+
+
+# ==== the cluster file ========================================================================
+def _check_loopback(addr: str) -> str:
+    host, sep, port = addr.rpartition(":")
+    if not sep or host != "127.0.0.1" or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be 127.0.0.1:PORT, got {addr!r}")
+    return addr
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    raft: str
+    client: str
+    peers: dict[str, str] = {}
+    data_dir: str | None = None
+    initial: bool = True
+
+    @field_validator("raft", "client")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        return _check_loopback(v)
+
+    @field_validator("peers")
+    @classmethod
+    def _peer_loopback(cls, v: dict[str, str]) -> dict[str, str]:
+        for addr in v.values():
+            _check_loopback(addr)
+        return v
+
+
+class ClusterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cluster_id: str = Field(min_length=1)
+    data_dir: str = "data"
+    tick_ms: float = Field(default=10.0, gt=0)
+    election_ticks: int = Field(default=15, ge=2)
+    heartbeat_ticks: int = Field(default=3, ge=1)
+    snapshot_entries: int = Field(default=10_000, ge=0)
+    max_uncommitted: int = Field(default=20_000, ge=1)
+    nodes: dict[str, NodeConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterConfig:
+        if self.heartbeat_ticks >= self.election_ticks:
+            raise ValueError("heartbeat_ticks must be < election_ticks")
+        for nid, node in self.nodes.items():
+            unknown = sorted(set(node.peers) - set(self.nodes))
+            if unknown:
+                raise ValueError(f"nodes.{nid}.peers: unknown node(s) {unknown}")
+        if not any(n.initial for n in self.nodes.values()):
+            raise ValueError("nodes: at least one node must have initial = true")
+        return self
+
+    # -- derived ------------------------------------------------------------------------------
+    def initial_voters(self) -> list[str]:
+        return sorted(n for n, c in self.nodes.items() if c.initial)
+
+    def peer_addresses(self, node_id: str) -> dict[NodeId, str]:
+        """Where ``node_id`` sends to each peer: its override, else the peer's own address."""
+        own = self.nodes[node_id].peers
+        return {
+            NodeId(p): own.get(p, c.raft) for p, c in sorted(self.nodes.items()) if p != node_id
+        }
+
+    def raft_config(self) -> RaftConfig:
+        return RaftConfig(
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=self.heartbeat_ticks,
+            snapshot_entries=self.snapshot_entries,
+            max_uncommitted=self.max_uncommitted,
+        )
+
+
+class ConfigError(ValueError):
+    """The cluster file is missing, not TOML, or invalid; the message names the field."""
+
+
+def load_config(path: str | os.PathLike[str]) -> tuple[ClusterConfig, Path]:
+    """The validated cluster file and the directory relative paths are resolved against."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return ClusterConfig.model_validate(raw), p.resolve().parent
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError(f"{p}: " + "; ".join(problems)) from None
+
+
+def node_data_dir(cfg: ClusterConfig, base: Path, node_id: str) -> Path:
+    own = cfg.nodes[node_id].data_dir
+    return base / (own if own is not None else os.path.join(cfg.data_dir, node_id))
+
+
+# ==== the client-facing server ================================================================
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int | str | None = None
+    op: Literal["get", "put", "cas", "status", "transfer", "membership"]
+    key: str | None = None
+    value: int | None = None
+    expected: int | None = None
+    new: int | None = None
+    client: str | None = None
+    seq: int = Field(default=0, ge=0)
+    to: str | None = None
+    action: Literal["add_voter", "add_learner", "remove"] | None = None
+    node: str | None = None
+
+
+class ClientServer:
+    """Answers client requests for one node (see the module docstring for the protocol)."""
+
+    def __init__(self, node: RaftNode[KVStore], cfg: ClusterConfig, address: str) -> None:
+        self.node = node
+        self.cfg = cfg
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self._sock.bind(f"tcp://{address}")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        while True:
+            parts = await self._sock.recv_multipart()
+            if len(parts) != 2:
+                continue
+            task = asyncio.create_task(self._answer(parts[0], parts[1]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, ident: bytes, frame: bytes) -> None:
+        try:
+            req = Request.model_validate_json(frame)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False, include_input=False)[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            reply: dict[str, Any] = {
+                "ok": False,
+                "error": "bad_request",
+                "message": f"{loc}: {err['msg']}",
+            }
+            rid: int | str | None = None
+        else:
+            rid = req.id
+            reply = await self.handle(req)
+        reply["id"] = rid
+        reply["node"] = self.node.id
+        await self._sock.send_multipart([ident, json.dumps(reply).encode()])
+
+    async def handle(self, req: Request) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                return await self._dispatch(req)
+        except NotLeader as exc:
+            return self._not_leader(exc.leader_hint)
+        except ProposalDropped as exc:
+            return {"ok": False, "error": "busy", "message": str(exc)}
+        except ProposalLost as exc:
+            return {"ok": False, "error": "lost", "message": str(exc)}
+        except ReadFailed as exc:
+            return {"ok": False, "error": "read_failed", "message": str(exc)}
+        except ConfChangeError as exc:
+            return {"ok": False, "error": "refused", "message": str(exc)}
+        except (OutcomeUnknown, NodeStopped, TimeoutError) as exc:
+            return {"ok": False, "error": "unknown", "message": str(exc) or "timed out"}
+        except (RaftError, ValueError) as exc:
+            return {"ok": False, "error": "bad_request", "message": str(exc)}
+
+    def _not_leader(self, hint: str | None) -> dict[str, Any]:
+        reply: dict[str, Any] = {"ok": False, "error": "not_leader", "leader": hint}
+        if hint is not None and hint in self.cfg.nodes:
+            reply["leader_client"] = self.cfg.nodes[hint].client
+        return reply
+
+    async def _dispatch(self, req: Request) -> dict[str, Any]:
+        if req.op == "status":
+            return {"ok": True, "value": self.node.status()}
+        if req.op == "get":
+            await self.node.read()
+            return {"ok": True, "value": self.node.sm.get(_need(req.key, "key"))}
+        if req.op in ("put", "cas"):
+            return await self._write(req)
+        if req.op == "transfer":
+            await self.node.transfer_leader(_need(req.to, "to"))
+            return {"ok": True}
+        return await self._membership(req)
+
+    async def _write(self, req: Request) -> dict[str, Any]:
+        key = _need(req.key, "key")
+        op: Write | Cas
+        if req.op == "put":
+            op = Write(key=key, value=_need(req.value, "value"))
+        else:
+            op = Cas(key=key, expected=req.expected, new=_need(req.new, "new"))
+        result = decode_result(await self.node.submit(encode_command(op, req.client, req.seq)))
+        if result.ok:
+            return {"ok": True}
+        return {"ok": False, "error": result.error, "value": result.value}
+
+    async def _membership(self, req: Request) -> dict[str, Any]:
+        action = ConfChangeType(_need(req.action, "action"))
+        await self.node.change_membership(ConfChange(action, NodeId(_need(req.node, "node"))))
+        return {"ok": True, "value": self.node.status()}
+
+    def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+
+def _need(value: _T | None, name: str) -> _T:
+    if value is None:
+        raise ValueError(f"missing field {name!r}")
+    return value
+
+
+# ==== the process =============================================================================
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="the cluster file (TOML)")
+    parser.add_argument("--id", required=True, help="this node's id (a key of [nodes])")
+    parser.add_argument("--roles", help="roles.jsonl path (default: DATA_DIR/roles.jsonl)")
+    parser.add_argument("--seed", type=int, help="seed of the election-timeout RNG")
+    parser.add_argument("--quiet", action="store_true", help="no timeline lines on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg, base = load_config(args.config)
+    except ConfigError as exc:
+        print(f"orbital node: {exc}", file=sys.stderr)
+        return 2
+    if args.id not in cfg.nodes:
+        print(
+            f"orbital node: --id {args.id!r} is not in [nodes] ({', '.join(cfg.nodes)})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        asyncio.run(serve_node(cfg, base, args))
+    except (OSError, zmq.ZMQError, RaftError) as exc:
+        print(f"orbital node {args.id}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def serve_node(cfg: ClusterConfig, base: Path, args: argparse.Namespace) -> None:
+    node_id: str = args.id
+    me = cfg.nodes[node_id]
+    data_dir = node_data_dir(cfg, base, node_id)
+    storage = FileStorage(data_dir)
+    clock = SkewedClock(ClockFault.from_env(os.environ))
+    transport = ZmqTransport(NodeId(node_id), cfg.cluster_id, me.raft, cfg.peer_addresses(node_id))
+    try:
+        node = RaftNode(
+            node_id,
+            cfg.initial_voters() if me.initial else [],
+            transport,
+            storage,
+            KVStore(),
+            cfg.raft_config(),
+            tick_ms=cfg.tick_ms,
+            seed=args.seed,
+            clock=clock.now,
+            timeline=None if args.quiet else _print_line,
+            roles_path=Path(args.roles) if args.roles else data_dir / "roles.jsonl",
+        )
+        server = ClientServer(node, cfg, me.client)
+    except BaseException:
+        transport.close()
+        storage.close()
+        raise
+    await _run_until_signal(node, server, storage)
+
+
+async def _run_until_signal(
+    node: RaftNode[KVStore], server: ClientServer, storage: FileStorage
+) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.stop)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await node.run()
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        server.close()
+        storage.close()
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
