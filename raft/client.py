@@ -40,6 +40,8 @@ __all__ = ["CasMismatch", "KVClient", "KVError", "Rejected", "Unknown", "configu
 ATTEMPT_TIMEOUT_S = 1.0
 #: pause before retrying after "busy" or when no leader is known
 BACKOFF_S = 0.05
+#: pause before trying the next node when the chosen one has no live connection
+NOT_CONNECTED_PAUSE_S = 0.01
 #: errors after which the same request is simply sent again (sessions make that safe)
 _RETRY = {"not_leader", "busy", "lost", "read_failed", "unknown"}
 
@@ -68,6 +70,10 @@ class Unknown(KVError):
     """The operation may or may not take effect (a timeout after a possible delivery)."""
 
 
+class _NotSent(Exception):
+    """A request could not even be queued: no live connection to that node."""
+
+
 class KVClient:
     """A client of the replicated KV store; ``nodes`` maps node ids to client addresses."""
 
@@ -88,7 +94,9 @@ class KVClient:
         self.leader: str | None = None
         self.last_node: str | None = None  #: the node that gave the last answer
         self._ctx = zmq.asyncio.Context()
-        self._socks: dict[str, zmq.asyncio.Socket] = {}
+        #: per node: the DEALER, and a synchronous shadow of it for NOBLOCK sends that raise
+        #: ``zmq.Again`` at once (an asyncio socket would fail a future instead)
+        self._socks: dict[str, tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]] = {}
         self._seq = 0
         self._ids = itertools.count(1)
         self._rotation = itertools.cycle(self.nodes)
@@ -117,9 +125,12 @@ class KVClient:
     async def status(self, node: str) -> dict[str, Any]:
         """One node's own status (not redirected to the leader)."""
         async with self._lock:
-            reply = await self._attempt(node, {"op": "status"}, self.attempt_timeout)
+            try:
+                reply = await self._attempt(node, {"op": "status"}, self.attempt_timeout)
+            except _NotSent:
+                reply = None
         if reply is None:
-            raise Unknown("unreachable", f"{node} did not answer")
+            raise Rejected("unreachable", f"{node} did not answer")
         return dict(reply.get("value") or {})
 
     # -- the retry loop ---------------------------------------------------------------------------
@@ -137,7 +148,13 @@ class KVClient:
         last = "no node answered"
         while (left := deadline - time.monotonic()) > 0:
             node = self.leader or next(self._rotation)
-            reply = await self._attempt(node, body, min(left, self.attempt_timeout))
+            try:
+                reply = await self._attempt(node, body, min(left, self.attempt_timeout))
+            except _NotSent:  # no live connection to it: certainly not delivered
+                self.leader = None
+                last = f"{node} is not connected"
+                await asyncio.sleep(NOT_CONNECTED_PAUSE_S)
+                continue
             if reply is None:
                 maybe_delivered = True
                 self.leader = None
@@ -168,13 +185,17 @@ class KVClient:
     async def _attempt(
         self, node: str, body: dict[str, Any], timeout: float
     ) -> dict[str, Any] | None:
-        """One request to one node; ``None`` if it does not answer within ``timeout``."""
-        sock = self._socket(node)
+        """One request to one node; ``None`` if it does not answer within ``timeout``.
+
+        Raises :class:`_NotSent` when there is no live connection to the node (``IMMEDIATE``:
+        ZeroMQ refuses to queue), so a dead node costs no timeout.
+        """
+        sock, sender = self._socket(node)
         rid = next(self._ids)
         try:
-            await sock.send(json.dumps({**body, "id": rid}).encode(), zmq.NOBLOCK)
+            sender.send(json.dumps({**body, "id": rid}).encode(), zmq.NOBLOCK)
         except zmq.Again:
-            return None
+            raise _NotSent from None
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -184,20 +205,21 @@ class KVClient:
         except TimeoutError:
             return None
 
-    def _socket(self, node: str) -> zmq.asyncio.Socket:
-        sock = self._socks.get(node)
-        if sock is None:
+    def _socket(self, node: str) -> tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]:
+        pair = self._socks.get(node)
+        if pair is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 10)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
             sock.connect(f"tcp://{self.nodes[node]}")
-            self._socks[node] = sock
-        return sock
+            pair = self._socks[node] = (sock, zmq.Socket.shadow(sock.underlying))
+        return pair
 
     def close(self) -> None:
-        for s in self._socks.values():
-            s.close(linger=0)
+        for sock, _ in self._socks.values():
+            sock.close(linger=0)
         self._socks.clear()
         self._ctx.term()
 
