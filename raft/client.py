@@ -40,8 +40,9 @@ __all__ = ["CasMismatch", "KVClient", "KVError", "Rejected", "Unknown", "configu
 ATTEMPT_TIMEOUT_S = 1.0
 #: pause before retrying after "busy" or when no leader is known
 BACKOFF_S = 0.05
-#: pause before trying the next node when the chosen one has no live connection
-NOT_CONNECTED_PAUSE_S = 0.01
+#: how long a request waits for a (re)connection before trying the next node
+CONNECT_GRACE_S = 0.1
+NOT_CONNECTED_PAUSE_S = 0.005
 #: errors after which the same request is simply sent again (sessions make that safe)
 _RETRY = {"not_leader", "busy", "lost", "read_failed", "unknown"}
 
@@ -187,15 +188,22 @@ class KVClient:
     ) -> dict[str, Any] | None:
         """One request to one node; ``None`` if it does not answer within ``timeout``.
 
-        Raises :class:`_NotSent` when there is no live connection to the node (``IMMEDIATE``:
-        ZeroMQ refuses to queue), so a dead node costs no timeout.
+        Raises :class:`_NotSent` when there is no live connection to the node within
+        ``CONNECT_GRACE_S`` (``IMMEDIATE``: ZeroMQ refuses to queue), so a dead node costs
+        that grace, not a whole attempt timeout.
         """
         sock, sender = self._socket(node)
         rid = next(self._ids)
-        try:
-            sender.send(json.dumps({**body, "id": rid}).encode(), zmq.NOBLOCK)
-        except zmq.Again:
-            raise _NotSent from None
+        frame = json.dumps({**body, "id": rid}).encode()
+        give_up = time.monotonic() + min(timeout, CONNECT_GRACE_S)
+        while True:
+            try:
+                sender.send(frame, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                if time.monotonic() >= give_up:
+                    raise _NotSent from None
+                await asyncio.sleep(NOT_CONNECTED_PAUSE_S)
         try:
             async with asyncio.timeout(timeout):
                 while True:

@@ -355,6 +355,8 @@ class RaftNode(Generic[SM]):
         rd = self.core.ready()
         if rd.hard_state is not None or rd.snapshot or rd.compacted or rd.entries:
             await asyncio.to_thread(self._persist, rd)
+        else:
+            await asyncio.sleep(0)  # let the receive and tick tasks run between batches
         for m in rd.messages:
             await self.transport.send(m)
         if rd.snapshot is not None:
