@@ -351,3 +351,34 @@ def test_timeline_and_roles_file(tmp_path: Path) -> None:
         assert '"role": "leader"' in text[-1]
 
     run(main)
+
+
+def test_five_node_election_timeline() -> None:
+    """The brief's expected output (run with -s): elect, crash the leader, re-elect.
+
+    Real time on a shared machine, so the bound asserted is generous (2 s); the measured times
+    and whether they were within 2 election timeouts (2 x 300 ms) are printed.
+    """
+
+    async def body(c: Cluster) -> None:
+        limit = 2 * 2 * 15 * 0.010  # two of the longest election timeouts
+        print(f"[t=0.000s] cluster=[{','.join(c.ids)}] started")
+        first = await c.leader(timeout=2.0)
+        took = time.monotonic() - c.epoch
+        verdict = "PASS" if took <= limit else "SLOW"
+        print(
+            f"{verdict}: cluster elected {first.id} as leader in term {first.core.term} "
+            f"in {took:.3f}s (2 election timeouts: {limit:.3f}s)"
+        )
+        await c.crash(first.id)
+        crashed = time.monotonic()
+        second = await c.leader(timeout=2.0)
+        took = time.monotonic() - crashed
+        verdict = "PASS" if took <= limit else "SLOW"
+        print(
+            f"{verdict}: cluster re-elected {second.id} as leader in term {second.core.term} "
+            f"{took:.3f}s after {first.id}'s failure"
+        )
+        print("\n".join(c.lines))
+
+    with_cluster(5, body)
