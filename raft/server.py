@@ -65,7 +65,7 @@ from raft.core.raft import RaftConfig
 from raft.core.types import ConfChange, ConfChangeType, NodeId
 from raft.kv import Cas, KVStore, Write, decode_result, encode_command
 from raft.node import NodeStopped, OutcomeUnknown, ProposalLost, RaftNode, ReadFailed
-from raft.storage import FileStorage
+from raft.storage import FileStorage, StorageError
 from raft.transport import ZmqTransport
 
 __all__ = ["ClusterConfig", "ConfigError", "NodeConfig", "configure", "load_config", "run"]
@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(serve_node(cfg, base, args))
-    except (OSError, zmq.ZMQError, RaftError) as exc:
+    except (OSError, zmq.ZMQError, RaftError, StorageError) as exc:
         print(f"orbital node {args.id}: {exc}", file=sys.stderr)
         return 1
     return 0
