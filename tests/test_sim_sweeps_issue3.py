@@ -75,7 +75,8 @@ def test_runs_change_membership_install_snapshots_and_converge() -> None:
                 if mark in line:
                     seen[name] += 1
         leader = world._leader()
-        assert leader is not None and leader.core is not None, seed
+        assert leader is not None, seed
+        assert leader.core is not None, seed
         conf, committed = leader.core.conf, leader.core.log.committed
         assert not conf.learners, (seed, conf)  # every learner added as a voter was promoted
         assert len(conf.voters) >= 3, (seed, conf)
