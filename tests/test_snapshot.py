@@ -83,7 +83,8 @@ def assert_exact_suffix(node: SimNode, leader: SimNode) -> None:
 def caught_up(node: SimNode, leader: SimNode) -> bool:
     if node.core is None or leader.core is None:
         return False
-    return node.core.log.applied == leader.core.log.applied == leader.core.log.committed
+    lead = leader.core.log
+    return node.core.log.applied == lead.applied == lead.committed == lead.last_index()
 
 
 def install_events(lines: list[str], name: str) -> list[int]:
@@ -306,6 +307,46 @@ def test_late_duplicate_first_chunk_does_not_stall_install() -> None:
         f"n4 holds {len(inc.data) if inc is not None else 0} bytes, "
         f"the leader sends from offset {core_of(leader).prs[NodeId('n4')].snapshot_offset} "
         f"of {len(snap.data)}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a leader that compacts while a multi-chunk InstallSnapshot is in flight keeps "
+    "pending_snapshot at the old index and drops every reply naming the new one: livelock",
+)
+def test_leader_compacting_during_a_transfer_does_not_stall_it() -> None:
+    """The leader compacts again (a new snapshot S2) while sending S1 in chunks. Its progress
+    for the receiver stays SNAPSHOT with ``pending_snapshot = S1.index`` and the S1 offset;
+    ``_send_snapshot_chunk`` then sends S2's meta with S2's data at that offset. The receiver
+    (reassembling S1) refuses it with ``next_offset=0`` and ``snapshot_index = S2.index``,
+    which ``handle_snapshot_response`` ignores (``m.snapshot_index != pr.pending_snapshot``).
+    SNAPSHOT progress is always paused, so nothing else restarts the transfer: the heartbeat
+    path re-sends the same refused chunk forever (until another node leads)."""
+    lab = LabCluster(3, seed=2, spare_nodes=1, snapshot_entries=THRESHOLD)
+    leader = leader_node(lab)
+    commit_many(lab, 23, expected=3)
+    s1 = big_compaction(lab, leader, 600)
+    n4 = lab.node("n4")
+    add_voter(lab, leader, "n4")
+
+    def mid_install() -> bool:
+        inc = core_of(n4)._incoming
+        return inc is not None and len(inc.data) >= 2 * 64
+
+    assert lab.run_until(mid_install, timeout=1.0, step=0.0001)
+    core = core_of(leader)
+    for i in range(3):
+        assert lab.submit(leader.name, b"more%d" % i) is not None
+    assert lab.run_until(lambda: core.log.applied > s1.meta.index, timeout=0.1, step=0.0001)
+    core.compact(core.log.applied, f"{core.log.applied}:{leader.sm_hash}".encode())
+    lab.world._pump(leader)
+    done = lab.run_until(lambda: caught_up(n4, leader), timeout=3.0)
+    pr = core.prs[NodeId("n4")]
+    assert done, (
+        f"n4 stuck at snap_index {core_of(n4).log.snap_index}; leader progress {pr} "
+        f"pending_snapshot={pr.pending_snapshot} offset={pr.snapshot_offset}, "
+        f"its snapshot is at {core.log.snap_index}"
     )
 
 
