@@ -26,6 +26,7 @@ from raft.core.messages import (
 )
 from raft.core.raft import RaftConfig, RaftCore, Ready, Role
 from raft.core.types import ConfState, EntryKind, HardState, LogEntry, NodeId
+from raft.storage import MemoryStorage
 
 T = TypeVar("T")
 
@@ -269,6 +270,59 @@ def test_three_node_leader_does_not_count_its_unpersisted_entry() -> None:
     a.advance(rd)
     assert a.log.committed == index
     flush(a)
+
+
+# ---- restart from what was persisted ----------------------------------------------------------
+
+
+def run_with_disk(core: RaftCore, disk: MemoryStorage) -> list[Message]:
+    """Follow the contract with a store: persist, then send, then advance."""
+    out: list[Message] = []
+    while core.has_ready():
+        rd = core.ready()
+        if rd.hard_state is not None:
+            disk.save_state(rd.hard_state)
+        disk.append_log(rd.entries)
+        out.extend(rd.messages)
+        core.advance(rd)
+    return out
+
+
+def restart_from(node: NodeId, disk: MemoryStorage) -> RaftCore:
+    """A crash: memory is gone; a new core is built from the store alone."""
+    return make(node, hard_state=disk.load_state(), entries=tuple(disk.load_log()))
+
+
+def test_vote_survives_a_crash_no_double_vote() -> None:
+    """Raft §5.2 and Figure 2 (votedFor is persistent): a voter that crashes right after
+    granting its vote, and restarts from its disk, refuses a second candidate of that term."""
+    disk = MemoryStorage()
+    b = make(B)
+    b.step(RequestVote(A, B, 1, 0, 0))
+    granted = of_type(run_with_disk(b, disk), RequestVoteResponse)
+    assert granted == [RequestVoteResponse(B, A, 1, True)]
+    b = restart_from(B, disk)
+    assert b.hard_state() == HardState(1, A)
+    b.step(RequestVote(C, B, 1, 0, 0))
+    assert of_type(run_with_disk(b, disk), RequestVoteResponse) == [
+        RequestVoteResponse(B, C, 1, False)
+    ]
+
+
+def test_acknowledged_entries_survive_a_crash() -> None:
+    """Raft §5.3-5.4: what a follower acknowledged is on its disk; after a restart it still
+    holds it, so it denies its vote to a candidate lacking it (§5.4.1)."""
+    disk = MemoryStorage()
+    b = make(B, hard_state=HardState(1, A))
+    b.step(AppendEntries(A, B, 1, 0, 0, (LogEntry(1, 1, b"x"), LogEntry(2, 1, b"y")), 0))
+    acks = of_type(run_with_disk(b, disk), AppendEntriesResponse)
+    assert [m.match_index for m in acks if m.success] == [2]
+    b = restart_from(B, disk)
+    assert b.log.last_index() == 2
+    b.step(RequestVote(C, B, 2, 1, 1))
+    assert of_type(run_with_disk(b, disk), RequestVoteResponse) == [
+        RequestVoteResponse(B, C, 2, False)
+    ]
 
 
 # ---- calling contract ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ durability) after every step; ``run_for`` raises ``InvariantViolated`` on the fi
 
 from __future__ import annotations
 
+import re
 import statistics
 
 import pytest
@@ -161,12 +162,15 @@ def test_minority_leader_commits_nothing_and_steps_down() -> None:
 def test_longer_log_with_stale_terms_is_not_elected(leader_down: bool) -> None:
     """Raft §5.4.1 (the brief's scenario): C leads in term 1 and is isolated; it accepts 30
     entries of term 1 that never commit. A and B elect leaders through several terms and
-    commit entries C lacks. C's log is longer, but its last term is older, so A and B refuse
-    their votes. When C rejoins it is never elected and becomes a follower whose stale
-    entries are replaced. ``leader_down``: C rejoins while the A/B leader is crashed, so the
-    election is between C and the one up-to-date node left: that node wins."""
-    lab = LabCluster(3, seed=4)
+    commit entries C lacks. Then C hears A and B (but they do not hear it), so it learns the
+    current term while keeping its longer, stale log: from then on only the election
+    restriction keeps it from winning. When C rejoins it is never elected and follows.
+    ``leader_down``: C rejoins while the A/B leader is crashed, so the election is between C
+    and the one up-to-date node left: C campaigns, is refused, and that node wins."""
+    lines: list[str] = []
+    lab = LabCluster(3, seed=4, trace=lines.append)
     c = lab.check_one_leader()
+    a, b = others(lab, c)
     lab.one(b"term1", 3)
     assert lab.get_state(c)[0] == 1
     lab.disconnect(c)
@@ -181,7 +185,11 @@ def test_longer_log_with_stale_terms_is_not_elected(leader_down: bool) -> None:
         lab.restart(leader)
     leader = lab.check_one_leader()
     committed.append(lab.one(b"ab-final", 2))
-    assert lab.get_state(leader)[0] >= 3
+    lab.world.cut({(c, a), (c, b)})  # C receives, but its answers are lost
+    lab.run_for(1.0)
+    term = lab.get_state(leader)[0]
+    assert term >= 3
+    assert lab.get_state(c) == (term, False)
     c_log = lab.node(c).core.log  # type: ignore[union-attr]
     ab_log = lab.node(leader).core.log  # type: ignore[union-attr]
     assert c_log.last_index() > ab_log.last_index()
@@ -191,10 +199,13 @@ def test_longer_log_with_stale_terms_is_not_elected(leader_down: bool) -> None:
         expected = others(lab, leader, c)[0]
     else:
         expected = leader
+    rejoined = len(lines)
     lab.connect(c)
     for _ in range(300):
         lab.run_for(0.01)
         assert not lab.get_state(c)[1], "C with a stale log was elected"
+    if leader_down:
+        assert any(f"] {c}: requested pre-votes" in x for x in lines[rejoined:]), "no contest"
     assert lab.check_one_leader() == expected
     assert lab.get_state(c) == (lab.get_state(expected)[0], False)
     last = lab.one(b"after", 2)
@@ -237,6 +248,35 @@ def test_crash_all_five_and_restart_loses_nothing(seed: int) -> None:
         assert last > max(committed)
         for index, cmd in committed.items():
             assert lab.n_committed(index) == (5, cmd), f"committed entry {index} lost"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_voter_crashing_right_after_each_vote_never_votes_twice(seed: int) -> None:
+    """Raft §5.2 and Figure 2 (votedFor is persistent): every voter crashes 1 µs after it
+    grants a vote and restarts 1 µs later, while slow links (20 ms) keep competing
+    candidates' RequestVotes in flight (no pre-vote, so candidacies overlap). A vote lost in
+    the crash would let the voter grant a second candidate the same term: the world's
+    ``double_vote`` and ``election_safety`` invariants fail ``run_for`` at once."""
+    box: list[LabCluster] = []
+
+    def crash_after_vote(line: str) -> None:
+        m = re.search(r"\] (\w+): vote granted to", line)
+        if m and box:
+            lab, voter = box[0], m.group(1)
+            w = lab.world
+            w.at(w.now + 1, lambda: lab.crash(voter))
+            w.at(w.now + 2, lambda: lab.restart(voter))
+
+    lab = LabCluster(5, seed=seed, pre_vote=False, trace=crash_after_vote)
+    box.append(lab)
+    lab.set_unreliable(drop=0.0, duplicate=0.0, delay_ms=20)
+    for _ in range(5):
+        leader = lab.check_one_leader()
+        lab.crash(leader)
+        lab.run_for(0.3)
+        lab.restart(leader)
+    lab.check_one_leader()
+    assert lab.world.stats["crashes"] >= 15, "voters were not crashed after voting"
 
 
 def test_partition_three_two_minority_catches_up() -> None:
