@@ -63,7 +63,7 @@ from raft.wal import (
     TornTail,
     WalWriter,
     atomic_write,
-    encode_entry,
+    encode_entries,
     encode_truncate,
     io_errors,
     read_wal,
@@ -393,22 +393,21 @@ class FileStorage:
     def append_log(self, entries: Sequence[LogEntry]) -> None:
         if not entries:
             return
-        check_contiguous(entries)
+        records, terms = encode_entries(entries)  # checks that they are contiguous
         self._check_open()
         first, shape = entries[0].index, self._shape
         floor = self._floor()
         if shape.terms and shape.last > floor and first > shape.last + 1:
             raise ValueError(f"append at {first} leaves a gap after {shape.last}")
-        records = [encode_entry(e) for e in entries]
         # Entries up to ``floor`` are kept only for the snapshot rule: writing over them, or
         # after a gap, starts the stored log afresh, as MemoryStorage's trimmed log would.
         reset = bool(shape.terms) and (first <= floor or first > shape.last + 1)
         if reset:
-            records.insert(0, encode_truncate(0))
-        seg = self._wal.append(b"".join(records))
+            records = encode_truncate(0) + records
+        seg = self._wal.append(records)
         if reset:
             shape.cut_after(0)
-        shape.add(seg, first, [e.term for e in entries])
+        shape.add(seg, first, terms)
 
     def _continues_snapshot(self) -> bool:
         """Whether the stored log holds the snapshot's last entry or starts right after it."""

@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import array
 import errno
+import itertools
+import operator
 import os
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,41 @@ def _record(rtype: int, index: int, term: int, kind: int, command: bytes) -> byt
 def encode_entry(entry: LogEntry) -> bytes:
     """The record of one log entry."""
     return _record(RT_ENTRY, entry.index, entry.term, entry.kind, entry.command)
+
+
+#: the length field followed by the body prefix: the bytes an entry's CRC starts with
+_LENGTH_BODY = struct.Struct("<IBQQB")
+_AFTER_LENGTH = slice(4, None)
+
+
+def encode_entries(entries: Sequence[LogEntry]) -> tuple[bytes, list[int]]:
+    """The records of a contiguous run of entries, back to back, and the entries' terms.
+
+    The same bytes as joining :func:`encode_entry` of each. This is the hot path of
+    ``append_log``, so every per-entry step is a ``map`` of a C function (no Python loop
+    body): pack length and body prefix, append the command, CRC32C that (one call), pack the
+    header. Raises ``ValueError`` if the indexes are not consecutive or an entry is too large.
+    """
+    if not entries:
+        return b"", []
+    indexes = [e.index for e in entries]
+    first = indexes[0]
+    if indexes != list(range(first, first + len(indexes))):
+        prev, cur = next((a, b) for a, b in itertools.pairwise(indexes) if b != a + 1)
+        raise ValueError(f"entries not contiguous: {prev} then {cur}")
+    commands = [e.command for e in entries]
+    terms = [e.term for e in entries]
+    lengths = list(map(operator.add, map(len, commands), itertools.repeat(BODY.size)))
+    if max(lengths) > MAX_BODY:
+        big = next(e for e, n in zip(entries, lengths, strict=True) if n > MAX_BODY)
+        raise ValueError(f"log entry {big.index} too large: {len(big.command)} bytes")
+    rtypes = itertools.repeat(RT_ENTRY)
+    prefixes = map(_LENGTH_BODY.pack, lengths, rtypes, indexes, terms, [e.kind for e in entries])
+    crc_input = list(map(operator.add, prefixes, commands))  # length field + body
+    parts: list[bytes] = [b""] * (2 * len(crc_input))
+    parts[0::2] = map(HEADER.pack, lengths, map(_crc_value, crc_input))
+    parts[1::2] = map(operator.getitem, crc_input, itertools.repeat(_AFTER_LENGTH))
+    return b"".join(parts), terms
 
 
 def encode_truncate(index: int) -> bytes:

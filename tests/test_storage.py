@@ -482,3 +482,17 @@ def test_partial_record_followed_by_zeros_is_torn(tmp_path: Path) -> None:
         assert s.recovered_tail is not None
         assert s.recovered_tail.offset == offsets[2]
         assert s.load_log() == entries(1, 2)
+
+
+def test_batch_encoding_is_one_record_per_entry() -> None:
+    kinds = list(EntryKind)
+    run = [
+        LogEntry(i, 7 + i // 3, bytes([i]) * (i * 13 % 40), kinds[i % len(kinds)])
+        for i in range(5, 30)
+    ]
+    data, terms = wal.encode_entries(run)
+    assert data == b"".join(wal.encode_entry(e) for e in run)
+    assert terms == [e.term for e in run]
+    assert wal.encode_entries([]) == (b"", [])
+    with pytest.raises(ValueError, match="not contiguous: 6 then 8"):
+        wal.encode_entries([*run[:2], *run[3:]])
