@@ -161,7 +161,7 @@ def _planted(bug: str) -> Iterator[None]:
         ),
         (
             "vote_not_persisted",
-            SimConfig(nodes=3, faults=frozenset({"churn", "crash", "partition"})),
+            SimConfig(faults=ALL_FAULTS | {"churn"}),
             {"double_vote", "election_safety"},
         ),
     ],
@@ -169,14 +169,16 @@ def _planted(bug: str) -> Iterator[None]:
 def test_planted_bug_is_found_within_bounded_seeds(
     bug: str, config: SimConfig, expected_kinds: set[str]
 ) -> None:
+    """The bound is generous (the bugs are found within tens of seeds today); the test stops at
+    the first violation, so it is fast whenever the harness is sharp."""
     found: list[tuple[int, str]] = []
     with _planted(bug):
-        for seed in range(60):
+        for seed in range(200):
             violations = World(replace(config, seed=seed)).run()
             if violations:
                 found.append((seed, violations[0].kind))
                 break
-    assert found, f"{bug}: no violation in 60 seeds"
+    assert found, f"{bug}: no violation in 200 seeds"
     assert found[0][1] in expected_kinds, found
 
 
@@ -184,7 +186,7 @@ def test_correct_core_passes_the_same_teeth_configurations() -> None:
     """Control for the test above: the unpatched core survives those seeds."""
     for config in (
         SimConfig(nodes=3, faults=frozenset({"churn", "crash"})),
-        SimConfig(nodes=3, faults=frozenset({"churn", "crash", "partition"})),
+        SimConfig(faults=ALL_FAULTS | {"churn"}),
     ):
         for seed in range(25):
             assert World(replace(config, seed=seed)).run() == [], seed
@@ -205,7 +207,7 @@ def test_cli_sweep_prints_a_json_summary(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_cli_reports_a_violation_with_seed_and_trace(capsys: pytest.CaptureFixture[str]) -> None:
     with _planted("election_restriction"):
-        code = main(["sim", "--seeds", "3", "--jobs", "1", "--no-progress"])
+        code = main(["sim", "--seeds", "20", "--jobs", "1", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1
     assert json.loads(captured.out)["violations"] >= 1

@@ -159,6 +159,7 @@ class World:
         self._next_cmd = 0
         self._client_guess: NodeId | None = None
         self._faults_on = True
+        self._churning = 0
         self._leaders_seen: set[tuple[int, str]] = set()
         for node in self.nodes[: cfg.nodes]:
             self._start(node)
@@ -450,6 +451,8 @@ class World:
         self.stats["messages"] += 1
         if type(m) is RequestVoteResponse and m.granted and not m.pre_vote:
             self.inv.vote_granted(m.src, m.term, m.dst)
+            if self._churning and self.rng_nem.random() < 0.3:
+                self._bounce(self.by_name[m.src])
         if self.drop_p and rng.random() < self.drop_p:
             return
         delay = self.cfg.delay_min_us + self._exp(rng, self.delay_mean)
@@ -579,12 +582,22 @@ class World:
             self._later(rng.randrange(50_000, duration), self._restarter(v))
 
     def _fault_churn(self, rng: random.Random, duration: int) -> None:
+        self._churning += 1
         self._churn(rng, rng.randrange(3, 12))
+
+    def _bounce(self, node: SimNode) -> None:
+        """Crash a node that just granted a vote and restart it a moment later: a vote that
+        was not durable is forgotten, and the node may be asked again in the same term."""
+        rng = self.rng_nem
+        self._later(rng.randrange(1, 2_000), self._crasher(node))
+        self._later(rng.randrange(2_000, 30_000), self._restarter(node))
 
     def _churn(self, rng: random.Random, rounds: int) -> None:
         """Figure 8's adversary: crash whoever leads a few ms after it took a proposal, and
-        restart nodes so that a majority is usually up."""
+        restart nodes so that a majority is usually up. While it runs, voters are bounced
+        right after granting a vote."""
         if rounds <= 0 or not self._faults_on:
+            self._churning = max(0, self._churning - 1)
             return
         leader = self._leader()
         if leader is not None:

@@ -376,8 +376,8 @@ class RaftCore:
             self._held = []
         if self.role is Role.LEADER:
             me = self.prs.get(self.id)
-            if me is not None and me.maybe_update(self.log.stable_index()) and self.maybe_commit():
-                self.bcast_append(send_if_empty=True)
+            if me is not None and me.maybe_update(self.log.stable_index()):
+                self.maybe_commit()
 
     # ==== roles ===========================================================================
     def become_follower(self, term: int, lead: NodeId | None) -> None:
@@ -766,11 +766,11 @@ class RaftCore:
         elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
             pr.become_probe()
             pr.become_replicate()
-        if self.maybe_commit():
-            if self.role is not Role.LEADER:
-                return  # our own removal committed
-            self.bcast_append(send_if_empty=True)
-        elif was_paused:
+        # A new commit index reaches followers with the next append or heartbeat; an extra
+        # broadcast just for it would double the messages per command.
+        if self.maybe_commit() and self.role is not Role.LEADER:
+            return  # our own removal committed
+        if was_paused:
             self.send_append(m.src)
         while self.send_append(m.src, send_if_empty=False):
             pass
