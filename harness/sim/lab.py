@@ -37,16 +37,14 @@ class LabCluster:
         trace: Callable[[str], None] | None = None,
         **overrides: int,
     ) -> None:
-        cfg = SimConfig(
-            nodes=n,
-            seed=seed,
-            names=tuple(names),
-            client_interval_us=0,
-            settle_us=0,
-            fsync_us=0,
-            duration_us=1 << 62,
-            **overrides,  # type: ignore[arg-type]
-        )
+        settings: dict[str, int] = {
+            "client_interval_us": 0,
+            "settle_us": 0,
+            "fsync_us": 0,
+            "duration_us": 1 << 62,
+        }
+        settings.update(overrides)
+        cfg = SimConfig(nodes=n, seed=seed, names=tuple(names), **settings)  # type: ignore[arg-type]
         self.world = World(cfg, trace=trace, check_liveness=False, record_applied=True)
         self.election_timeout_s = cfg.election_ticks * cfg.tick_us / 1e6
         self._disconnected: set[str] = set()

@@ -430,7 +430,9 @@ class World:
         core.advance(rd)
         if core.should_compact():
             applied = core.log.applied
-            core.compact(applied, f"{applied}:{node.sm_hash}".encode())
+            # padded to a seeded size so that snapshots travel in several chunks
+            pad = b"." * (hash((self.cfg.seed, applied)) % 400)
+            core.compact(applied, f"{applied}:{node.sm_hash}:".encode() + pad)
         if core.role is Role.LEADER:
             self._check_leader(node)
 
@@ -669,6 +671,15 @@ class World:
             self.inv.fail("liveness", f"no leader {self.cfg.settle_us / 1e6:.1f}s after healing")
             return
         log = leader.core.log
+        for name in sorted(leader.core.conf.members()):
+            member = self.by_name[name]
+            if member.core is not None and member.core.log.applied < log.committed:
+                self.inv.fail(
+                    "liveness",
+                    f"{name} applied only {member.core.log.applied} of {log.committed} "
+                    f"{self.cfg.settle_us / 1e6:.1f}s after healing",
+                )
+                return
         for index, command in self.inv.acked_items():
             if index <= log.snap_index:
                 continue

@@ -651,11 +651,16 @@ class RaftCore:
         if meta.index <= self.log.committed:
             self._reply_snapshot(m, m.offset + len(m.data), self.log.committed)
             return
+        # Chunks may be lost, duplicated or late: restart only for another snapshot, accept only
+        # the next expected byte, and always tell the leader how many bytes we hold.
         inc = self._incoming
-        if m.offset == 0:
+        if inc is None or inc.meta != meta or inc.term != m.term:
+            if m.offset != 0:
+                self._reply_snapshot(m, 0, 0)
+                return
             inc = self._incoming = _IncomingSnapshot(meta, m.term, bytearray())
-        if inc is None or inc.meta != meta or inc.term != m.term or m.offset != len(inc.data):
-            self._reply_snapshot(m, len(inc.data) if inc and inc.meta == meta else 0, 0)
+        if m.offset != len(inc.data):
+            self._reply_snapshot(m, len(inc.data), 0)
             return
         inc.data += m.data
         if not m.done:
@@ -730,6 +735,8 @@ class RaftCore:
     def _send_snapshot_chunk(self, to: NodeId, pr: Progress) -> None:
         snap = self.snapshot
         assert snap is not None
+        if pr.pending_snapshot != snap.meta.index:
+            pr.become_snapshot(snap.meta.index)  # we compacted again: send the newer one
         off = pr.snapshot_offset
         chunk = snap.data[off : off + self.cfg.snapshot_chunk_bytes]
         done = off + len(chunk) >= len(snap.data)
@@ -798,8 +805,7 @@ class RaftCore:
             pr.become_probe()
             self.send_append(m.src)
             return
-        if m.next_offset < pr.snapshot_offset and m.next_offset != 0:
-            return  # a stale duplicate
+        # Resume from what the receiver says it holds; a stale report costs a resend only.
         pr.snapshot_offset = m.next_offset
         self._send_snapshot_chunk(m.src, pr)
 
