@@ -336,22 +336,50 @@ class ProxyNetwork:
     applied link by link, within milliseconds.
     """
 
-    def __init__(self, server: ToxiproxyServer, nodes: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        server: ToxiproxyServer,
+        nodes: Mapping[str, str],
+        *,
+        client_upstreams: Mapping[str, str] | None = None,
+        client_sources: Iterable[str] = (CLIENT,),
+    ) -> None:
+        """``nodes`` maps node ids to the address their peers dial. Client proxies lead to
+        ``client_upstreams[node]`` (a node's separate client port) when given, else to the same
+        address. Each name in ``client_sources`` gets its own proxy to every node, so clients
+        can stand on different sides of a partition (``partition(..., clients=...)``)."""
         for node, address in nodes.items():
             _check_node(node, address)
         self.server = server
         self.nodes: dict[str, str] = dict(nodes)
+        self.client_upstreams: dict[str, str] = dict(client_upstreams or nodes)
+        self.client_sources: list[str] = list(client_sources)
+        if not self.client_sources:
+            raise ValueError("need at least one client source")
+        for source in self.client_sources:
+            if source in self.nodes or not source.startswith(CLIENT):
+                raise ValueError(f"client source {source!r} must start with {CLIENT!r}")
         self._listen: dict[Link, str] = {}
         self._cuts: set[Link] = set()
         self._latency: dict[Link, tuple[int, int]] = {}
 
     @classmethod
-    def create(cls, server: ToxiproxyServer, nodes: Mapping[str, str]) -> ProxyNetwork:
+    def create(
+        cls,
+        server: ToxiproxyServer,
+        nodes: Mapping[str, str],
+        *,
+        client_upstreams: Mapping[str, str] | None = None,
+        client_sources: Iterable[str] = (CLIENT,),
+    ) -> ProxyNetwork:
         """Build the network and create all its proxies on `server`."""
-        network = cls(server, nodes)
+        network = cls(
+            server, nodes, client_upstreams=client_upstreams, client_sources=client_sources
+        )
         try:
             for link in network.links(include_clients=True):
-                upstream = network.nodes[link.dst]
+                is_client = link.src in network.client_sources
+                upstream = (network.client_upstreams if is_client else network.nodes)[link.dst]
                 network._listen[link] = server.create_proxy(link.proxy_name, upstream)
         except BaseException:
             network.close()
@@ -363,21 +391,35 @@ class ProxyNetwork:
         ids = sorted(self.nodes)
         links = [Link(a, b) for a in ids for b in ids if a != b]
         if include_clients:
-            links += [Link(CLIENT, b) for b in ids]
+            links += [Link(c, b) for c in self.client_sources for b in ids]
         return links
 
     def address(self, src: str, dst: str) -> str:
         """Where `src` dials to reach `dst`: the proxy of link src->dst."""
         return self._listen[self._link(src, dst)]
 
-    def client_address(self, node: str) -> str:
-        """Where clients dial to reach `node`."""
-        return self._listen[self._link(CLIENT, node)]
+    def client_address(self, node: str, source: str = CLIENT) -> str:
+        """Where clients of ``source`` dial to reach `node`."""
+        return self._listen[self._link(source, node)]
 
-    def partition(self, groups: Iterable[Iterable[str]]) -> None:
-        """Cut every link between different groups, both ways (see `partition_links`)."""
+    def partition(
+        self, groups: Iterable[Iterable[str]], clients: Mapping[str, int] | None = None
+    ) -> None:
+        """Cut every link between different groups, both ways (see `partition_links`).
+
+        ``clients`` places client sources on a side: source -> index into ``groups``; such a
+        source loses its links to every node outside its group. Unplaced sources reach all.
+        """
+        groups = [list(g) for g in groups]
         for link in sorted(partition_links(self.nodes, groups)):
             self._cut(link)
+        for source, side in (clients or {}).items():
+            if source not in self.client_sources:
+                raise KeyError(f"unknown client source {source!r}")
+            if not 0 <= side < len(groups):
+                raise ValueError(f"client source {source!r}: no group {side}")
+            for node in sorted(set(self.nodes) - set(groups[side])):
+                self._cut(Link(source, node))
 
     def isolate(self, node: str) -> None:
         """Cut every link from and to `node` (client links are left alone)."""

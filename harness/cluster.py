@@ -1,0 +1,344 @@
+"""A local cluster of real ``orbital node`` processes, wired through Toxiproxy.
+
+Theory of operation
+-------------------
+``LocalCluster.start()`` picks free loopback ports (a Raft port and a client port per node),
+starts a Toxiproxy server and creates a :class:`~chaos.toxiproxy.ProxyNetwork`: one proxy per
+directed node link i->j, and one per (client source, node). It writes ``cluster.toml`` in which
+each node's ``peers`` are the proxies it must dial, then starts every node as its own process
+(:class:`~chaos.process.ProcessManager`), with its output in ``nodes/<id>/node.log``, its
+data in ``nodes/<id>/data`` and its role changes in ``nodes/<id>/roles.jsonl``.
+
+Every fault goes through here: network faults to the proxy network, process faults (SIGKILL,
+SIGSTOP/SIGCONT, restart on the same data directory) to the process manager. Each is reported
+to ``on_fault(kind, action, detail)`` so a runner can write ``faults.jsonl``.
+
+The harness watches the cluster on the nodes' *direct* client ports (``status``), never through
+the proxies: what it sees must not depend on the faults it injects. Clients under test use
+``client_addresses(source)``, through the proxies.
+
+``orbital cluster up --nodes 5`` runs one in the foreground until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import tomli_w
+
+from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
+from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
+
+FaultSink = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """What to run: node ids, timing, and the client sources that get their own proxies."""
+
+    nodes: tuple[str, ...] = ("n1", "n2", "n3", "n4", "n5")
+    joiners: tuple[str, ...] = ()  #: started outside the configuration (membership tests)
+    cluster_id: str = "orbital"
+    tick_ms: float = 10.0
+    election_ticks: int = 15
+    heartbeat_ticks: int = 3
+    snapshot_entries: int = 10_000
+    max_uncommitted: int = 20_000
+    client_sources: tuple[str, ...] = (CLIENT,)
+    toxiproxy: bool = True
+    seed: int | None = None  #: seeds each node's election-timeout RNG (seed + node position)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def all_nodes(self) -> tuple[str, ...]:
+        return self.nodes + self.joiners
+
+    @property
+    def election_timeout_s(self) -> float:
+        return self.election_ticks * self.tick_ms / 1000
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started or did not behave as required."""
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        workdir: Path,
+        *,
+        on_fault: FaultSink | None = None,
+        run_start_ns: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.config_path = workdir / "cluster.toml"
+        self.run_start_ns = run_start_ns if run_start_ns is not None else time.monotonic_ns()
+        self._on_fault = on_fault
+        self.raft_addr: dict[str, str] = {}
+        self.client_addr: dict[str, str] = {}
+        self.server: ToxiproxyServer | None = None
+        self.network: ProxyNetwork | None = None
+        self.procs = ProcessManager(on_event=self._process_event)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> Self:
+        try:
+            self._allocate_ports()
+            if self.spec.toxiproxy:
+                self.server = ToxiproxyServer().start()
+                self.network = ProxyNetwork.create(
+                    self.server,
+                    self.raft_addr,
+                    client_upstreams=self.client_addr,
+                    client_sources=self.spec.client_sources,
+                )
+            self._write_config()
+            for node in self.spec.nodes:
+                self._start_node(node)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process we started, then the proxies and the Toxiproxy server."""
+        self.procs.stop_all()
+        if self.network is not None:
+            self.network.close()
+            self.network = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _allocate_ports(self) -> None:
+        for node in self.spec.all_nodes:
+            self.raft_addr[node] = f"{LOOPBACK}:{free_port()}"
+            self.client_addr[node] = f"{LOOPBACK}:{free_port()}"
+
+    def node_dir(self, node: str) -> Path:
+        return self.workdir / "nodes" / node
+
+    def data_dir(self, node: str) -> Path:
+        return self.node_dir(node) / "data"
+
+    def _write_config(self) -> None:
+        spec = self.spec
+        nodes: dict[str, Any] = {}
+        for node in spec.all_nodes:
+            entry: dict[str, Any] = {
+                "raft": self.raft_addr[node],
+                "client": self.client_addr[node],
+                "data_dir": str(self.data_dir(node)),
+                "initial": node in spec.nodes,
+            }
+            if self.network is not None:
+                entry["peers"] = {
+                    p: self.network.address(node, p) for p in spec.all_nodes if p != node
+                }
+            nodes[node] = entry
+        doc = {
+            "cluster_id": spec.cluster_id,
+            "tick_ms": spec.tick_ms,
+            "election_ticks": spec.election_ticks,
+            "heartbeat_ticks": spec.heartbeat_ticks,
+            "snapshot_entries": spec.snapshot_entries,
+            "max_uncommitted": spec.max_uncommitted,
+            "nodes": nodes,
+        }
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_bytes(tomli_w.dumps(doc).encode())
+
+    def _argv(self, node: str) -> list[str]:
+        argv = [sys.executable, "-m", "harness.cli", "node", "--config", str(self.config_path)]
+        argv += ["--id", node, "--roles", str(self.node_dir(node) / "roles.jsonl")]
+        if self.spec.seed is not None:
+            argv += ["--seed", str(self.spec.seed * 1000 + self.spec.all_nodes.index(node))]
+        return argv
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["ORBITAL_RUN_START_NS"] = str(self.run_start_ns)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.spec.env)
+        return env
+
+    def _start_node(self, node: str) -> ManagedProcess:
+        self.node_dir(node).mkdir(parents=True, exist_ok=True)
+        return self.procs.start(
+            node, self._argv(node), self.node_dir(node) / "node.log", env=self._env()
+        )
+
+    def start_joiner(self, node: str) -> None:
+        """Start a node listed in ``joiners`` (it waits to be added by a membership change)."""
+        if node not in self.spec.joiners:
+            raise ClusterError(f"{node} is not a joiner of this cluster")
+        self._start_node(node)
+
+    # ---- addresses ------------------------------------------------------------------------
+    def client_addresses(self, source: str = CLIENT) -> dict[str, str]:
+        """Where a client of ``source`` reaches each node (through the proxies if any)."""
+        if self.network is None:
+            return dict(self.client_addr)
+        return {n: self.network.client_address(n, source) for n in self.spec.all_nodes}
+
+    # ---- process faults -------------------------------------------------------------------
+    def kill(self, node: str) -> None:
+        self.procs[node].kill()
+
+    def pause(self, node: str) -> None:
+        self.procs[node].pause()
+
+    def resume(self, node: str) -> None:
+        self.procs[node].resume()
+
+    def restart(self, node: str) -> None:
+        self.procs[node].restart()
+
+    def alive(self, node: str) -> bool:
+        try:
+            return self.procs[node].alive()
+        except KeyError:
+            return False
+
+    def _process_event(self, event: ProcessEvent) -> None:
+        kinds = {"kill": "kill", "pause": "pause", "resume": "pause", "restart": "kill"}
+        kind = kinds.get(event.action)
+        if kind is None or self._on_fault is None:
+            return
+        action = "start" if event.action in ("kill", "pause") else "stop"
+        self._on_fault(kind, action, event.as_detail())
+
+    # ---- network faults -------------------------------------------------------------------
+    def _net(self) -> ProxyNetwork:
+        if self.network is None:
+            raise ClusterError("this cluster runs without Toxiproxy: no network faults")
+        return self.network
+
+    def partition(
+        self, groups: Iterable[Iterable[str]], clients: Mapping[str, int] | None = None
+    ) -> None:
+        groups = [sorted(g) for g in groups]
+        self._net().partition(groups, clients)
+        self._fault("partition", "start", {"groups": groups, "clients": dict(clients or {})})
+
+    def cut(self, src: str, dst: str) -> None:
+        self._net().cut(src, dst)
+        self._fault("cut", "start", {"link": [src, dst]})
+
+    def latency(self, ms: int, jitter_ms: int = 0, links: Iterable[Link] | None = None) -> None:
+        self._net().latency(ms, jitter_ms, links)
+        self._fault("latency", "start", {"ms": ms, "jitter_ms": jitter_ms})
+
+    def heal(self) -> None:
+        """Remove every network fault (each open one gets its ``stop``)."""
+        net = self._net()
+        state = net.state()
+        net.heal()
+        if state["cuts"]:
+            self._fault("partition", "stop", {"healed": state["cuts"]})
+        if state["latency"]:
+            self._fault("latency", "stop", {})
+
+    def _fault(self, kind: str, action: str, detail: dict[str, Any]) -> None:
+        if self._on_fault is not None:
+            self._on_fault(kind, action, detail)
+
+    # ---- observation (direct ports, never through the proxies) -----------------------------
+    async def statuses(self, timeout: float = 0.5) -> dict[str, dict[str, Any] | None]:
+        """Each node's own status; None for a node that did not answer."""
+        from raft.client import KVClient, KVError
+
+        out: dict[str, dict[str, Any] | None] = {}
+        async with KVClient(self.client_addr, attempt_timeout=timeout, timeout=timeout) as c:
+            for node in self.spec.all_nodes:
+                if not self.alive(node) or self.procs[node].paused:
+                    out[node] = None
+                    continue
+                try:
+                    out[node] = await c.status(node)
+                except KVError:
+                    out[node] = None
+        return out
+
+    async def leader(self) -> tuple[str, int] | None:
+        """The leader of the highest term that any reachable node reports, if any."""
+        best: tuple[str, int] | None = None
+        for node, st in (await self.statuses()).items():
+            if st and st.get("role") == "leader":
+                term = int(st.get("term", 0))
+                if best is None or term > best[1]:
+                    best = (node, term)
+        return best
+
+    async def wait_for_leader(
+        self, timeout: float, exclude: Iterable[str] = (), min_term: int = 0
+    ) -> tuple[str, int, float]:
+        """Poll until a node (not in ``exclude``) leads in a term >= ``min_term``; returns the
+        leader, its term and how long it took."""
+        t0 = time.monotonic()
+        skip = set(exclude)
+        while True:
+            found = await self.leader()
+            if found is not None and found[0] not in skip and found[1] >= min_term:
+                return found[0], found[1], time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise ClusterError(f"no leader within {timeout:.1f}s (last seen: {found})")
+            await asyncio.sleep(0.01)
+
+
+# ---- orbital cluster up ---------------------------------------------------------------------
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    up = sub.add_parser("up", help="run a local cluster in the foreground until Ctrl-C")
+    up.add_argument("--nodes", type=int, default=5, help="number of nodes (default 5)")
+    up.add_argument("--dir", type=Path, help="work directory (default: a new temp dir)")
+    up.add_argument("--no-toxiproxy", action="store_true", help="nodes talk directly")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.nodes <= 15:
+        print("orbital cluster: --nodes must be between 1 and 15", file=sys.stderr)
+        return 2
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="orbital-cluster-"))
+    spec = ClusterSpec(
+        nodes=tuple(f"n{i + 1}" for i in range(args.nodes)), toxiproxy=not args.no_toxiproxy
+    )
+    with LocalCluster(spec, workdir) as cluster:
+        print(f"cluster file: {cluster.config_path}")
+        for node in spec.nodes:
+            print(f"  {node}: raft {cluster.raft_addr[node]}  client {cluster.client_addr[node]}")
+        print(f"try: orbital kv --config {cluster.config_path} put x 1")
+        print("Ctrl-C stops the cluster")
+        try:
+            found = asyncio.run(cluster.wait_for_leader(10 * spec.election_timeout_s))
+            print(f"leader: {found[0]} (term {found[1]}) after {found[2]:.3f}s")
+            while all(cluster.alive(n) for n in spec.nodes):
+                time.sleep(0.5)
+            print("a node exited; see its node.log", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("stopping the cluster")
+    return 0
