@@ -1,0 +1,309 @@
+"""The nemesis: a pure, seeded fault schedule, and an executor that applies it to a cluster.
+
+Theory of operation
+-------------------
+As in Jepsen, the generator is pure and the side effects live elsewhere.
+:func:`make_schedule` turns a scenario's ``[[nemesis]]`` entries, a seed and a duration into a
+list of :class:`FaultOp` (``start``/``stop`` pairs sharing an ``id``), sorted by time. The same
+inputs give the same list, byte for byte (:func:`schedule_json`): every random choice (jitter,
+the node of ``target = "random"``, the sides of ``halves``, the fallback of ``"leader"``) is
+drawn from a ``random.Random`` seeded with the seed and the entry's position, never from global
+state. Faults never overlap: an occurrence that would overlap one already accepted is dropped
+(scheduled ``at`` entries are placed first), so a heal always ends exactly one fault, and every
+stop lies within the duration.
+
+:class:`NemesisExecutor` follows a schedule in real time against a
+:class:`~harness.cluster.LocalCluster`. A ``"leader"`` target is resolved when its fault starts
+(``cluster.leader()``; the drawn fallback if there is none), and the stop acts on the node the
+start chose. Blocking cluster calls (Toxiproxy's REST API, waiting for a SIGKILLed process) run
+in a worker thread so the clients' event loop keeps going. Every fault is reported to
+``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
+``cut``, are reported here as ``partition`` so that the heal closes them). :meth:`heal_all`
+is the final generator: heal the network, resume paused nodes, restart dead ones; it runs at the
+end whatever happened, including after a cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from harness.scenario import Nemesis, Scenario
+
+if TYPE_CHECKING:
+    from harness.cluster import LocalCluster
+
+Action = Literal["start", "stop"]
+
+
+@dataclass(frozen=True, slots=True)
+class FaultOp:
+    """One timed step of a schedule; ``params`` holds what was drawn when it was made."""
+
+    at: float  #: seconds after the workload starts
+    action: Action
+    kind: str  #: kill, pause, partition, latency
+    id: int  #: shared by a fault's start and stop
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- the pure generator ------------------------------------------------------------------------
+def _occurrences(entry: Nemesis, rng: random.Random, duration: float) -> list[float]:
+    """Start times of an entry's faults within ``duration``."""
+    if entry.at is not None:
+        return [entry.at]
+    assert entry.interval is not None
+    stop = min(entry.stop if entry.stop is not None else duration, duration)
+    times: list[float] = []
+    t = entry.start
+    while True:
+        t_at = t + entry.interval * entry.jitter * rng.random()
+        if t_at > stop:
+            return times
+        times.append(round(t_at, 6))
+        t += entry.interval
+
+
+def _draw_params(entry: Nemesis, scenario: Scenario, rng: random.Random) -> dict[str, Any]:
+    """What a fault acts on, drawn now (pure), resolved further at run time for "leader"."""
+    nodes = list(scenario.nodes)
+    p: dict[str, Any] = {"target": entry.target, "fallback": rng.choice(nodes)}
+    if entry.target not in ("leader", "random"):
+        p["fallback"] = entry.target
+    if entry.kind == "partition":
+        p["shape"] = entry.partition_shape
+        if p["shape"] == "halves":
+            shuffled = rng.sample(nodes, len(nodes))
+            p["groups"] = [sorted(shuffled[: len(nodes) // 2]), sorted(shuffled[len(nodes) // 2 :])]
+        elif p["shape"] == "groups":
+            p["groups"] = [sorted(scenario.groups[g]) for g in entry.groups]
+            p["group_names"] = list(entry.groups)
+        elif p["shape"] == "isolate-leader":
+            p["target"] = "leader"
+    if entry.kind == "latency":
+        p["ms"], p["jitter_ms"] = entry.latency_ms, entry.latency_jitter_ms
+    return p
+
+
+def _overlaps(a: tuple[float, float], taken: Sequence[tuple[float, float]]) -> bool:
+    return any(a[0] < b[1] and b[0] < a[1] for b in taken)
+
+
+def make_schedule(scenario: Scenario, seed: int, duration: float) -> list[FaultOp]:
+    """The fault schedule of ``scenario`` for ``seed`` and ``duration`` (pure)."""
+    candidates: list[tuple[int, float, float, Nemesis, dict[str, Any]]] = []
+    for number, entry in enumerate(scenario.nemesis):
+        rng = random.Random(f"orbital-nemesis:{seed}:{number}")
+        for start in _occurrences(entry, rng, duration):
+            stop = min(start + entry.duration, duration)
+            if stop > start:
+                priority = 0 if entry.at is not None else 1
+                candidates.append(
+                    (priority, start, stop, entry, _draw_params(entry, scenario, rng))
+                )
+    candidates.sort(key=lambda c: (c[0], c[1]))
+    taken: list[tuple[float, float]] = []
+    accepted = []
+    for _, start, stop, entry, params in candidates:
+        if not _overlaps((start, stop), taken):
+            taken.append((start, stop))
+            accepted.append((start, stop, entry, params))
+    accepted.sort(key=lambda c: c[0])
+    ops: list[FaultOp] = []
+    for fid, (start, stop, entry, params) in enumerate(accepted):
+        ops.append(FaultOp(start, "start", entry.kind, fid, params))
+        ops.append(FaultOp(round(stop, 6), "stop", entry.kind, fid, {}))
+    ops.sort(key=lambda op: (op.at, op.action == "start", op.id))
+    return ops
+
+
+def schedule_json(ops: Sequence[FaultOp]) -> str:
+    """A canonical JSON form of a schedule (equal schedules give equal strings)."""
+    return json.dumps([op.to_json() for op in ops], sort_keys=True, separators=(",", ":"))
+
+
+# ---- the executor --------------------------------------------------------------------------------
+@dataclass(slots=True)
+class AppliedFault:
+    """A fault as it actually happened: resolved target, sides, and monotonic times."""
+
+    id: int
+    kind: str
+    params: dict[str, Any]
+    node: str | None = None  #: the node acted on (kill, pause, isolate)
+    groups: list[list[str]] = field(default_factory=list)  #: partition sides as applied
+    leader_before: tuple[str, int] | None = None
+    started_ns: int = 0  #: monotonic, just before the fault was applied
+    applied_ns: int = 0  #: monotonic, once it was fully in place
+    stopped_ns: int | None = None
+    skipped: str | None = None
+
+    def to_json(self, run_start_ns: int) -> dict[str, Any]:
+        def rel(t: int | None) -> int | None:
+            return None if t is None else t - run_start_ns
+
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "params": self.params,
+            "node": self.node,
+            "groups": self.groups,
+            "leader_before": None if self.leader_before is None else list(self.leader_before),
+            "start": rel(self.started_ns),
+            "applied": rel(self.applied_ns),
+            "stop": rel(self.stopped_ns),
+            "skipped": self.skipped,
+        }
+
+
+class NemesisExecutor:
+    """Applies a schedule to a cluster at its times; :meth:`heal_all` ends every fault."""
+
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        schedule: Sequence[FaultOp],
+        *,
+        on_fault: Callable[[str, str, dict[str, Any]], None] | None = None,
+        client_groups: dict[str, str | None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.schedule = list(schedule)
+        self.applied: dict[int, AppliedFault] = {}
+        self.active: dict[int, AppliedFault] = {}
+        self._on_fault = on_fault
+        self._client_groups = client_groups or {}
+
+    def describe_active(self) -> str:
+        """A short text of the faults in force, for the progress display."""
+        return ", ".join(_describe(f) for f in self.active.values()) or "-"
+
+    async def run(self, t0: float) -> None:
+        """Follow the schedule; ``t0`` is the ``time.monotonic()`` of the workload's start."""
+        for op in self.schedule:
+            delay = t0 + op.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if op.action == "start":
+                await self._start(op)
+            else:
+                await self._stop(op)
+
+    async def _start(self, op: FaultOp) -> None:
+        fault = AppliedFault(op.id, op.kind, dict(op.params))
+        fault.leader_before = await self.cluster.leader()
+        fault.started_ns = time.monotonic_ns()
+        self.applied[op.id] = fault
+        try:
+            await self._apply_start(fault)
+        except Exception as exc:  # a fault that cannot be applied is noted, not fatal
+            fault.skipped = f"{type(exc).__name__}: {exc}"
+            return
+        fault.applied_ns = time.monotonic_ns()
+        if fault.skipped is None:
+            self.active[op.id] = fault
+
+    async def _apply_start(self, f: AppliedFault) -> None:
+        target = self._resolve_target(f)
+        if f.kind in ("kill", "pause"):
+            f.node = target
+            if not self.cluster.alive(target) or self.cluster.procs[target].paused:
+                f.skipped = f"{target} is not running"
+                return
+            call = self.cluster.kill if f.kind == "kill" else self.cluster.pause
+            await asyncio.to_thread(call, target)
+        elif f.kind == "latency":
+            await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
+        else:
+            await self._partition(f, target)
+
+    def _resolve_target(self, f: AppliedFault) -> str:
+        target = str(f.params.get("target", "random"))
+        if target == "leader":
+            found = f.leader_before
+            return found[0] if found is not None else str(f.params["fallback"])
+        return str(f.params["fallback"]) if target == "random" else target
+
+    async def _partition(self, f: AppliedFault, target: str) -> None:
+        shape = f.params["shape"]
+        if shape == "one-way":
+            f.node = target
+            await asyncio.to_thread(self._one_way, target)
+            return
+        if shape in ("isolate-leader", "isolate-node"):
+            f.node = target
+            groups = [[target], sorted(n for n in self.cluster.spec.nodes if n != target)]
+        else:
+            groups = [list(g) for g in f.params["groups"]]
+        f.groups = groups
+        clients = self._place_clients(f.params.get("group_names", []))
+        await asyncio.to_thread(self.cluster.partition, groups, clients)
+
+    def _place_clients(self, group_names: Sequence[str]) -> dict[str, int]:
+        """Client sources standing in a named group go to that group's side."""
+        return {
+            source: group_names.index(group)
+            for source, group in self._client_groups.items()
+            if group is not None and group in group_names
+        }
+
+    def _one_way(self, src: str) -> None:
+        """``src`` can no longer send to any other node (it still hears them)."""
+        net = self.cluster.network
+        if net is None:
+            raise RuntimeError("one-way cuts need Toxiproxy")
+        others = [n for n in self.cluster.spec.nodes if n != src]
+        for dst in others:
+            net.cut(src, dst)
+        if self._on_fault is not None:
+            self._on_fault("partition", "start", {"one_way": src, "to": others})
+
+    async def _stop(self, op: FaultOp) -> None:
+        fault = self.active.pop(op.id, None)
+        if fault is None:
+            return
+        await asyncio.to_thread(self._undo, fault)
+        fault.stopped_ns = time.monotonic_ns()
+
+    def _undo(self, f: AppliedFault) -> None:
+        if f.kind == "kill" and f.node is not None and not self.cluster.alive(f.node):
+            self.cluster.restart(f.node)
+        elif f.kind == "pause" and f.node is not None and self.cluster.procs[f.node].paused:
+            self.cluster.resume(f.node)
+        elif f.kind in ("partition", "latency") and self.cluster.network is not None:
+            self.cluster.heal()
+
+    def heal_all(self) -> None:
+        """The final generator: heal the network, resume paused nodes, restart dead ones."""
+        now = time.monotonic_ns()
+        for fault in self.active.values():
+            fault.stopped_ns = now
+        self.active.clear()
+        if self.cluster.network is not None:
+            self.cluster.heal()
+        for node in self.cluster.spec.nodes:
+            try:
+                proc = self.cluster.procs[node]
+            except KeyError:
+                continue
+            if proc.paused:
+                self.cluster.resume(node)
+            elif not proc.alive():
+                self.cluster.restart(node)
+
+
+def _describe(f: AppliedFault) -> str:
+    if f.kind == "partition":
+        sides = " | ".join(",".join(g) for g in f.groups) if f.groups else f"{f.node} one-way"
+        return f"partition {sides}"
+    if f.kind == "latency":
+        return f"latency {f.params.get('ms')}ms"
+    return f"{f.kind} {f.node}"

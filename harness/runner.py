@@ -1,0 +1,744 @@
+"""``orbital chaos run CONFIG``: one chaos run end to end, stored and judged.
+
+Theory of operation
+-------------------
+A run is Jepsen's composition in our terms: a *DB* (:class:`~harness.cluster.LocalCluster`:
+Toxiproxy and one ``orbital node`` process per node), a *Client* (:mod:`harness.workload`),
+a *Nemesis* with its pure *Generator* (:mod:`chaos.nemesis`) and *Checkers* (linearizability,
+Raft invariants from the nodes' storage, and the scenario's expectations). The steps:
+
+1. validate the scenario (exit 2 naming the field), find Toxiproxy (exit 2 if missing), make
+   the run directory ``STORE/<scenario>/<timestamp>/`` and write ``config.toml`` (the scenario
+   as run, seed and duration included);
+2. start the cluster *in* the run directory (so ``nodes/<id>/`` with data, log and roles is
+   stored as it is written), wait for a leader, and, if ``setup.leader_in`` names a group,
+   transfer the leadership into it;
+3. run the workload and the nemesis for ``duration`` seconds while a :class:`StatusMonitor`
+   polls every node's status on its direct port (never through the proxies) to time elections;
+4. the final generator heals everything, the cluster settles, every key is read once, and the
+   monitor waits for every node to report the same commit/applied/last index (convergence);
+5. stop every process; rewrite ``roles.jsonl`` times to ns since the run start (the node writes
+   raw ``CLOCK_MONOTONIC``) and add ``down`` spans for kills and pauses; replay every node's
+   storage from disk (:mod:`harness.replay`); check linearizability; check expectations
+   (:func:`check_expectations`);
+6. write ``results.json`` (the shape of :mod:`harness.report` plus ``expectations``) and
+   ``report.html``; print a summary table.
+
+Exit: 0 valid and every expectation met, 1 an anomaly, an invariant violation or a failed
+expectation, 2 could not run (bad config, Toxiproxy missing, no leader) or undecided (checker
+"unknown"), 130 interrupted (Ctrl-C: every process is stopped, what was recorded is kept and
+judged as far as it can be).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from chaos.nemesis import AppliedFault, FaultOp, NemesisExecutor, make_schedule
+from chaos.process import ProcessError
+from chaos.toxiproxy import ToxiproxyError, find_server_binary
+from harness.cluster import ClusterError, ClusterSpec, LocalCluster
+from harness.history import FaultWriter, HistoryWriter, Op, read_history
+from harness.scenario import Scenario, ScenarioError, load_scenario
+from harness.workload import ClientWorkers
+from raft.client import KVClient, KVError
+
+POLL_INTERVAL_S = 0.02
+DRAIN_GRACE_S = 2.0
+CHECK_TIME_LIMIT_S = 60.0
+
+
+# ---- the command line --------------------------------------------------------------------------
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``chaos run`` arguments."""
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("run", help="run one scenario and store the result")
+    p.add_argument("config", type=Path, help="scenario file (configs/*.toml)")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--time-limit", type=float, metavar="S", help="seconds of workload")
+    p.add_argument("--store", type=Path, default=Path("store"), help="store root (./store)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a scenario; the exit code is described in the module docstring."""
+    err = Console(stderr=True)
+    try:
+        scenario, _ = load_scenario(args.config)
+        if args.time_limit is not None and args.time_limit <= 0:
+            raise ScenarioError("--time-limit: must be greater than 0")
+        scenario = scenario.with_overrides(seed=args.seed, duration=args.time_limit)
+        find_server_binary()
+    except (ScenarioError, ToxiproxyError) as exc:
+        err.print(f"orbital chaos: {exc}", markup=False, highlight=False)
+        return 2
+    ctx = RunContext.create(scenario, args.store)
+    err.print(f"run directory: {ctx.run_dir}", markup=False, highlight=False)
+    code = execute(ctx, progress=not args.no_progress)
+    print_summary(Console(), ctx.results)
+    return code
+
+
+# ---- the run's state ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class RunContext:
+    """Everything one run writes and remembers."""
+
+    scenario: Scenario
+    run_dir: Path
+    run_start_ns: int
+    started_at: str
+    schedule: list[FaultOp]
+    process_events: list[tuple[int, str, str]] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    interrupted: bool = False
+
+    @classmethod
+    def create(cls, scenario: Scenario, store: Path) -> RunContext:
+        now = datetime.now(UTC)
+        run_dir = _fresh_dir(store / scenario.name, now.strftime("%Y%m%dT%H%M%SZ"))
+        schedule = make_schedule(scenario, scenario.seed, scenario.duration)
+        ctx = cls(scenario, run_dir, time.monotonic_ns(), now.isoformat(), schedule)
+        ctx.write_config()
+        return ctx
+
+    def write_config(self) -> None:
+        doc = self.scenario.model_dump(mode="json", exclude_none=True)
+        (self.run_dir / "config.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+
+    def rel(self, monotonic_ns: int) -> int:
+        return max(0, monotonic_ns - self.run_start_ns)
+
+
+def _fresh_dir(parent: Path, stamp: str) -> Path:
+    for n in range(1000):
+        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot make a fresh run directory under {parent}")
+
+
+def cluster_spec(scenario: Scenario) -> ClusterSpec:
+    t = scenario.timing
+    return ClusterSpec(
+        nodes=tuple(scenario.nodes),
+        tick_ms=t.tick_ms,
+        election_ticks=t.election_ticks,
+        heartbeat_ticks=t.heartbeat_ticks,
+        client_sources=tuple(scenario.client_sources()),
+        seed=scenario.seed,
+    )
+
+
+# ---- the status monitor --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One node's status as seen at ``time_ns`` (monotonic, when its answer arrived)."""
+
+    time_ns: int
+    node: str
+    role: str
+    term: int
+    commit: int
+    applied: int
+    last_index: int
+
+
+class StatusMonitor:
+    """Polls every running node's status on its direct port; keeps the leader samples."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.leader_samples: list[Sample] = []
+        self.latest: dict[str, Sample | None] = {}
+        self.leader: tuple[str, int] | None = None
+        self._client = KVClient(dict(cluster.client_addr), attempt_timeout=0.3, timeout=0.3)
+
+    async def poll(self) -> dict[str, Sample | None]:
+        """One round over the nodes; a paused, dead or silent node gives ``None``."""
+        out: dict[str, Sample | None] = {}
+        for node in self.cluster.spec.nodes:
+            out[node] = await self._poll_node(node)
+        self.latest = out
+        leaders = [s for s in out.values() if s is not None and s.role == "leader"]
+        self.leader_samples.extend(leaders)
+        best = max(leaders, key=lambda s: s.term, default=None)
+        self.leader = None if best is None else (best.node, best.term)
+        return out
+
+    async def _poll_node(self, node: str) -> Sample | None:
+        if not self.cluster.alive(node) or self.cluster.procs[node].paused:
+            return None
+        try:
+            st = await self._client.status(node)
+        except KVError:
+            return None
+        return Sample(
+            time.monotonic_ns(), node, str(st.get("role")), int(st.get("term", 0)),
+            int(st.get("commit", 0)), int(st.get("applied", 0)), int(st.get("last_index", 0)),
+        )  # fmt: skip
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            await self.poll()
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def wait_converged(self, timeout: float) -> tuple[bool, dict[str, Sample | None]]:
+        """Poll until every node reports the same commit, applied and last index."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = await self.poll()
+            if converged(found) or time.monotonic() > deadline:
+                return converged(found), found
+            await asyncio.sleep(0.1)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def converged(found: dict[str, Sample | None]) -> bool:
+    """Every node answered and all report one (commit, applied, last_index)."""
+    if any(s is None for s in found.values()):
+        return False
+    marks = {(s.commit, s.applied, s.last_index) for s in found.values() if s is not None}
+    return len(marks) == 1
+
+
+# ---- driving the run -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class Observed:
+    """What the run itself saw, for the expectations and results.json."""
+
+    applied: list[AppliedFault] = field(default_factory=list)
+    leader_samples: list[Sample] = field(default_factory=list)
+    converged: bool | None = None
+    final_status: dict[str, Sample | None] = field(default_factory=dict)
+    final_reads_ok: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+    setup_leader: tuple[str, int] | None = None
+    heal_ns: int = 0
+
+
+def execute(ctx: RunContext, *, progress: bool) -> int:
+    """Run, store and judge; returns the exit code (``ctx.results`` is filled in)."""
+    observed = Observed()
+    history = HistoryWriter(ctx.run_dir / "history.jsonl", start_ns=ctx.run_start_ns)
+    faults = FaultWriter(ctx.run_dir / "faults.jsonl", start_ns=ctx.run_start_ns)
+    sink = _fault_sink(ctx, faults)
+    cluster = LocalCluster(
+        cluster_spec(ctx.scenario), ctx.run_dir, on_fault=sink, run_start_ns=ctx.run_start_ns
+    )
+    try:
+        cluster.start()
+        asyncio.run(drive(ctx, cluster, history, sink, observed, progress))
+    except KeyboardInterrupt:
+        ctx.interrupted = True
+    except (ClusterError, ToxiproxyError, ProcessError, OSError) as exc:
+        ctx.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        cluster.stop()
+        history.close()
+        faults.close()
+    return judge(ctx, cluster, observed)
+
+
+def _fault_sink(ctx: RunContext, faults: FaultWriter) -> Any:
+    def sink(kind: str, action: str, detail: dict[str, Any]) -> None:
+        event = faults.record(kind, "start" if action == "start" else "stop", detail)
+        if kind in ("kill", "pause") and "node" in detail:
+            ctx.process_events.append((event.time, str(detail["node"]), str(detail["action"])))
+
+    return sink
+
+
+async def drive(
+    ctx: RunContext,
+    cluster: LocalCluster,
+    history: HistoryWriter,
+    sink: Any,
+    observed: Observed,
+    progress: bool,
+) -> None:
+    """Steps 2-4 of the module docstring, on one event loop."""
+    sc = ctx.scenario
+    await cluster.wait_for_leader(max(10.0, 40 * sc.timing.election_timeout_s))
+    if sc.setup.leader_in is not None:
+        group = sc.groups[sc.setup.leader_in]
+        observed.setup_leader = await move_leader(cluster, group, sc.setup.leader_timeout)
+    monitor = StatusMonitor(cluster)
+    sources = {s: cluster.client_addresses(s) for s in sc.client_sources()}
+    workers = ClientWorkers(sc.workload, sc.seed, history, sources, sc.client_sources())
+    groups = {s: sc.source_group(s) for s in sources}
+    nemesis = NemesisExecutor(cluster, ctx.schedule, on_fault=sink, client_groups=groups)
+    try:
+        await _main_phase(ctx, monitor, workers, nemesis, progress)
+        observed.heal_ns = time.monotonic_ns()
+        await asyncio.sleep(sc.final.settle)
+        if sc.final.reads:
+            source = next(iter(sources))
+            observed.final_reads_ok = await workers.final_reads(sc.workload.keys, source)
+        ok, final = await monitor.wait_converged(sc.final.converge_timeout)
+        observed.converged, observed.final_status = ok, final
+    finally:
+        observed.applied = list(nemesis.applied.values())
+        observed.leader_samples = monitor.leader_samples
+        observed.stats = _stats_json(workers)
+        monitor.close()
+
+
+async def _main_phase(
+    ctx: RunContext,
+    monitor: StatusMonitor,
+    workers: ClientWorkers,
+    nemesis: NemesisExecutor,
+    progress: bool,
+) -> None:
+    """Workload + nemesis + monitor for ``duration``; then the final generator heals all."""
+    t0 = time.monotonic()
+    tasks = [
+        asyncio.create_task(monitor.run()),
+        asyncio.create_task(nemesis.run(t0)),
+    ]
+    work = asyncio.create_task(workers.run())
+    try:
+        with _live(progress) as live:
+            while (left := t0 + ctx.scenario.duration - time.monotonic()) > 0:
+                live.update(progress_table(ctx, t0, workers, nemesis, monitor))
+                await asyncio.sleep(min(0.25, left))
+    finally:
+        workers.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _drain(work, ctx.scenario.workload.timeout + DRAIN_GRACE_S)
+        await asyncio.to_thread(nemesis.heal_all)
+
+
+async def _drain(work: asyncio.Task[None], timeout: float) -> None:
+    """Let operations in flight finish; cancel what is left (it stays invoked: info)."""
+    done, _ = await asyncio.wait([work], timeout=timeout)
+    if not done:
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+
+
+class _NoLive:
+    def update(self, renderable: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _live(enabled: bool) -> Iterator[Live | _NoLive]:
+    if not enabled:
+        yield _NoLive()
+        return
+    with Live(console=Console(stderr=True), refresh_per_second=4, transient=True) as live:
+        yield live
+
+
+def progress_table(
+    ctx: RunContext,
+    t0: float,
+    workers: ClientWorkers,
+    nemesis: NemesisExecutor,
+    monitor: StatusMonitor,
+) -> Table:
+    """The live display: elapsed, outcomes so far, faults in force, leader."""
+    out = workers.stats.outcomes
+    leader = monitor.leader
+    table = Table(title=f"orbital chaos: {ctx.scenario.name} (seed {ctx.scenario.seed})")
+    for col in ("elapsed", "ok", "fail", "info", "faults", "leader"):
+        table.add_column(col)
+    table.add_row(
+        f"{time.monotonic() - t0:5.1f}/{ctx.scenario.duration:.0f}s",
+        str(out["ok"]), str(out["fail"]), str(out["info"]),
+        nemesis.describe_active(),
+        "-" if leader is None else f"{leader[0]} (term {leader[1]})",
+    )  # fmt: skip
+    return table
+
+
+async def move_leader(
+    cluster: LocalCluster, group: list[str], timeout: float
+) -> tuple[str, int] | None:
+    """Transfer the leadership into ``group`` (to its first node) and wait until it is there."""
+    deadline = time.monotonic() + timeout
+    target = sorted(group)[0]
+    while time.monotonic() < deadline:
+        found = await cluster.leader()
+        if found is not None and found[0] in group:
+            return found
+        if found is not None:
+            addr = {found[0]: cluster.client_addr[found[0]]}
+            async with KVClient(addr, timeout=1.0, attempt_timeout=0.5) as client:
+                with contextlib.suppress(KVError):
+                    await client.transfer(target)
+        await _wait_leader_in(cluster, group, 1.0)
+    raise ClusterError(f"could not move the leadership into {group} within {timeout}s")
+
+
+async def _wait_leader_in(cluster: LocalCluster, group: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await cluster.leader()
+        if found is not None and found[0] in group:
+            return
+        await asyncio.sleep(0.05)
+
+
+def _stats_json(workers: ClientWorkers) -> dict[str, Any]:
+    s = workers.stats
+    return {
+        "ok": s.outcomes["ok"],
+        "fail": s.outcomes["fail"],
+        "info": s.outcomes["info"],
+        "processes": s.processes,
+        "by_f": {f: dict(c) for f, c in sorted(s.by_f.items())},
+    }
+
+
+# ---- after the run: storage, checks, results ------------------------------------------------
+def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
+    """Steps 5-6 of the module docstring; fills ``ctx.results`` and returns the exit code."""
+    nodes = list(ctx.scenario.nodes)
+    roles = {n: fix_roles(ctx, cluster.node_dir(n) / "roles.jsonl", n) for n in nodes}
+    replay = replay_json(cluster, nodes)
+    history = read_history_safe(ctx.run_dir / "history.jsonl")
+    lin = linearizability_json(history)
+    checks = check_expectations(ctx, observed, history, roles)
+    valid, code = verdict(ctx, lin, replay, checks)
+    ctx.results = {
+        "scenario": ctx.scenario.name,
+        "seed": ctx.scenario.seed,
+        "valid": valid,
+        "exit_code": code,
+        "started_at": ctx.started_at,
+        "duration_s": round((time.monotonic_ns() - ctx.run_start_ns) / 1e9, 3),
+        "workload_duration_s": ctx.scenario.duration,
+        "linearizability": lin,
+        "invariants": replay,
+        "counts": {**observed.stats, "final_reads_ok": observed.final_reads_ok},
+        "expectations": {"valid": all(c["ok"] is not False for c in checks), "checks": checks},
+        "schedule": [op.to_json() for op in ctx.schedule],
+        "faults_applied": [f.to_json(ctx.run_start_ns) for f in observed.applied],
+        "leader_changes": leader_changes(ctx, observed.leader_samples),
+        "final_status": {n: _sample_json(s) for n, s in observed.final_status.items()},
+        "setup_leader": observed.setup_leader,
+        "error": ctx.error,
+        "interrupted": ctx.interrupted,
+        "run_dir": str(ctx.run_dir),
+    }
+    write_results(ctx)
+    return code
+
+
+def write_results(ctx: RunContext) -> None:
+    """results.json, then report.html (a report failure is noted, never fatal)."""
+    from harness.report import write_report
+
+    path = ctx.run_dir / "results.json"
+    path.write_text(json.dumps(ctx.results, indent=2, default=str) + "\n", encoding="utf-8")
+    try:
+        write_report(ctx.run_dir)
+    except Exception as exc:  # the run is judged; a missing picture must not hide it
+        ctx.results["report_error"] = f"{type(exc).__name__}: {exc}"
+        path.write_text(json.dumps(ctx.results, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def verdict(
+    ctx: RunContext, lin: dict[str, Any], replay: dict[str, Any], checks: list[dict[str, Any]]
+) -> tuple[bool | str, int]:
+    """(valid, exit code) from the checks (see the module docstring)."""
+    if ctx.error is not None:
+        return "unknown", 2
+    failed = lin.get("valid") is False or replay.get("valid") is False
+    failed = failed or any(c["ok"] is False for c in checks)
+    valid: bool | str = False if failed else (lin.get("valid") is True or "unknown")
+    if ctx.interrupted:
+        return valid, 130
+    if valid is True:
+        return valid, 0
+    return valid, 1 if valid is False else 2
+
+
+def fix_roles(ctx: RunContext, path: Path, node: str) -> list[dict[str, Any]]:
+    """Rewrite a node's roles.jsonl in run time (ns since the run start), adding ``down``."""
+    lines: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError):
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(raw)
+                lines.append({**entry, "time": ctx.rel(int(entry["time"])), "node": node})
+    events = [(t, a) for t, n, a in ctx.process_events if n == node]
+    merged = _merge_down(sorted(lines, key=lambda e: e["time"]), events, node)
+    if merged or path.exists():
+        text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in merged)
+        path.write_text(text, encoding="utf-8")
+    return merged
+
+
+def _merge_down(
+    lines: list[dict[str, Any]], events: list[tuple[int, str]], node: str
+) -> list[dict[str, Any]]:
+    """Insert ``down`` at kills and pauses, and the role held before a pause at its resume."""
+    out: list[dict[str, Any]] = []
+    tagged = [(e["time"], 1, e) for e in lines] + [(t, 0, {"action": a}) for t, a in events]
+    last: dict[str, Any] = {"role": "follower", "term": 0}
+    for t, is_line, item in sorted(tagged, key=lambda x: (x[0], x[1])):
+        if is_line:
+            out.append(item)
+            last = item
+        elif item["action"] in ("kill", "pause"):
+            out.append({"time": t, "node": node, "role": "down", "term": last.get("term", 0)})
+        elif item["action"] == "resume" and last.get("role") != "down":
+            out.append({"time": t, "node": node, "role": last["role"], "term": last["term"]})
+        if not is_line and item["action"] in ("kill", "pause"):
+            last = {**last, "role": last.get("role", "follower")}
+    return out
+
+
+def replay_json(cluster: LocalCluster, nodes: list[str]) -> dict[str, Any]:
+    """Raft invariants from every node's storage, as results.json's ``invariants``."""
+    from harness.replay import replay_cluster
+
+    try:
+        result = replay_cluster({n: cluster.data_dir(n) for n in nodes})
+    except Exception as exc:  # a crashing checker gives unknown, as in Jepsen
+        return {"valid": "unknown", "reason": f"replay failed: {exc}", "violations": []}
+    return result.to_dict()
+
+
+def linearizability_json(history: list[Op]) -> dict[str, Any]:
+    """The linearizability verdict of the history (``unknown`` if the checker cannot tell)."""
+    from harness.checker.linearizable import check_history
+
+    if not history:
+        return {"valid": "unknown", "reason": "no readable history"}
+    try:
+        return check_history(history, time_limit=CHECK_TIME_LIMIT_S).to_json()
+    except Exception as exc:  # a crashing checker gives unknown
+        return {"valid": "unknown", "reason": f"checker failed: {type(exc).__name__}: {exc}"}
+
+
+def leader_changes(ctx: RunContext, samples: list[Sample]) -> list[list[Any]]:
+    """Leader samples reduced to changes: ``[time ns since start, node, term]``."""
+    out: list[list[Any]] = []
+    for s in sorted(samples, key=lambda s: s.time_ns):
+        if not out or out[-1][1:] != [s.node, s.term]:
+            out.append([ctx.rel(s.time_ns), s.node, s.term])
+    return out
+
+
+def _sample_json(s: Sample | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {"role": s.role, "term": s.term, "commit": s.commit, "applied": s.applied,
+            "last_index": s.last_index}  # fmt: skip
+
+
+# ---- expectations ----------------------------------------------------------------------------
+def check(name: str, ok: bool | None, expected: Any, observed: Any, **more: Any) -> dict[str, Any]:
+    """One expectation's outcome (``ok`` None: not applicable in this run)."""
+    return {"name": name, "ok": ok, "expected": expected, "observed": observed, **more}
+
+
+def fault_sides(f: AppliedFault, nodes: list[str]) -> tuple[set[str] | None, list[set[str]]]:
+    """The side that keeps a majority (if any) and the minority sides of a fault."""
+    if f.skipped is not None or f.kind == "latency":
+        return None, []
+    if f.kind in ("kill", "pause") or not f.groups:
+        if f.node is None:
+            return None, []
+        minority = [{f.node}] if f.kind == "partition" else []
+        return set(nodes) - {f.node}, minority
+    named = [set(g) for g in f.groups]
+    rest = set(nodes) - set().union(*named)
+    sides = [*named, rest] if rest else named
+    majority = next((s for s in sides if len(s) > len(nodes) // 2), None)
+    return majority, [s for s in sides if s is not majority]
+
+
+def check_expectations(
+    ctx: RunContext,
+    observed: Observed,
+    history: list[Op],
+    roles: dict[str, list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Every expectation of the scenario, checked against what was recorded."""
+    exp = ctx.scenario.expect
+    checks = [
+        check("min_ok_ops", observed.stats.get("ok", 0) >= exp.min_ok_ops, exp.min_ok_ops,
+              observed.stats.get("ok", 0)),
+    ]  # fmt: skip
+    if ctx.scenario.setup.leader_in is not None:
+        group = ctx.scenario.groups[ctx.scenario.setup.leader_in]
+        placed = observed.setup_leader is not None and observed.setup_leader[0] in group
+        checks.append(check("leader_placed", placed, group, observed.setup_leader))
+    if exp.leader_elected_within_election_timeouts is not None:
+        checks += election_checks(ctx, observed, roles, exp.leader_elected_within_election_timeouts)
+    if exp.minority_never_acknowledges:
+        checks += minority_checks(ctx, observed, history)
+    if exp.majority_keeps_serving:
+        checks += majority_checks(ctx, observed, history)
+    if exp.converge_after_heal:
+        final = {n: _sample_json(s) for n, s in observed.final_status.items()}
+        checks.append(check("converge_after_heal", observed.converged is True, True, final))
+    return checks
+
+
+def _window(ctx: RunContext, f: AppliedFault, end: int) -> tuple[int, int]:
+    stop = end if f.stopped_ns is None else ctx.rel(f.stopped_ns)
+    return ctx.rel(f.applied_ns or f.started_ns), stop
+
+
+def election_checks(
+    ctx: RunContext, observed: Observed, roles: dict[str, list[dict[str, Any]]], factor: float
+) -> list[dict[str, Any]]:
+    """After every fault that removed the leader, a majority-side leader within the bound."""
+    bound_s = factor * ctx.scenario.timing.election_timeout_s
+    out = []
+    for f in observed.applied:
+        majority, _ = fault_sides(f, list(ctx.scenario.nodes))
+        before = f.leader_before
+        if majority is None or before is None or before[0] in majority:
+            continue
+        polled = _first_new_leader(observed.leader_samples, majority, before[1], f.started_ns)
+        elapsed = None if polled is None else (polled.time_ns - f.started_ns) / 1e9
+        from_roles = _roles_election(ctx, roles, majority, before[1], f.started_ns)
+        ended_first = f.stopped_ns is not None and f.stopped_ns < f.started_ns + bound_s * 1e9
+        ok: bool | None = elapsed is not None and elapsed <= bound_s
+        if not ok and ended_first:
+            ok = None
+        observed_text = None if elapsed is None else round(elapsed, 4)
+        out.append(check(
+            f"leader_elected_within_{factor:g}_election_timeouts[{f.kind}#{f.id}]",
+            ok, f"<= {bound_s:.3f}s", observed_text,
+            leader_before=list(before), new_leader=None if polled is None else polled.node,
+            from_roles_s=from_roles, majority=sorted(majority),
+        ))  # fmt: skip
+    return out
+
+
+def _first_new_leader(
+    samples: list[Sample], majority: set[str], term: int, after_ns: int
+) -> Sample | None:
+    found = [s for s in samples if s.node in majority and s.term > term and s.time_ns >= after_ns]
+    return min(found, key=lambda s: s.time_ns, default=None)
+
+
+def _roles_election(
+    ctx: RunContext, roles: dict[str, list[dict[str, Any]]], majority: set[str], term: int,
+    after_ns: int,
+) -> float | None:  # fmt: skip
+    start = ctx.rel(after_ns)
+    times = [
+        e["time"]
+        for n in majority
+        for e in roles.get(n, [])
+        if e.get("role") == "leader" and int(e.get("term", 0)) > term and e["time"] >= start
+    ]
+    return None if not times else round((min(times) - start) / 1e9, 4)
+
+
+def minority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:
+    """No operation answered ``ok`` by a node on a minority side while it was cut off."""
+    end = history[-1].time if history else 0
+    out = []
+    for f in observed.applied:
+        _, minorities = fault_sides(f, list(ctx.scenario.nodes))
+        minority = set().union(*minorities) if minorities else set()
+        if f.kind != "partition" or not minority:
+            continue
+        lo, hi = _window(ctx, f, end)
+        bad = [op.index for op in history
+               if op.type == "ok" and op.node in minority and lo <= op.time <= hi]  # fmt: skip
+        out.append(check(
+            f"minority_never_acknowledges[partition#{f.id}]", not bad, 0, len(bad),
+            minority=sorted(minority), window_ns=[lo, hi], ok_ops=bad[:20],
+        ))  # fmt: skip
+    return out
+
+
+def majority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:
+    """The majority side answered operations ``ok`` while the minority was cut off."""
+    end = history[-1].time if history else 0
+    out = []
+    for f in observed.applied:
+        majority, minorities = fault_sides(f, list(ctx.scenario.nodes))
+        if f.kind != "partition" or majority is None or not minorities:
+            continue
+        lo, hi = _window(ctx, f, end)
+        served = sum(
+            1 for op in history if op.type == "ok" and op.node in majority and lo <= op.time <= hi
+        )
+        out.append(check(
+            f"majority_keeps_serving[partition#{f.id}]", served > 0, ">= 1 ok", served,
+            majority=sorted(majority),
+        ))  # fmt: skip
+    return out
+
+
+def print_summary(console: Console, results: dict[str, Any]) -> None:
+    """The summary table of a finished run."""
+    table = Table(title=f"chaos run: {results.get('scenario')} (seed {results.get('seed')})")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    counts = results.get("counts", {})
+    table.add_row("operations", "", f"ok {counts.get('ok')}  fail {counts.get('fail')}  "
+                  f"info {counts.get('info')}  processes {counts.get('processes')}")  # fmt: skip
+    for name in ("linearizability", "invariants"):
+        part = results.get(name) or {}
+        table.add_row(name, _mark(part.get("valid")), str(part.get("reason") or ""))
+    for check in results.get("expectations", {}).get("checks", []):
+        table.add_row(check["name"], _mark(check["ok"]), str(check.get("observed")))
+    if results.get("error"):
+        table.add_row("error", _mark(False), str(results["error"]))
+    table.add_row("verdict", _mark(results.get("valid")), f"exit {results.get('exit_code')}")
+    table.add_row("store", "", str(results.get("run_dir")))
+    console.print(table)
+
+
+def _mark(valid: Any) -> str:
+    if valid is True:
+        return "[green]valid[/green]"
+    return "[red]INVALID[/red]" if valid is False else "[yellow]unknown[/yellow]"
+
+
+def read_history_safe(path: Path) -> list[Op]:
+    """The history, or an empty one if it cannot be read."""
+    try:
+        return read_history(path)
+    except ValueError:
+        return []
+
+
+def main_json(results: dict[str, Any]) -> str:
+    return json.dumps(results, indent=2, sort_keys=True, default=str)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    parser = argparse.ArgumentParser(prog="orbital chaos")
+    configure(parser)
+    sys.exit(run(parser.parse_args()))
