@@ -603,8 +603,20 @@ def check_expectations(
         checks += majority_checks(ctx, observed, history)
     if exp.converge_after_heal:
         final = {n: _sample_json(s) for n, s in observed.final_status.items()}
-        checks.append(check("converge_after_heal", observed.converged is True, True, final))
+        text = _convergence_text(observed.final_status)
+        ok = observed.converged is True
+        checks.append(check("converge_after_heal", ok, True, text, final_status=final))
     return checks
+
+
+def _convergence_text(final: dict[str, Sample | None]) -> str:
+    marks = {
+        n: None if s is None else f"commit {s.commit} applied {s.applied} last {s.last_index}"
+        for n, s in final.items()
+    }
+    if len(set(marks.values())) == 1 and None not in marks.values():
+        return f"{next(iter(marks.values()))} on all {len(marks)} nodes"
+    return "; ".join(f"{n}: {m or 'no answer'}" for n, m in marks.items())
 
 
 def _window(ctx: RunContext, f: AppliedFault, end: int) -> tuple[int, int]:
@@ -624,8 +636,10 @@ def election_checks(
         if majority is None or before is None or before[0] in majority:
             continue
         polled = _first_new_leader(observed.leader_samples, majority, before[1], f.started_ns)
-        elapsed = None if polled is None else (polled.time_ns - f.started_ns) / 1e9
-        from_roles = _roles_election(ctx, roles, majority, before[1], f.started_ns)
+        cut_ns = f.applied_ns or f.started_ns  # the leader is fully cut off from here on
+        elapsed = None if polled is None else max(0, polled.time_ns - cut_ns) / 1e9
+        since_start = None if polled is None else (polled.time_ns - f.started_ns) / 1e9
+        from_roles = _roles_election(ctx, roles, majority, before[1], f.started_ns, cut_ns)
         ended_first = f.stopped_ns is not None and f.stopped_ns < f.started_ns + bound_s * 1e9
         ok: bool | None = elapsed is not None and elapsed <= bound_s
         if not ok and ended_first:
@@ -635,7 +649,7 @@ def election_checks(
             f"leader_elected_within_{factor:g}_election_timeouts[{f.kind}#{f.id}]",
             ok, f"<= {bound_s:.3f}s", observed_text,
             leader_before=list(before), new_leader=None if polled is None else polled.node,
-            from_roles_s=from_roles, majority=sorted(majority),
+            from_roles_s=from_roles, since_fault_start_s=since_start, majority=sorted(majority),
         ))  # fmt: skip
     return out
 
@@ -649,8 +663,9 @@ def _first_new_leader(
 
 def _roles_election(
     ctx: RunContext, roles: dict[str, list[dict[str, Any]]], majority: set[str], term: int,
-    after_ns: int,
+    after_ns: int, cut_ns: int,
 ) -> float | None:  # fmt: skip
+    """The same, from the nodes' own roles.jsonl (precise, but the node's word)."""
     start = ctx.rel(after_ns)
     times = [
         e["time"]
@@ -658,7 +673,7 @@ def _roles_election(
         for e in roles.get(n, [])
         if e.get("role") == "leader" and int(e.get("term", 0)) > term and e["time"] >= start
     ]
-    return None if not times else round((min(times) - start) / 1e9, 4)
+    return None if not times else round(max(0, min(times) - ctx.rel(cut_ns)) / 1e9, 4)
 
 
 def minority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:

@@ -148,11 +148,11 @@ class ClientWorkers:
         ops = op_stream(self.workload, self.seed, slot)
         while not self._stop.is_set():
             process = self.new_process()
-            async with self._client(process) as client:
+            async with self._client(process, source) as client:
                 await self._process(process, client, ops)
 
-    def _client(self, process: int, source: str | None = None) -> KVClient:
-        addresses = self.sources[source or next(iter(self.sources))]
+    def _client(self, process: int, source: str) -> KVClient:
+        addresses = self.sources[source]
         attempt = min(1.0, max(0.2, self.workload.timeout / 3))
         return KVClient(
             addresses,
