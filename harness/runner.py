@@ -47,6 +47,7 @@ from typing import Any
 import tomli_w
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from chaos.nemesis import AppliedFault, FaultOp, NemesisExecutor, make_schedule
@@ -77,7 +78,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a scenario; the exit code is described in the module docstring."""
-    err = Console(stderr=True)
     try:
         scenario, _ = load_scenario(args.config)
         if args.time_limit is not None and args.time_limit <= 0:
@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
         scenario = scenario.with_overrides(seed=args.seed, duration=args.time_limit)
         find_server_binary()
     except (ScenarioError, ToxiproxyError) as exc:
-        err.print(f"orbital chaos: {exc}", markup=False, highlight=False)
+        print(f"orbital chaos: {exc}", file=sys.stderr)
         return 2
     ctx = RunContext.create(scenario, args.store)
-    err.print(f"run directory: {ctx.run_dir}", markup=False, highlight=False)
+    print(f"run directory: {ctx.run_dir}", file=sys.stderr)
     code = execute(ctx, progress=not args.no_progress)
     print_summary(Console(), ctx.results)
     return code
@@ -646,8 +646,8 @@ def election_checks(
             ok = None
         observed_text = None if elapsed is None else round(elapsed, 4)
         out.append(check(
-            f"leader_elected_within_{factor:g}_election_timeouts[{f.kind}#{f.id}]",
-            ok, f"<= {bound_s:.3f}s", observed_text,
+            f"leader_elected[{f.kind}#{f.id}]",
+            ok, f"<= {bound_s:.3f}s ({factor:g} election timeouts)", observed_text,
             leader_before=list(before), new_leader=None if polled is None else polled.node,
             from_roles_s=from_roles, since_fault_start_s=since_start, majority=sorted(majority),
         ))  # fmt: skip
@@ -689,7 +689,7 @@ def minority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> l
         bad = [op.index for op in history
                if op.type == "ok" and op.node in minority and lo <= op.time <= hi]  # fmt: skip
         out.append(check(
-            f"minority_never_acknowledges[partition#{f.id}]", not bad, 0, len(bad),
+            f"minority_silent[partition#{f.id}]", not bad, 0, len(bad),
             minority=sorted(minority), window_ns=[lo, hi], ok_ops=bad[:20],
         ))  # fmt: skip
     return out
@@ -708,7 +708,7 @@ def majority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> l
             1 for op in history if op.type == "ok" and op.node in majority and lo <= op.time <= hi
         )
         out.append(check(
-            f"majority_keeps_serving[partition#{f.id}]", served > 0, ">= 1 ok", served,
+            f"majority_serves[partition#{f.id}]", served > 0, ">= 1 ok", served,
             majority=sorted(majority),
         ))  # fmt: skip
     return out
@@ -727,15 +727,17 @@ def print_summary(console: Console, results: dict[str, Any]) -> None:
         part = results.get(name) or {}
         table.add_row(name, _mark(part.get("valid")), str(part.get("reason") or ""))
     for check in results.get("expectations", {}).get("checks", []):
-        table.add_row(check["name"], _mark(check["ok"]), str(check.get("observed")))
+        table.add_row(escape(check["name"]), _mark(check["ok"]), escape(str(check.get("observed"))))
     if results.get("error"):
-        table.add_row("error", _mark(False), str(results["error"]))
+        table.add_row("error", _mark(False), escape(str(results["error"])))
     table.add_row("verdict", _mark(results.get("valid")), f"exit {results.get('exit_code')}")
     table.add_row("store", "", str(results.get("run_dir")))
     console.print(table)
 
 
 def _mark(valid: Any) -> str:
+    if valid is None:
+        return "n/a"
     if valid is True:
         return "[green]valid[/green]"
     return "[red]INVALID[/red]" if valid is False else "[yellow]unknown[/yellow]"

@@ -1,0 +1,125 @@
+"""End-to-end chaos runs with real node processes through a real Toxiproxy.
+
+Each run is the command a user types, ``orbital chaos run CONFIG``, in a subprocess with its
+store under ``tmp_path``; the runner stops every process it started (LocalCluster.stop in a
+finally), and a run that overstays its deadline gets SIGINT (the runner's own Ctrl-C path),
+never a blind kill. Without toxiproxy-server these tests skip, except in CI where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.nemesis import make_schedule
+from chaos.toxiproxy import ToxiproxyNotFound, find_server_binary
+from harness.history import read_faults, read_history
+from harness.scenario import load_scenario
+
+pytestmark = pytest.mark.integration
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RUN_DEADLINE_S = 150.0
+
+
+@pytest.fixture(autouse=True)
+def _need_toxiproxy() -> None:
+    try:
+        find_server_binary()
+    except ToxiproxyNotFound:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("toxiproxy-server not installed")
+
+
+def chaos_run(config: Path, store: Path, *extra: str) -> tuple[int, Path, str]:
+    """Run ``orbital chaos run``; its exit code, run directory and output."""
+    argv = [sys.executable, "-m", "harness.cli", "chaos", "run", str(config),
+            "--store", str(store), "--no-progress", *extra]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=RUN_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # the runner stops its cluster and writes what it has
+        out, _ = proc.communicate(timeout=60)
+        pytest.fail(f"chaos run overran {RUN_DEADLINE_S}s:\n{out}")
+    runs = sorted(p for p in store.glob("*/*") if p.is_dir())
+    assert len(runs) == 1, out
+    return proc.returncode, runs[0], out
+
+
+def load_results(run_dir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
+    return results
+
+
+def checks_by_prefix(results: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
+    return [c for c in results["expectations"]["checks"] if c["name"].startswith(prefix)]
+
+
+def assert_store_layout(run_dir: Path, nodes: list[str]) -> None:
+    for name in ("config.toml", "history.jsonl", "faults.jsonl", "results.json", "report.html"):
+        assert (run_dir / name).is_file(), name
+    read_history(run_dir / "history.jsonl")
+    read_faults(run_dir / "faults.jsonl")
+    for node in nodes:
+        node_dir = run_dir / "nodes" / node
+        assert (node_dir / "data").is_dir()
+        assert (node_dir / "node.log").is_file()
+        roles = [json.loads(line) for line in (node_dir / "roles.jsonl").read_text().splitlines()]
+        assert roles, node
+        assert all(0 <= r["time"] < 10**12 for r in roles), "roles in ns since the run start"
+    html = (run_dir / "report.html").read_text()
+    assert "http://" not in html.replace("http://www.w3.org", "")
+
+
+def test_antarctic_split_brain_passes_end_to_end(tmp_path: Path) -> None:
+    config = CONFIGS / "antarctic-split-brain.toml"
+    code, run_dir, out = chaos_run(config, tmp_path / "store")
+    results = load_results(run_dir)
+    assert code == 0, out
+    assert results["valid"] is True
+    assert results["exit_code"] == 0
+    assert results["linearizability"]["valid"] is True
+    assert results["invariants"]["valid"] is True
+    assert results["expectations"]["valid"] is True
+    (election,) = checks_by_prefix(results, "leader_elected[partition")
+    assert election["ok"] is True
+    assert election["leader_before"][0] in ("n4", "n5"), "the leader was in the antarctic"
+    assert election["new_leader"] in ("n1", "n2", "n3")
+    (silent,) = checks_by_prefix(results, "minority_silent")
+    assert silent["ok"] is True
+    assert silent["observed"] == 0
+    (serving,) = checks_by_prefix(results, "majority_serves")
+    assert serving["observed"] > 0
+    assert checks_by_prefix(results, "converge_after_heal")[0]["ok"] is True
+    assert_store_layout(run_dir, ["n1", "n2", "n3", "n4", "n5"])
+    # the stored run followed the pure schedule of its seed
+    scenario, _ = load_scenario(config)
+    expected = [op.to_json() for op in make_schedule(scenario, 7, scenario.duration)]
+    assert results["schedule"] == expected
+    faults = read_faults(run_dir / "faults.jsonl")
+    assert [(f.fault, f.action) for f in faults] == [("partition", "start"), ("partition", "stop")]
+    assert faults[0].detail["clients"] == {"client-north": 0, "client-antarctic": 1}
+
+
+def test_short_kill_leader_run_is_valid(tmp_path: Path) -> None:
+    config = CONFIGS / "kill-leader.toml"
+    code, run_dir, out = chaos_run(config, tmp_path / "store", "--time-limit", "9", "--seed", "2")
+    results = load_results(run_dir)
+    assert code == 0, out
+    assert results["seed"] == 2
+    assert results["valid"] is True
+    kills = [f for f in read_faults(run_dir / "faults.jsonl") if f.fault == "kill"]
+    assert [f.action for f in kills] == ["start", "stop", "start", "stop"]
+    elections = checks_by_prefix(results, "leader_elected[kill")
+    assert len(elections) == 2
+    assert all(c["ok"] for c in elections)
+    assert_store_layout(run_dir, ["n1", "n2", "n3", "n4", "n5"])

@@ -1,0 +1,209 @@
+"""The nemesis schedule (pure, seeded) and executor (against a fake cluster); workload ops."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.nemesis import NemesisExecutor, make_schedule, schedule_json
+from harness.scenario import Scenario, load_scenario, parse_scenario
+from harness.workload import op_stream
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def scenario(*nemesis: dict[str, Any], **extra: Any) -> Scenario:
+    doc = {"name": "t", "nodes": ["n1", "n2", "n3", "n4", "n5"], "nemesis": list(nemesis)}
+    return parse_scenario({**doc, **extra})
+
+
+RECURRING = {"kind": "partition", "shape": "halves", "interval": 4.0, "jitter": 0.5,
+             "duration": 2.0}  # fmt: skip
+
+
+def test_same_seed_same_schedule() -> None:
+    sc = scenario(RECURRING, {"kind": "kill", "target": "random", "interval": 3, "jitter": 1})
+    a, b = make_schedule(sc, 42, 60.0), make_schedule(sc, 42, 60.0)
+    assert schedule_json(a) == schedule_json(b)
+    assert schedule_json(a) != schedule_json(make_schedule(sc, 43, 60.0))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_schedules_are_well_formed(path: Path) -> None:
+    sc, _ = load_scenario(path)
+    ops = make_schedule(sc, sc.seed, sc.duration)
+    assert ops, "every shipped scenario injects faults"
+    assert [op.at for op in ops] == sorted(op.at for op in ops)
+    spans: dict[int, list[float]] = {}
+    for op in ops:
+        spans.setdefault(op.id, []).append(op.at)
+        assert 0 <= op.at <= sc.duration
+    intervals = sorted((s[0], s[1]) for s in spans.values())
+    assert all(len(s) == 2 and s[0] < s[1] for s in spans.values())
+    for (_, end), (start, _) in itertools.pairwise(intervals):
+        assert end <= start, "faults never overlap"
+
+
+def test_scheduled_fault_takes_priority_and_recurring_ones_skip_it() -> None:
+    sc = scenario({"kind": "pause", "interval": 1.0, "duration": 0.5, "start": 0.0},
+                  {"kind": "kill", "at": 2.2, "duration": 3.0, "target": "n2"})  # fmt: skip
+    ops = make_schedule(sc, 1, 10.0)
+    kill = [op for op in ops if op.kind == "kill"]
+    assert [(op.at, op.action) for op in kill] == [(2.2, "start"), (5.2, "stop")]
+    assert kill[0].params["fallback"] == "n2"
+    pauses = [op.at for op in ops if op.kind == "pause" and op.action == "start"]
+    assert all(not 1.7 < t < 5.2 for t in pauses)
+
+
+def test_stops_are_clipped_to_the_duration() -> None:
+    sc = scenario({"kind": "kill", "at": 9.0, "duration": 5.0})
+    assert [op.at for op in make_schedule(sc, 1, 10.0)] == [9.0, 10.0]
+    assert make_schedule(sc, 1, 8.0) == []
+
+
+def test_halves_and_groups_are_drawn_at_schedule_time() -> None:
+    sc = scenario(
+        RECURRING,
+        {"kind": "partition", "shape": "groups", "groups": ["a", "b"], "at": 0.5,
+         "duration": 1.0},
+        groups={"a": ["n1", "n2"], "b": ["n3", "n4", "n5"]},
+    )  # fmt: skip
+    ops = [op for op in make_schedule(sc, 5, 30.0) if op.action == "start"]
+    assert ops[0].params["groups"] == [["n1", "n2"], ["n3", "n4", "n5"]]
+    for op in ops[1:]:
+        sides = op.params["groups"]
+        assert sorted(len(g) for g in sides) == [2, 3]
+        assert sorted(sides[0] + sides[1]) == ["n1", "n2", "n3", "n4", "n5"]
+
+
+def test_workload_ops_are_seeded_and_values_unique() -> None:
+    sc, _ = load_scenario(CONFIGS / "antarctic-split-brain.toml")
+    w = sc.workload
+
+    def first(seed: int, slot: int) -> list[Any]:
+        return [op.to_json() for op in itertools.islice(op_stream(w, seed, slot), 300)]
+
+    assert first(7, 0) == first(7, 0)
+    assert first(7, 0) != first(8, 0)
+    written = [
+        op.value if op.f == "write" else op.value[1]  # type: ignore[index]
+        for slot in range(w.clients)
+        for op in itertools.islice(op_stream(w, 7, slot), 300)
+        if op.f != "read"
+    ]
+    assert len(written) == len(set(written)), "written values are unique in the run"
+    kinds = {op.f for op in itertools.islice(op_stream(w, 7, 0), 300)}
+    assert kinds == {"read", "write", "cas"}
+
+
+# ---- the executor against a fake cluster ---------------------------------------------------
+class FakeProc:
+    def __init__(self) -> None:
+        self.paused = False
+        self.running = True
+
+    def alive(self) -> bool:
+        return self.running
+
+
+class FakeSpec:
+    nodes = ("n1", "n2", "n3", "n4", "n5")
+
+
+class FakeCluster:
+    def __init__(self, leader: str | None) -> None:
+        self.spec = FakeSpec()
+        self.procs = {n: FakeProc() for n in self.spec.nodes}
+        self.network = object()
+        self.calls: list[tuple[Any, ...]] = []
+        self._leader = leader
+
+    async def leader(self) -> tuple[str, int] | None:
+        return None if self._leader is None else (self._leader, 3)
+
+    def alive(self, node: str) -> bool:
+        return self.procs[node].running
+
+    def kill(self, node: str) -> None:
+        self.calls.append(("kill", node))
+        self.procs[node].running = False
+
+    def restart(self, node: str) -> None:
+        self.calls.append(("restart", node))
+        self.procs[node].running = True
+
+    def pause(self, node: str) -> None:
+        self.calls.append(("pause", node))
+        self.procs[node].paused = True
+
+    def resume(self, node: str) -> None:
+        self.calls.append(("resume", node))
+        self.procs[node].paused = False
+
+    def partition(self, groups: list[list[str]], clients: dict[str, int]) -> None:
+        self.calls.append(("partition", groups, clients))
+
+    def heal(self) -> None:
+        self.calls.append(("heal",))
+
+
+def run_executor(cluster: FakeCluster, sc: Scenario, duration: float, **kw: Any) -> NemesisExecutor:
+    ex = NemesisExecutor(cluster, make_schedule(sc, 1, duration), **kw)  # type: ignore[arg-type]
+    asyncio.run(ex.run(time.monotonic()))
+    return ex
+
+
+def test_executor_resolves_the_leader_at_run_time_and_stops_the_same_node() -> None:
+    cluster = FakeCluster(leader="n3")
+    sc = scenario({"kind": "kill", "target": "leader", "at": 0.0, "duration": 0.05})
+    ex = run_executor(cluster, sc, 1.0)
+    assert cluster.calls == [("kill", "n3"), ("restart", "n3")]
+    assert ex.applied[0].leader_before == ("n3", 3)
+    assert not ex.active
+
+
+def test_executor_falls_back_to_the_drawn_node_without_a_leader() -> None:
+    cluster = FakeCluster(leader=None)
+    sc = scenario({"kind": "pause", "target": "leader", "at": 0.0, "duration": 0.05})
+    fallback = make_schedule(sc, 1, 1.0)[0].params["fallback"]
+    run_executor(cluster, sc, 1.0)
+    assert cluster.calls == [("pause", fallback), ("resume", fallback)]
+
+
+def test_executor_places_clients_with_their_group() -> None:
+    cluster = FakeCluster(leader="n4")
+    sc = scenario(
+        {"kind": "partition", "shape": "groups", "groups": ["north", "south"], "at": 0.0,
+         "duration": 0.05},
+        groups={"north": ["n1", "n2", "n3"], "south": ["n4", "n5"]},
+    )  # fmt: skip
+    groups = {"client-north": "north", "client-south": "south"}
+    run_executor(cluster, sc, 1.0, client_groups=groups)
+    assert cluster.calls[0] == (
+        "partition", [["n1", "n2", "n3"], ["n4", "n5"]], {"client-north": 0, "client-south": 1}
+    )  # fmt: skip
+    assert cluster.calls[1] == ("heal",)
+
+
+def test_heal_all_ends_everything_even_mid_fault() -> None:
+    cluster = FakeCluster(leader="n1")
+    sc = scenario({"kind": "kill", "target": "leader", "at": 0.0, "duration": 5.0})
+    ex = NemesisExecutor(cluster, make_schedule(sc, 1, 10.0))  # type: ignore[arg-type]
+
+    async def cut_short() -> None:
+        task = asyncio.create_task(ex.run(time.monotonic()))
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(cut_short())
+    cluster.procs["n2"].paused = True
+    ex.heal_all()
+    assert ("restart", "n1") in cluster.calls
+    assert ("resume", "n2") in cluster.calls
+    assert ("heal",) in cluster.calls
+    assert all(p.running and not p.paused for p in cluster.procs.values())
