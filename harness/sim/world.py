@@ -303,14 +303,16 @@ class World:
         self._start(node)
 
     def _tick(self, node: SimNode, incarnation: int) -> None:
-        if node.incarnation != incarnation or node.core is None:
+        core = node.core
+        if node.incarnation != incarnation or core is None:
             return
         self._push(self.now + self.cfg.tick_us, _TICK, node, incarnation)
         if node.busy is not None:
             node.inbox.append(None)
             return
-        node.core.tick()
-        self._after_step(node)
+        core.tick()
+        if core.role is Role.LEADER or core.has_ready() or core.log.committed != node.last_commit:
+            self._after_step(node)
 
     def _deliver(self, m: Message) -> None:
         node = self.by_name[m.dst]

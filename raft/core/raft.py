@@ -447,7 +447,7 @@ class RaftCore:
     # ==== clocks ==========================================================================
     def tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.promotable() and self.election_elapsed >= self.randomized_timeout:
+        if self.election_elapsed >= self.randomized_timeout and self.promotable():
             self.election_elapsed = 0
             self.campaign(pre_vote=self.cfg.pre_vote, transfer=False, reason="election timeout")
 
