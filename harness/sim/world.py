@@ -361,6 +361,11 @@ class World:
             if rd.hard_state is None and not rd.entries and not (rd.snapshot or rd.compacted):
                 self._finish(node, rd)
             elif self.cfg.fsync_us:
+                # Ready messages never depend on the Ready's own state: they leave now and
+                # the write proceeds in parallel (a leader's fsync overlaps its followers').
+                for m in rd.messages:
+                    self._send(m)
+                rd.messages = []
                 node.busy = rd
                 self._push(self.now + self.cfg.fsync_us, _PERSISTED, node, node.incarnation)
                 return

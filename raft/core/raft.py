@@ -8,9 +8,10 @@ the outside world must do is collected into a :class:`Ready` batch. The calling 
 one place it is written down; every driver follows it):
 
 1. ``rd = core.ready()`` — only when ``core.has_ready()``.
-2. Persist ``rd.hard_state``, ``rd.entries`` (replacing any stored suffix from their first
-   index), ``rd.snapshot`` and ``rd.compacted``; *durably* (fsync).
-3. Send ``rd.messages``.
+2. Send ``rd.messages``. This may happen before or while step 3 runs: no message in a Ready
+   depends on that Ready's state (see below).
+3. Persist ``rd.hard_state``, then ``rd.snapshot`` and ``rd.compacted``, then ``rd.entries``
+   (replacing any stored suffix from their first index); *durably* (fsync).
 4. If ``rd.snapshot`` is set, restore the state machine from it; then apply
    ``rd.committed_entries`` in order; serve ``rd.read_states`` once applied up to their index.
 5. ``core.advance(rd)``.
@@ -18,9 +19,11 @@ one place it is written down; every driver follows it):
 No ``tick``/``step``/``propose`` between 1 and 5 (``RaftUsageError``). Persist-before-send
 (Raft §5, Figure 2: "respond to RPCs only after updating stable storage") is enforced here,
 not trusted to drivers: a reply or vote request created while this node has state not yet
-durable is *held* and only released into the Ready after ``advance`` confirms the persist.
-Only a leader's replication messages leave at once (dissertation §10.2.1): they depend on
-nothing undurable, and a leader counts its own log toward a commit only once it is durable.
+durable is *held* and only released into a Ready after ``advance`` confirms the persist.
+Every message a Ready carries is therefore safe to send at once. Only a leader's replication
+messages are never held (dissertation §10.2.1): they depend on nothing undurable, and a leader
+counts its own log toward a commit only once it is durable, so its fsync runs in parallel
+with its followers'.
 
 Roles follow etcd's ``raft.go``: ``become_*`` switch the role; ``step_leader``,
 ``step_candidate`` and ``step_follower`` handle what a role receives; ``tick_election`` and
@@ -565,8 +568,31 @@ class RaftCore:
                 self.vote = m.src
                 self.election_elapsed = 0
                 self._event(f"vote granted to {m.src} (term={m.term})")
+            elif self.role is Role.PRE_CANDIDATE and self._yields_to(m):
+                self._event(f"yielding to pre-candidate {m.src} (term={self.term})")
+                self.become_follower(self.term, None)
+            else:
+                # Give the node we just encouraged a head start before we campaign ourselves
+                # (a short postponement, not a reset: a node that keeps pre-voting cannot
+                # silence us for more than this grace per election timeout of its own).
+                # The timeout moves, not election_elapsed: that one also measures the lease.
+                grace = max(2, self.cfg.election_ticks // 5)
+                self.randomized_timeout = max(
+                    self.randomized_timeout, self.election_elapsed + grace
+                )
         else:
             self.send(RequestVoteResponse(self.id, m.src, self.term, False, m.pre_vote))
+
+    def _yields_to(self, m: RequestVote) -> bool:
+        """Split-vote breaker (ours, not in the paper): of two pre-candidates that hear each
+        other, the one with the weaker claim (less up-to-date log, then lower id) steps back,
+        so only one of them goes on to a real election (and a follower that grants a pre-vote
+        postpones its own timeout a little). When exactly a majority is reachable
+        (3 of 5 behind a partition), two candidates in one term can never win, and each such
+        split costs another election timeout. Pre-votes change no durable state, so this
+        cannot affect safety."""
+        mine = (self.log.last_term(), self.log.last_index(), self.id)
+        return (m.last_log_term, m.last_log_index, m.src) > mine
 
     # ==== per-role message handling ========================================================
     def step_follower(self, m: Message) -> None:
