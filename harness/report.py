@@ -778,6 +778,7 @@ SECTIONS = (
     ("roles", "Node roles"),
     ("faults", "Faults"),
     ("invariants", "Invariants"),
+    ("expectations", "Expectations"),
     ("config", "Configuration"),
 )
 
@@ -999,6 +1000,26 @@ def section_invariants(run: Run) -> str:
     return _table(["kind", "detail", "more"], rows)
 
 
+def section_expectations(run: Run) -> str:
+    """The scenario's own checks (results.json ``expectations``), failed ones first."""
+    exp = run.results.get("expectations")
+    checks = exp.get("checks") if isinstance(exp, dict) else None
+    if not isinstance(checks, list) or not checks:
+        return _missing("No scenario expectations in results.json.")
+    items = [c for c in checks if isinstance(c, dict)]
+    items.sort(key=lambda c: c.get("ok") is True)
+    rows = [
+        (
+            c.get("name", "?"),
+            "met" if c.get("ok") else "NOT MET",
+            c.get("expected"),
+            c.get("observed"),
+        )
+        for c in items[:TABLE_LIMIT]
+    ]
+    return _table(["expectation", "result", "expected", "observed"], rows)
+
+
 def section_config(run: Run) -> str:
     parts = [
         f"<pre><code>{_e(run.config_text)}</code></pre>"
@@ -1033,6 +1054,7 @@ RENDERERS: dict[str, Callable[[Run], str]] = {
     "roles": section_roles,
     "faults": section_faults,
     "invariants": section_invariants,
+    "expectations": section_expectations,
     "config": section_config,
 }
 

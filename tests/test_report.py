@@ -484,3 +484,25 @@ def test_invariant_violations_are_listed(tmp_path: Path) -> None:
     assert "election-safety" in section
     assert "two leaders in term 3" in section
     assert "n2" in section
+
+
+def test_scenario_expectations_are_listed_failed_first(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    results["expectations"] = {
+        "valid": False,
+        "checks": [
+            {"name": "converge_after_heal", "ok": True, "expected": True, "observed": "all 545"},
+            {"name": "leader_elected", "ok": False, "expected": "<= 0.600s", "observed": 0.695},
+        ],
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    section = _section(_render(run), "expectations")
+    assert "NOT MET" in section
+    assert section.index("leader_elected") < section.index("converge_after_heal")
+    assert "0.695" in section
+
+
+def test_missing_expectations_say_so(tmp_path: Path) -> None:
+    section = _section(_render(make_run(tmp_path)), "expectations")
+    assert "No scenario expectations" in section
