@@ -220,7 +220,8 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         """Receive a message (Raft §5.1: a higher term makes anyone a follower)."""
-        self._check_outside_ready()
+        if self._in_ready:
+            self._check_outside_ready()
         if m.dst != self.id:
             raise RaftUsageError(f"{self.id} got a message for {m.dst}")
         if m.term > self.term:
@@ -345,14 +346,15 @@ class RaftCore:
         if self._needs_bcast and self.role is Role.LEADER:
             self.bcast_append(send_if_empty=False)
         self._needs_bcast = False
+        log = self.log
         rd = Ready(
-            hard_state=self.hard_state() if self._hs_dirty() else None,
-            entries=self.log.unstable(),
-            snapshot=self._pending_snapshot,
-            compacted=self._pending_compacted,
-            messages=self.msgs,
-            committed_entries=self.log.next_committed(self.cfg.max_apply_bytes),
-            read_states=self._read_states,
+            self.hard_state() if self._hs_dirty() else None,
+            log.unstable() if log.unstable_from <= log.last_index() else [],
+            self._pending_snapshot,
+            self._pending_compacted,
+            self.msgs,
+            log.next_committed(self.cfg.max_apply_bytes) if log.committed > log.applied else [],
+            self._read_states,
         )
         self.msgs = []
         self._read_states = []
