@@ -18,6 +18,9 @@ retries be definite. The outcome of an operation is one of:
   and no request possibly delivered) — a history ``fail``;
 * :class:`Unknown` — the deadline passed after a request may have reached a node: it may take
   effect later, or never — a history ``info``.
+
+All clients of a process share one ZeroMQ context (one I/O thread), so a process running many
+clients (a benchmark, a chaos run's workers) does not run two threads per client.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class KVClient:
         self.attempt_timeout = attempt_timeout
         self.leader: str | None = None
         self.last_node: str | None = None  #: the node that gave the last answer
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = _shared_context()
         #: per node: the DEALER, and a synchronous shadow of it for NOBLOCK sends that raise
         #: ``zmq.Again`` at once (an asyncio socket would fail a future instead)
         self._socks: dict[str, tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]] = {}
@@ -229,13 +232,23 @@ class KVClient:
         for sock, _ in self._socks.values():
             sock.close(linger=0)
         self._socks.clear()
-        self._ctx.term()
 
     async def __aenter__(self) -> KVClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+_CONTEXT: zmq.asyncio.Context | None = None
+
+
+def _shared_context() -> zmq.asyncio.Context:
+    """The process's ZeroMQ context for clients (sockets close with linger 0: never term'ed)."""
+    global _CONTEXT
+    if _CONTEXT is None or _CONTEXT.closed:
+        _CONTEXT = zmq.asyncio.Context()
+    return _CONTEXT
 
 
 def _rejection(error: str, reply: dict[str, Any]) -> Rejected:

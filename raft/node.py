@@ -8,21 +8,32 @@ change) becomes an item in the inbox; the main loop takes the items and steps th
 core, then, whenever ``core.has_ready()``, runs the Ready contract of :mod:`raft.core.raft`:
 
 1. ``rd = core.ready()``
-2. persist, in a worker thread (``asyncio.to_thread``), as one batch: hard state, then the
-   snapshot, then the entries — every Storage write returns only once durable (fsync);
-3. send ``rd.messages``;
+2. send ``rd.messages`` at once (the core holds back every message that depends on state not
+   yet durable, so all of a Ready's messages may leave before its persist; a leader's
+   AppendEntries thus reach the followers while its own fsync runs);
+3. persist, as one batch on the node's single persist thread (one handoff there and one
+   back): hard state, then the snapshot, then the entries — every Storage write returns only
+   once durable (fsync);
 4. restore the state machine from ``rd.snapshot``, apply ``rd.committed_entries``, serve
    ``rd.read_states``;
 5. ``core.advance(rd)``; then, if the snapshot policy says so, compact.
 
-While step 2 runs, the loop keeps receiving: items pile up in the inbox and are all stepped
+While step 3 runs, the loop keeps receiving: items pile up in the inboxes and are all stepped
 after ``advance``, so they share the next batch and its single fsync (group commit). Nothing
 steps the core between 1 and 5 because only the main loop does, and it is busy in 2 to 4.
 
+Two inboxes: Raft messages and ticks in one, client work (proposals, reads, calls) in the
+other. The main loop always steps the Raft inbox first and takes at most
+``MAX_CALLS_PER_BATCH`` client items per batch, so a flood of client requests can delay
+neither heartbeats nor votes nor replies to the leader.
+
 Clients: ``submit(command)`` proposes on the leader and resolves when an entry is applied at
 the proposed index: with the proposal's term, its result; with another term,
-:class:`ProposalLost` (a new leader overwrote it: it did *not* take effect). If a snapshot
-jumps over the index, :class:`OutcomeUnknown`. ``read()`` is ReadIndex (dissertation §6.4):
+:class:`ProposalLost` (a new leader overwrote it: it did *not* take effect). A proposal fails
+as lost as soon as an entry of a *later* term is applied at an index at or below it: log
+terms never decrease along the log, so the committed entry at the proposal's index will
+carry at least that later term (no need to wait for the log to reach the index). If a
+snapshot jumps over the index, :class:`OutcomeUnknown`. ``read()`` is ReadIndex (dissertation §6.4):
 the leader confirms it still leads, and the call returns once this node has applied up to the
 read index, so the caller's local read of the state machine is linearizable.
 
@@ -38,9 +49,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TextIO, TypeVar
@@ -77,8 +91,15 @@ SM = TypeVar("SM", bound=StateMachine)
 DEFAULT_CONFIG = RaftConfig(election_ticks=15, heartbeat_ticks=3)
 #: beyond this many queued items, received messages are dropped (Raft tolerates loss)
 MAX_INBOX = 10_000
-#: items stepped before the next Ready at most (bounds a batch)
+#: Raft messages and ticks stepped before the next Ready at most (bounds a batch)
 MAX_BATCH_ITEMS = 4096
+#: client items (proposals, reads, calls) stepped before the next Ready at most
+MAX_CALLS_PER_BATCH = 1024
+#: a Ready whose entries hold at most this many command bytes (and no snapshot) is persisted
+#: on the event loop's own thread; larger ones go to the persist thread (-1: always there)
+PERSIST_INLINE_BYTES = int(os.environ.get("ORBITAL_PERSIST_INLINE_BYTES", 256 << 10))
+#: the receive loop yields to the event loop after this many messages in a row
+RECV_BURST = 64
 
 
 class ProposalLost(RaftError):
@@ -109,11 +130,18 @@ class _Call:
 
 
 @dataclass(slots=True)
+class _Propose:
+    command: bytes
+    future: asyncio.Future[bytes]
+
+
+@dataclass(slots=True)
 class _Stop:
     pass
 
 
-_Item = Message | _Tick | _Call | _Stop
+_RaftItem = Message | _Tick
+_ClientItem = _Call | _Propose | _Stop
 
 
 @dataclass(slots=True)
@@ -150,8 +178,10 @@ class RaftNode(Generic[SM]):
         epoch: float | None = None,
         timeline: Callable[[str], None] | None = print_timeline,
         roles_path: Path | None = None,
+        persist_inline_bytes: int = PERSIST_INLINE_BYTES,
     ) -> None:
         self.id = NodeId(node_id)
+        self._inline_bytes = persist_inline_bytes
         self.transport = transport
         self.storage = storage
         self.sm = state_machine
@@ -163,7 +193,11 @@ class RaftNode(Generic[SM]):
         if roles_path is not None:
             self._roles = roles_path.open("a", encoding="utf-8", buffering=1)
         self._last_role: tuple[str, int] | None = None
-        self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        #: Raft messages and ticks (stepped first), and client work
+        self._raft_inbox: deque[_RaftItem] = deque()
+        self._client_inbox: deque[_ClientItem] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._proposals: dict[int, _Proposal] = {}
         self._read_requests: dict[int, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -194,6 +228,7 @@ class RaftNode(Generic[SM]):
     async def run(self) -> None:
         """Drive the node until :meth:`stop` (or cancellation); storage errors propagate."""
         self._running = True
+        executor = self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-persist")
         helpers = [
             asyncio.create_task(self._receive_loop(), name=f"{self.id}-recv"),
             asyncio.create_task(self._tick_loop(), name=f"{self.id}-tick"),
@@ -205,6 +240,9 @@ class RaftNode(Generic[SM]):
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            # a persist still running (cancelled while awaited) finishes before storage closes
+            executor.shutdown(wait=True)
+            self._executor = None
             self.transport.close()
             self._fail_everything(NodeStopped(f"{self.id} stopped"))
             if self._roles is not None:
@@ -213,7 +251,8 @@ class RaftNode(Generic[SM]):
 
     def stop(self) -> None:
         """Ask the main loop to finish (after the batch in progress)."""
-        self._inbox.put_nowait(_Stop())
+        self._client_inbox.append(_Stop())
+        self._wake()
 
     async def submit(self, command: bytes) -> bytes:
         """Replicate ``command`` and return the state machine's result once applied.
@@ -221,14 +260,20 @@ class RaftNode(Generic[SM]):
         Raises ``NotLeader`` (with a hint), ``ProposalDropped`` (back-pressure or a transfer in
         progress: nothing was appended), :class:`ProposalLost`, :class:`OutcomeUnknown`.
         """
+        return await self.propose(command)
+
+    def propose(self, command: bytes) -> asyncio.Future[bytes]:
+        """:meth:`submit` without a coroutine: the future of its outcome (for callbacks).
+
+        Raises :class:`NodeStopped` at once if the node is not running; every other outcome
+        arrives through the future. Cancelling the future abandons the wait, not the command.
+        """
+        if not self._running:
+            raise NodeStopped(f"{self.id} is not running")
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-        def propose() -> None:
-            index, term = self.core.propose(command)
-            self._proposals[index] = _Proposal(term, fut)
-
-        await self._call(propose)
-        return await fut
+        self._client_inbox.append(_Propose(command, fut))
+        self._wake()
+        return fut
 
     async def read(self) -> int:
         """Linearizable read barrier (ReadIndex); returns once the local state machine may be
@@ -250,7 +295,7 @@ class RaftNode(Generic[SM]):
 
         def propose() -> None:
             index, term = self.core.propose_conf_change(change)
-            self._proposals[index] = _Proposal(term, fut)
+            self._track(index, term, fut)
 
         await self._call(propose)
         await fut
@@ -300,40 +345,65 @@ class RaftNode(Generic[SM]):
 
     # ==== the main loop =====================================================================
     async def _main_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._drain():
                 return
             if self.core.has_ready():
                 await self._handle_ready()
                 continue
-            item = await self._inbox.get()
-            if not self._handle(item):
-                return
+            if self._raft_inbox or self._client_inbox:
+                continue
+            self._wakeup = loop.create_future()
+            try:
+                await self._wakeup
+            finally:
+                self._wakeup = None
+
+    def _wake(self) -> None:
+        w = self._wakeup
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def _drain(self) -> bool:
-        """Step queued items into the core; False once a stop was asked for."""
-        for _ in range(MAX_BATCH_ITEMS):
+        """Step queued items into the core, Raft traffic first; False once a stop was asked
+        for."""
+        raft, core = self._raft_inbox, self.core
+        for _ in range(min(len(raft), MAX_BATCH_ITEMS)):
+            item = raft.popleft()
+            if isinstance(item, _Tick):
+                core.tick()
+                continue
             try:
-                item = self._inbox.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            if not self._handle(item):
+                core.step(item)
+            except RaftError as exc:
+                self._line(f"dropped {type(item).__name__} from {item.src}: {exc}")
+        calls = self._client_inbox
+        for _ in range(min(len(calls), MAX_CALLS_PER_BATCH)):
+            call = calls.popleft()
+            if isinstance(call, _Propose):
+                self._propose(call)
+            elif isinstance(call, _Call):
+                self._run_call(call)
+            else:
                 return False
         return True
 
-    def _handle(self, item: _Item) -> bool:
-        if isinstance(item, _Tick):
-            self.core.tick()
-        elif isinstance(item, _Call):
-            self._run_call(item)
-        elif isinstance(item, _Stop):
-            return False
-        else:
-            try:
-                self.core.step(item)
-            except RaftError as exc:
-                self._line(f"dropped {type(item).__name__} from {item.src}: {exc}")
-        return True
+    def _propose(self, item: _Propose) -> None:
+        if item.future.done():  # the caller gave up (cancelled)
+            return
+        try:
+            index, term = self.core.propose(item.command)
+        except RaftError as exc:
+            item.future.set_exception(exc)
+            return
+        self._track(index, term, item.future)
+
+    def _track(self, index: int, term: int, fut: asyncio.Future[bytes]) -> None:
+        old = self._proposals.pop(index, None)
+        if old is not None:  # proposed here at an earlier term, overwritten since: undecided
+            _fail(old.future, OutcomeUnknown(f"entry {index} was proposed again"))
+        self._proposals[index] = _Proposal(term, fut)
 
     @staticmethod
     def _run_call(call: _Call) -> None:
@@ -348,17 +418,24 @@ class RaftNode(Generic[SM]):
         if not self._running:
             raise NodeStopped(f"{self.id} is not running")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Call(fn, fut))
+        self._client_inbox.append(_Call(fn, fut))
+        self._wake()
         return await fut
 
     async def _handle_ready(self) -> None:
         rd = self.core.ready()
-        if rd.hard_state is not None or rd.snapshot or rd.compacted or rd.entries:
-            await asyncio.to_thread(self._persist, rd)
+        if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
+            self.transport.send_batch(rd.messages)
+        if (
+            rd.snapshot is not None
+            or rd.compacted is not None
+            or (rd.entries and sum(len(e.command) for e in rd.entries) > self._inline_bytes)
+        ):
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._persist, rd)
         else:
+            if rd.hard_state is not None or rd.entries:
+                self._persist(rd)  # small: inline beats two thread handoffs (see module doc)
             await asyncio.sleep(0)  # let the receive and tick tasks run between batches
-        for m in rd.messages:
-            await self.transport.send(m)
         if rd.snapshot is not None:
             self._restore(rd.snapshot)
         self._apply(rd.committed_entries)
@@ -369,7 +446,7 @@ class RaftNode(Generic[SM]):
             self.core.compact(self.core.log.applied, self.sm.snapshot())
 
     def _persist(self, rd: Ready) -> None:
-        """Step 2 of the contract, in a worker thread; each write is durable on return."""
+        """Step 3 of the contract, on the persist thread; each write is durable on return."""
         s = self.storage
         if rd.hard_state is not None:
             s.save_state(rd.hard_state)
@@ -385,6 +462,7 @@ class RaftNode(Generic[SM]):
         for index in sorted(i for i in self._proposals if i <= snap.meta.index):
             p = self._proposals.pop(index)
             _fail(p.future, OutcomeUnknown(f"a snapshot at {snap.meta.index} covered {index}"))
+        self._fail_superseded(snap.meta.index, snap.meta.term)
 
     def _apply(self, entries: list[LogEntry]) -> None:
         for e in entries:
@@ -399,9 +477,22 @@ class RaftNode(Generic[SM]):
             if p.term == e.term:
                 p.future.set_result(result)
             else:
-                p.future.set_exception(
-                    ProposalLost(f"entry {e.index} of term {e.term} replaced the proposal")
-                )
+                _fail(p.future, ProposalLost(f"entry {e.index} of term {e.term} replaced it"))
+        if entries:
+            self._fail_superseded(entries[-1].index, entries[-1].term)
+
+    def _fail_superseded(self, index: int, term: int) -> None:
+        """Entry ``index`` of ``term`` is committed: every pending proposal above it from an
+        earlier term is lost (terms never decrease along the log, so the committed entry at
+        its index will be of ``term`` or later). Proposals are tracked in the order they were
+        made, hence in non-decreasing term: only the oldest ones need looking at."""
+        props = self._proposals
+        while props:
+            at, p = next(iter(props.items()))
+            if p.term >= term:
+                return
+            del props[at]
+            _fail(p.future, ProposalLost(f"entry {index} of term {term} committed before it"))
 
     def _serve_reads(self, states: list[ReadState]) -> None:
         for rs in states:
@@ -432,19 +523,27 @@ class RaftNode(Generic[SM]):
         self._proposals.clear()
         self._read_requests.clear()
         self._applied_waiters.clear()
-        while not self._inbox.empty():
-            item = self._inbox.get_nowait()
-            if isinstance(item, _Call):
+        while self._client_inbox:
+            item = self._client_inbox.popleft()
+            if not isinstance(item, _Stop):
                 futures.append(item.future)
+        self._raft_inbox.clear()
         for f in futures:
             _fail(f, exc)
 
     # ==== helpers: receiving and ticking ======================================================
     async def _receive_loop(self) -> None:
+        inbox = self._raft_inbox
+        burst = 0
         while True:
             msg = await self.transport.recv()
-            if self._inbox.qsize() < MAX_INBOX:
-                self._inbox.put_nowait(msg)
+            if len(inbox) < MAX_INBOX:
+                inbox.append(msg)
+                self._wake()
+            burst += 1
+            if burst >= RECV_BURST:  # a recv that is ready at once never yields by itself
+                burst = 0
+                await asyncio.sleep(0)
 
     async def _tick_loop(self) -> None:
         cap = 2 * self.core.cfg.election_ticks
@@ -457,7 +556,8 @@ class RaftNode(Generic[SM]):
                 continue
             last = now if n > cap else last + n * self.tick_s
             for _ in range(min(n, cap)):
-                self._inbox.put_nowait(_Tick())
+                self._raft_inbox.append(_Tick())
+            self._wake()
 
     # ==== timeline and roles ==================================================================
     def _on_core_event(self, text: str) -> None:

@@ -40,23 +40,33 @@ Replies: ``{"id": 7, "ok": true, "value": 3, "node": "n1"}``, or ``"ok": false``
 ``lost`` (overwritten by another leader), ``mismatch`` (cas; ``value`` is the current value),
 ``stale``, ``read_failed``, ``bad_request``, ``refused`` (membership). Indefinite:
 ``unknown`` (timed out or covered by a snapshot: it may take effect).
+
+Admission control: at most ``max_in_flight`` requests are being worked on at once. Beyond
+that a request is answered ``busy`` at once — its frame is parsed only for its ``id``, no
+task is created, nothing reaches the node — so a flood costs the node a bounded amount of
+work and memory, and every request still gets an answer. Writes run without a task: the
+proposal's future answers the client from a done-callback (a timer turns it into ``unknown``
+after ``REQUEST_TIMEOUT_S``). Requests are read by a :class:`~raft.transport.ZmqReader` in
+bursts of ``SERVE_BURST`` per event-loop iteration, and the node steps Raft messages and
+ticks before client work, so heartbeats keep going out under any load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import zmq
-import zmq.asyncio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chaos.clock import ClockFault, SkewedClock
@@ -66,7 +76,7 @@ from raft.core.types import ConfChange, ConfChangeType, NodeId
 from raft.kv import Cas, KVStore, Write, decode_result, encode_command
 from raft.node import NodeStopped, OutcomeUnknown, ProposalLost, RaftNode, ReadFailed
 from raft.storage import FileStorage, StorageError
-from raft.transport import ZmqTransport
+from raft.transport import ZmqReader, ZmqTransport
 
 __all__ = ["ClusterConfig", "ConfigError", "NodeConfig", "configure", "load_config", "run"]
 
@@ -77,6 +87,12 @@ _T = TypeVar("_T")
 #: how long the server waits for a command to be applied before answering "unknown"
 REQUEST_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 1 << 20
+#: requests worked on at once; beyond this they are answered "busy" at once
+MAX_IN_FLIGHT = 1024
+#: the serving loop yields to the event loop after this many frames in a row
+SERVE_BURST = 32
+#: replies queued per client connection before ZeroMQ drops them (bounded memory)
+REPLY_HWM = 100_000
 
 
 # ==== the cluster file ========================================================================
@@ -201,62 +217,151 @@ class Request(BaseModel):
 class ClientServer:
     """Answers client requests for one node (see the module docstring for the protocol)."""
 
-    def __init__(self, node: RaftNode[KVStore], cfg: ClusterConfig, address: str) -> None:
+    def __init__(
+        self,
+        node: RaftNode[KVStore],
+        cfg: ClusterConfig,
+        address: str,
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
         self.node = node
         self.cfg = cfg
-        self._ctx = zmq.asyncio.Context()
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.refused = 0  #: requests answered "busy" by admission control
+        self._closed = False
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self._sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
         self._sock.bind(f"tcp://{address}")
+        self._reader = ZmqReader(self._sock, self._on_frames, burst=SERVE_BURST)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
-        while True:
-            parts = await self._sock.recv_multipart()
-            if len(parts) != 2:
-                continue
-            task = asyncio.create_task(self._answer(parts[0], parts[1]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Answer requests until cancelled."""
+        self._reader.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._reader.stop()
 
-    async def _answer(self, ident: bytes, frame: bytes) -> None:
+    def _on_frames(self, parts: list[bytes]) -> None:
+        if len(parts) == 2:
+            self._admit(parts[0], parts[1])
+
+    def _admit(self, ident: bytes, frame: bytes) -> None:
+        """Refuse (``busy``), reject (``bad_request``), or start working on one request."""
+        if self.in_flight >= self.max_in_flight:
+            self.refused += 1
+            busy = {"ok": False, "error": "busy", "message": "too many requests in flight"}
+            self._send(ident, _request_id(frame), busy)
+            return
         try:
             req = Request.model_validate_json(frame)
         except ValidationError as exc:
             err = exc.errors(include_url=False, include_input=False)[0]
             loc = ".".join(str(x) for x in err["loc"])
-            reply: dict[str, Any] = {
-                "ok": False,
-                "error": "bad_request",
-                "message": f"{loc}: {err['msg']}",
-            }
-            rid: int | str | None = None
-        else:
-            rid = req.id
-            reply = await self.handle(req)
+            bad = {"ok": False, "error": "bad_request", "message": f"{loc}: {err['msg']}"}
+            self._send(ident, None, bad)
+            return
+        self.in_flight += 1
+        if req.op in ("put", "cas"):
+            self._start_write(ident, req)
+            return
+        task = asyncio.create_task(self._answer(ident, req))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.in_flight -= 1
+
+    async def _answer(self, ident: bytes, req: Request) -> None:
+        self._send(ident, req.id, await self.handle(req))
+
+    def _send(self, ident: bytes, rid: int | str | None, reply: dict[str, Any]) -> None:
+        if self._closed:
+            return
         reply["id"] = rid
         reply["node"] = self.node.id
-        await self._sock.send_multipart([ident, json.dumps(reply).encode()])
+        # a ROUTER never blocks: the reply is queued, or dropped if the client is gone
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.send_multipart([ident, json.dumps(reply).encode()], zmq.NOBLOCK)
+        self._reader.recheck()
+
+    # -- writes: no task, a callback on the proposal's future ----------------------------------
+    def _start_write(self, ident: bytes, req: Request) -> None:
+        try:
+            fut = self.node.propose(self._command(req))
+        except (RaftError, ValueError) as exc:
+            self.in_flight -= 1
+            self._send(ident, req.id, self._error_reply(exc))
+            return
+        timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, fut.cancel)
+        fut.add_done_callback(partial(self._write_done, ident, req.id, timer))
+
+    def _write_done(
+        self,
+        ident: bytes,
+        rid: int | str | None,
+        timer: asyncio.TimerHandle,
+        fut: asyncio.Future[bytes],
+    ) -> None:
+        timer.cancel()
+        self.in_flight -= 1
+        if fut.cancelled():
+            reply: dict[str, Any] = {"ok": False, "error": "unknown", "message": "timed out"}
+        elif (exc := fut.exception()) is not None:
+            reply = self._error_reply(exc)
+        else:
+            reply = self._write_result(fut.result())
+        self._send(ident, rid, reply)
+
+    @staticmethod
+    def _command(req: Request) -> bytes:
+        key = _need(req.key, "key")
+        op: Write | Cas
+        if req.op == "put":
+            op = Write(key=key, value=_need(req.value, "value"))
+        else:
+            op = Cas(key=key, expected=req.expected, new=_need(req.new, "new"))
+        return encode_command(op, req.client, req.seq)
+
+    @staticmethod
+    def _write_result(raw: bytes) -> dict[str, Any]:
+        result = decode_result(raw)
+        if result.ok:
+            return {"ok": True}
+        return {"ok": False, "error": result.error, "value": result.value}
 
     async def handle(self, req: Request) -> dict[str, Any]:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 return await self._dispatch(req)
-        except NotLeader as exc:
-            return self._not_leader(exc.leader_hint)
-        except ProposalDropped as exc:
-            return {"ok": False, "error": "busy", "message": str(exc)}
-        except ProposalLost as exc:
-            return {"ok": False, "error": "lost", "message": str(exc)}
-        except ReadFailed as exc:
-            return {"ok": False, "error": "read_failed", "message": str(exc)}
-        except ConfChangeError as exc:
-            return {"ok": False, "error": "refused", "message": str(exc)}
-        except (OutcomeUnknown, NodeStopped, TimeoutError) as exc:
-            return {"ok": False, "error": "unknown", "message": str(exc) or "timed out"}
+        except TimeoutError:
+            return {"ok": False, "error": "unknown", "message": "timed out"}
         except (RaftError, ValueError) as exc:
+            return self._error_reply(exc)
+
+    def _error_reply(self, exc: BaseException) -> dict[str, Any]:
+        if isinstance(exc, NotLeader):
+            return self._not_leader(exc.leader_hint)
+        if isinstance(exc, ProposalDropped):
+            return {"ok": False, "error": "busy", "message": str(exc)}
+        if isinstance(exc, ProposalLost):
+            return {"ok": False, "error": "lost", "message": str(exc)}
+        if isinstance(exc, ReadFailed):
+            return {"ok": False, "error": "read_failed", "message": str(exc)}
+        if isinstance(exc, ConfChangeError):
+            return {"ok": False, "error": "refused", "message": str(exc)}
+        if isinstance(exc, OutcomeUnknown | NodeStopped):
+            return {"ok": False, "error": "unknown", "message": str(exc)}
+        if isinstance(exc, RaftError | ValueError):
             return {"ok": False, "error": "bad_request", "message": str(exc)}
+        raise exc
 
     def _not_leader(self, hint: str | None) -> dict[str, Any]:
         reply: dict[str, Any] = {"ok": False, "error": "not_leader", "leader": hint}
@@ -271,23 +376,11 @@ class ClientServer:
             await self.node.read()
             return {"ok": True, "value": self.node.sm.get(_need(req.key, "key"))}
         if req.op in ("put", "cas"):
-            return await self._write(req)
+            return self._write_result(await self.node.submit(self._command(req)))
         if req.op == "transfer":
             await self.node.transfer_leader(_need(req.to, "to"))
             return {"ok": True}
         return await self._membership(req)
-
-    async def _write(self, req: Request) -> dict[str, Any]:
-        key = _need(req.key, "key")
-        op: Write | Cas
-        if req.op == "put":
-            op = Write(key=key, value=_need(req.value, "value"))
-        else:
-            op = Cas(key=key, expected=req.expected, new=_need(req.new, "new"))
-        result = decode_result(await self.node.submit(encode_command(op, req.client, req.seq)))
-        if result.ok:
-            return {"ok": True}
-        return {"ok": False, "error": result.error, "value": result.value}
 
     async def _membership(self, req: Request) -> dict[str, Any]:
         action = ConfChangeType(_need(req.action, "action"))
@@ -295,10 +388,22 @@ class ClientServer:
         return {"ok": True, "value": self.node.status()}
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.stop()
         for t in self._tasks:
             t.cancel()
         self._sock.close(linger=0)
         self._ctx.term()
+
+
+def _request_id(frame: bytes) -> int | str | None:
+    """The ``id`` of a request, if its frame is a JSON object with a valid one."""
+    try:
+        obj = json.loads(frame)
+    except ValueError:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, int | str) and not isinstance(rid, bool) else None
 
 
 def _need(value: _T | None, name: str) -> _T:

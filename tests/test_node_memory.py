@@ -382,3 +382,83 @@ def test_five_node_election_timeline() -> None:
         print("\n".join(c.lines))
 
     with_cluster(5, body)
+
+
+def test_isolated_leaders_proposals_fail_lost_without_further_writes() -> None:
+    """Proposals beyond the new leader's log fail as lost as soon as an entry of a later term
+    is applied below them, not when (if ever) the log grows to their indexes."""
+
+    async def body(c: Cluster) -> None:
+        old = await c.leader()
+        await c.submit(put("x", 1, 1))
+        c.net.isolate(old.id, c.ids)
+        doomed = [
+            asyncio.create_task(old.submit(put("x", 100 + i, 2 + i, client="minority")))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0.05)
+        await wait_for(
+            lambda: next((n for n in c.running() if n.is_leader() and n is not old), None), 10
+        )
+        c.net.heal()  # no write after this: only the new leader's no-op can supersede them
+        async with asyncio.timeout(5):
+            results = await asyncio.gather(*doomed, return_exceptions=True)
+        assert all(isinstance(r, ProposalLost) for r in results), results
+        await c.converged()
+        assert all(n.sm.get("x") == 1 for n in c.running())
+
+    with_cluster(3, body)
+
+
+class _Recorder:
+    """Watches one cluster's messages and storage writes for the ordering rules."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.durable: dict[str, int] = {}  #: node -> last index its storage has made durable
+        self.sent_before_persist = 0  #: leader AppendEntries already out when it persisted
+        self.violations: list[str] = []
+        self.delivered_ae: set[tuple[str, int]] = set()
+        deliver = c.net.deliver
+
+        def watch(msg: Any) -> None:
+            from raft.core.messages import AppendEntries, AppendEntriesResponse
+
+            if isinstance(msg, AppendEntries):
+                for e in msg.entries:
+                    self.delivered_ae.add((msg.src, e.index))
+            acked = isinstance(msg, AppendEntriesResponse) and msg.success
+            if acked and msg.match_index > self.durable.get(msg.src, 0):
+                self.violations.append(f"{msg.src} acked {msg.match_index} before fsync")
+            deliver(msg)
+
+        c.net.deliver = watch  # type: ignore[method-assign]
+
+    def wrap(self, node_id: str, storage: MemoryStorage) -> None:
+        append = storage.append_log
+
+        def append_log(entries: Any) -> None:
+            if entries and (node_id, entries[-1].index) in self.delivered_ae:
+                self.sent_before_persist += 1
+            append(entries)
+            if entries:
+                self.durable[node_id] = entries[-1].index
+
+        storage.append_log = append_log  # type: ignore[method-assign]
+
+
+def test_messages_leave_before_the_persist_and_acks_only_after_it() -> None:
+    """The updated Ready contract: a leader's AppendEntries go out before its own persist of
+    the same entries (overlapping the fsyncs), while no follower acknowledges an entry before
+    its storage has made it durable (the core holds the reply)."""
+
+    async def body(c: Cluster) -> None:
+        rec = _Recorder(c)
+        for n in c.ids:
+            rec.wrap(n, c.storages[n])
+        for i in range(1, 21):
+            await c.submit(put("x", i, i))
+        await c.converged()
+        assert rec.violations == []
+        assert rec.sent_before_persist >= 20
+
+    with_cluster(3, body)

@@ -17,9 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
+import zmq.asyncio
 
 from harness.cli import main as orbital
 from raft.client import CasMismatch, KVClient, KVError
+from raft.node import ProposalLost
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +150,71 @@ def test_bad_config_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad.write_text('cluster_id = "c"\n[nodes.n1]\nraft = "10.0.0.1:5"\nclient = "127.0.0.1:1"\n')
     assert orbital(["node", "--config", str(bad), "--id", "n1"]) == 2
     assert "nodes.n1.raft" in capsys.readouterr().err
+
+
+class _StubNode:
+    """Just what ClientServer's write path uses: proposals that complete when told to."""
+
+    id = "stub"
+
+    def __init__(self) -> None:
+        self.proposals: list[asyncio.Future[bytes]] = []
+
+    def propose(self, command: bytes) -> asyncio.Future[bytes]:
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.proposals.append(fut)
+        return fut
+
+
+def test_admission_control_answers_the_excess_busy_at_once() -> None:
+    """Beyond ``max_in_flight`` requests are refused ``busy`` without reaching the node; the
+    admitted ones are answered when their proposals complete; every request gets one answer;
+    a malformed frame is ``bad_request``; a proposal refused by back-pressure is ``busy``."""
+    from raft.core.errors import ProposalDropped
+    from raft.kv import Result, encode_result
+    from raft.server import ClientServer, ClusterConfig
+
+    port = free_ports(1)[0]
+    cfg = ClusterConfig.model_validate(
+        {"cluster_id": "t", "nodes": {"stub": {"raft": "127.0.0.1:1", "client": "127.0.0.1:2"}}}
+    )
+
+    async def main() -> None:
+        node = _StubNode()
+        server = ClientServer(node, cfg, f"127.0.0.1:{port}", max_in_flight=3)  # type: ignore[arg-type]
+        serving = asyncio.create_task(server.serve())
+        ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        try:
+            await sock.send(b"{not json")
+            for i in range(20):
+                await sock.send(json.dumps({"id": i, "op": "put", "key": "k", "value": i}).encode())
+            replies = []
+            async with asyncio.timeout(10):
+                while len(replies) < 18:
+                    replies.append(json.loads(await sock.recv()))
+            assert len(node.proposals) == 3
+            assert sorted(r["id"] for r in replies if r.get("error") == "busy") == list(
+                range(3, 20)
+            )
+            assert any(r["error"] == "bad_request" and r["id"] is None for r in replies)
+            node.proposals[0].set_result(encode_result(Result(ok=True)))
+            node.proposals[1].set_exception(ProposalDropped("too many uncommitted"))
+            node.proposals[2].set_exception(ProposalLost("replaced"))
+            async with asyncio.timeout(10):
+                last = {r["id"]: r for r in [json.loads(await sock.recv()) for _ in range(3)]}
+            assert last[0]["ok"] is True
+            assert last[1]["error"] == "busy"
+            assert last[2]["error"] == "lost"
+            assert server.in_flight == 0
+            assert server.refused == 17
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            server.close()
+            sock.close(linger=0)
+            ctx.term()
+
+    asyncio.run(main())
