@@ -90,7 +90,7 @@ MAX_REQUEST_BYTES = 1 << 20
 #: requests worked on at once; beyond this they are answered "busy" at once
 MAX_IN_FLIGHT = 1024
 #: the serving loop yields to the event loop after this many frames in a row
-SERVE_BURST = 32
+SERVE_BURST = 256
 #: replies queued per client connection before ZeroMQ drops them (bounded memory)
 REPLY_HWM = 100_000
 
