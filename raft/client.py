@@ -20,7 +20,9 @@ retries be definite. The outcome of an operation is one of:
   effect later, or never — a history ``info``.
 
 All clients of a process share one ZeroMQ context (one I/O thread), so a process running many
-clients (a benchmark, a chaos run's workers) does not run two threads per client.
+clients (a benchmark, a chaos run's workers) does not run two threads per client. Replies are
+read by a :class:`~raft.transport.ZmqReader` (a descriptor callback, NOBLOCK receives) and
+handed to the one request waiting on that socket: no per-receive pyzmq futures.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import uuid
 from typing import Any
 
 import zmq
-import zmq.asyncio
+
+from raft.transport import ZmqReader
 
 __all__ = ["CasMismatch", "KVClient", "KVError", "Rejected", "Unknown", "configure", "run"]
 
@@ -98,9 +101,8 @@ class KVClient:
         self.leader: str | None = None
         self.last_node: str | None = None  #: the node that gave the last answer
         self._ctx = _shared_context()
-        #: per node: the DEALER, and a synchronous shadow of it for NOBLOCK sends that raise
-        #: ``zmq.Again`` at once (an asyncio socket would fail a future instead)
-        self._socks: dict[str, tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]] = {}
+        #: per node: the DEALER (NOBLOCK sends raise ``zmq.Again`` at once) and its reader
+        self._socks: dict[str, _Connection] = {}
         self._seq = 0
         self._ids = itertools.count(1)
         self._rotation = itertools.cycle(self.nodes)
@@ -195,42 +197,37 @@ class KVClient:
         ``CONNECT_GRACE_S`` (``IMMEDIATE``: ZeroMQ refuses to queue), so a dead node costs
         that grace, not a whole attempt timeout.
         """
-        sock, sender = self._socket(node)
+        conn = self._socket(node)
         rid = next(self._ids)
         frame = json.dumps({**body, "id": rid}).encode()
         give_up = time.monotonic() + min(timeout, CONNECT_GRACE_S)
         while True:
             try:
-                sender.send(frame, zmq.NOBLOCK)
+                conn.send(frame)
                 break
             except zmq.Again:
                 if time.monotonic() >= give_up:
                     raise _NotSent from None
                 await asyncio.sleep(NOT_CONNECTED_PAUSE_S)
+        fut = conn.expect(rid)
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    reply = json.loads(await sock.recv())
-                    if isinstance(reply, dict) and reply.get("id") == rid:
-                        return reply
+                return await fut
         except TimeoutError:
             return None
+        finally:
+            conn.waiting = None
 
-    def _socket(self, node: str) -> tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]:
-        pair = self._socks.get(node)
-        if pair is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, 10)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
-            sock.connect(f"tcp://{self.nodes[node]}")
-            pair = self._socks[node] = (sock, zmq.Socket.shadow(sock.underlying))
-        return pair
+    def _socket(self, node: str) -> _Connection:
+        conn = self._socks.get(node)
+        if conn is None:
+            conn = self._socks[node] = _Connection(self._ctx, self.nodes[node])
+        conn.reader.start()
+        return conn
 
     def close(self) -> None:
-        for sock, _ in self._socks.values():
-            sock.close(linger=0)
+        for conn in self._socks.values():
+            conn.close()
         self._socks.clear()
 
     async def __aenter__(self) -> KVClient:
@@ -240,14 +237,55 @@ class KVClient:
         self.close()
 
 
-_CONTEXT: zmq.asyncio.Context | None = None
+class _Connection:
+    """One DEALER to one node; the reply to the request in flight resolves its future."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> None:
+        sock = self.sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        sock.connect(f"tcp://{address}")
+        self.reader = ZmqReader(sock, self._received, burst=16)
+        #: the request awaiting its reply: (id, future)
+        self.waiting: tuple[int, asyncio.Future[dict[str, Any]]] | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame``; ``zmq.Again`` if there is no live connection (``IMMEDIATE``)."""
+        self.sock.send(frame, zmq.NOBLOCK)
+        self.reader.recheck()  # the send may have consumed the descriptor's edge
+
+    def expect(self, rid: int) -> asyncio.Future[dict[str, Any]]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting = (rid, fut)
+        return fut
+
+    def _received(self, parts: list[bytes]) -> None:
+        waiting = self.waiting
+        if waiting is None or len(parts) != 1:
+            return  # a late reply to a request given up on, or garbage
+        try:
+            reply = json.loads(parts[0])
+        except ValueError:
+            return
+        rid, fut = waiting
+        if isinstance(reply, dict) and reply.get("id") == rid and not fut.done():
+            fut.set_result(reply)
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.sock.close(linger=0)
 
 
-def _shared_context() -> zmq.asyncio.Context:
+_CONTEXT: zmq.Context[zmq.Socket[bytes]] | None = None
+
+
+def _shared_context() -> zmq.Context[zmq.Socket[bytes]]:
     """The process's ZeroMQ context for clients (sockets close with linger 0: never term'ed)."""
     global _CONTEXT
     if _CONTEXT is None or _CONTEXT.closed:
-        _CONTEXT = zmq.asyncio.Context()
+        _CONTEXT = zmq.Context()
     return _CONTEXT
 
 

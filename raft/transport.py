@@ -515,11 +515,14 @@ class ZmqReader:
         self._scheduled = False
 
     def start(self) -> None:
-        """Watch the socket from the running loop (idempotent)."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            self._loop.add_reader(self._fd, self._read)
-            self.recheck()
+        """Watch the socket from the running loop (idempotent; moves to a new loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self.stop()
+        self._loop, self._scheduled = loop, False
+        loop.add_reader(self._fd, self._read)
+        self.recheck()
 
     def recheck(self) -> None:
         if self._loop is not None and not self._scheduled:
