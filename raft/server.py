@@ -45,10 +45,11 @@ Admission control: at most ``max_in_flight`` requests are being worked on at onc
 that a request is answered ``busy`` at once — its frame is parsed only for its ``id``, no
 task is created, nothing reaches the node — so a flood costs the node a bounded amount of
 work and memory, and every request still gets an answer. Writes run without a task: the
-proposal's future answers the client from a done-callback (a timer turns it into ``unknown``
-after ``REQUEST_TIMEOUT_S``). Requests are read by a :class:`~raft.transport.ZmqReader` in
-bursts of ``SERVE_BURST`` per event-loop iteration, and the node steps Raft messages and
-ticks before client work, so heartbeats keep going out under any load.
+proposal's future answers the client from a done-callback; one sweeper timer (not a timer per
+request) turns writes older than ``REQUEST_TIMEOUT_S`` into ``unknown``. Requests are read by
+a :class:`~raft.transport.ZmqReader` in bursts of ``SERVE_BURST`` per event-loop iteration, and
+the node steps Raft messages and ticks before client work, so heartbeats keep going out under
+any load.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ MAX_REQUEST_BYTES = 1 << 20
 MAX_IN_FLIGHT = 1024
 #: the serving loop yields to the event loop after this many frames in a row
 SERVE_BURST = 256
+#: how often the sweeper looks for writes past their deadline
+SWEEP_S = 0.1
 #: replies queued per client connection before ZeroMQ drops them (bounded memory)
 REPLY_HWM = 100_000
 
@@ -239,6 +242,10 @@ class ClientServer:
         self._sock.bind(f"tcp://{address}")
         self._reader = ZmqReader(self._sock, self._on_frames, burst=SERVE_BURST)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: writes in flight -> their deadline (loop time), oldest first
+        self._writes: dict[asyncio.Future[bytes], float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._ok_tail = f', "node": {json.dumps(node.id)}}}'.encode()
 
     async def serve(self) -> None:
         """Answer requests until cancelled."""
@@ -287,9 +294,12 @@ class ClientServer:
             return
         reply["id"] = rid
         reply["node"] = self.node.id
+        self._send_frame(ident, json.dumps(reply).encode())
+
+    def _send_frame(self, ident: bytes, frame: bytes) -> None:
         # a ROUTER never blocks: the reply is queued, or dropped if the client is gone
         with contextlib.suppress(zmq.ZMQError):
-            self._sock.send_multipart([ident, json.dumps(reply).encode()], zmq.NOBLOCK)
+            self._sock.send_multipart([ident, frame], zmq.NOBLOCK)
         self._reader.recheck()
 
     # -- writes: no task, a callback on the proposal's future ----------------------------------
@@ -300,17 +310,28 @@ class ClientServer:
             self.in_flight -= 1
             self._send(ident, req.id, self._error_reply(exc))
             return
-        timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, fut.cancel)
-        fut.add_done_callback(partial(self._write_done, ident, req.id, timer))
+        loop = asyncio.get_running_loop()
+        self._writes[fut] = loop.time() + REQUEST_TIMEOUT_S
+        fut.add_done_callback(partial(self._write_done, ident, req.id))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_S, self._sweep)
 
-    def _write_done(
-        self,
-        ident: bytes,
-        rid: int | str | None,
-        timer: asyncio.TimerHandle,
-        fut: asyncio.Future[bytes],
-    ) -> None:
-        timer.cancel()
+    def _sweep(self) -> None:
+        """Cancel the writes past their deadline (their callbacks answer ``unknown``)."""
+        self._sweeper = None
+        writes = self._writes
+        now = asyncio.get_running_loop().time()
+        while writes:
+            fut, deadline = next(iter(writes.items()))
+            if deadline > now:
+                break
+            del writes[fut]
+            fut.cancel()
+        if writes:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+
+    def _write_done(self, ident: bytes, rid: int | str | None, fut: asyncio.Future[bytes]) -> None:
+        self._writes.pop(fut, None)
         self.in_flight -= 1
         if fut.cancelled():
             reply: dict[str, Any] = {"ok": False, "error": "unknown", "message": "timed out"}
@@ -318,6 +339,11 @@ class ClientServer:
             reply = self._error_reply(exc)
         else:
             reply = self._write_result(fut.result())
+            if reply is _OK:  # the common answer, without a JSON encoder
+                if not self._closed:
+                    head = b'{"ok": true, "id": ' + json.dumps(rid).encode()
+                    self._send_frame(ident, head + self._ok_tail)
+                return
         self._send(ident, rid, reply)
 
     @staticmethod
@@ -334,7 +360,7 @@ class ClientServer:
     def _write_result(raw: bytes) -> dict[str, Any]:
         result = decode_result(raw)
         if result.ok:
-            return {"ok": True}
+            return _OK
         return {"ok": False, "error": result.error, "value": result.value}
 
     async def handle(self, req: Request) -> dict[str, Any]:
@@ -376,7 +402,7 @@ class ClientServer:
             await self.node.read()
             return {"ok": True, "value": self.node.sm.get(_need(req.key, "key"))}
         if req.op in ("put", "cas"):
-            return self._write_result(await self.node.submit(self._command(req)))
+            return dict(self._write_result(await self.node.submit(self._command(req))))
         if req.op == "transfer":
             await self.node.transfer_leader(_need(req.to, "to"))
             return {"ok": True}
@@ -390,10 +416,16 @@ class ClientServer:
     def close(self) -> None:
         self._closed = True
         self._reader.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for t in self._tasks:
             t.cancel()
         self._sock.close(linger=0)
         self._ctx.term()
+
+
+#: the reply to a successful write (never mutated: the fast path sends it pre-encoded)
+_OK: dict[str, Any] = {"ok": True}
 
 
 def _request_id(frame: bytes) -> int | str | None:

@@ -218,3 +218,43 @@ def test_admission_control_answers_the_excess_busy_at_once() -> None:
             ctx.term()
 
     asyncio.run(main())
+
+
+def test_writes_past_their_deadline_are_answered_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proposal that never completes is answered ``unknown`` by the sweeper, and frees its
+    admission slot."""
+    import raft.server as server_mod
+    from raft.server import ClientServer, ClusterConfig
+
+    monkeypatch.setattr(server_mod, "REQUEST_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(server_mod, "SWEEP_S", 0.05)
+    port = free_ports(1)[0]
+    cfg = ClusterConfig.model_validate(
+        {"cluster_id": "t", "nodes": {"stub": {"raft": "127.0.0.1:1", "client": "127.0.0.1:2"}}}
+    )
+
+    async def main() -> None:
+        node = _StubNode()
+        server = ClientServer(node, cfg, f"127.0.0.1:{port}")  # type: ignore[arg-type]
+        serving = asyncio.create_task(server.serve())
+        ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        try:
+            for i in range(3):
+                await sock.send(json.dumps({"id": i, "op": "put", "key": "k", "value": i}).encode())
+            async with asyncio.timeout(10):
+                replies = [json.loads(await sock.recv()) for _ in range(3)]
+            assert sorted(r["id"] for r in replies) == [0, 1, 2]
+            assert all(r["error"] == "unknown" for r in replies)
+            assert all(f.cancelled() for f in node.proposals)
+            assert server.in_flight == 0
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            server.close()
+            sock.close(linger=0)
+            ctx.term()
+
+    asyncio.run(main())
