@@ -492,6 +492,15 @@ async def _iterate(t: Transport) -> AsyncIterator[Message]:
 
 
 # ==== ZeroMQ ================================================================================
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    events = sock.getsockopt(_EVENTS)
+    return isinstance(events, int) and bool(events & _POLLIN)
+
+
 class ZmqReader:
     """Feeds every multipart message a (synchronous) ZeroMQ socket receives to ``on_message``,
     on the event loop, in bursts of at most ``burst`` per loop iteration (see the module
@@ -533,8 +542,9 @@ class ZmqReader:
         self._scheduled = False
         sock = self._sock
         for _ in range(self._burst):
-            if self._loop is None:  # stopped (the callback may close the socket)
-                return
+            # ZMQ_EVENTS both tells and re-arms the edge; cheaper than a recv raising Again
+            if self._loop is None or not _readable(sock):
+                return  # stopped (the callback may close the socket), or nothing queued
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
