@@ -55,8 +55,8 @@ import zmq.asyncio
 
 from chaos.process import ProcessManager
 from chaos.toxiproxy import LOOPBACK, free_port
-from harness.cluster import ClusterSpec, LocalCluster
-from raft.client import KVClient, KVError
+from harness.cluster import ClusterSpec, LocalCluster, StatusPoller
+from raft.client import KVClient
 
 T = TypeVar("T")
 Status = dict[str, dict[str, Any] | None]
@@ -93,45 +93,6 @@ def ms(seconds: float) -> float:
 
 
 # ==== observing an orbital cluster ============================================================
-class Poller:
-    """Each node's status on its direct client port, polled concurrently."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.clients = {
-            n: KVClient({n: a}, timeout=0.25, attempt_timeout=0.25)
-            for n, a in cluster.client_addr.items()
-        }
-
-    async def one(self, node: str) -> dict[str, Any] | None:
-        if not self.cluster.alive(node):
-            return None
-        try:
-            return await self.clients[node].status(node)
-        except KVError:
-            return None
-
-    async def poll(self) -> Status:
-        nodes = list(self.clients)
-        found = await asyncio.gather(*(self.one(n) for n in nodes))
-        return dict(zip(nodes, found, strict=True))
-
-    async def until(self, ok: Callable[[Status], T | None], timeout: float) -> T:
-        deadline = time.monotonic() + timeout
-        last: Status = {}
-        while time.monotonic() < deadline:
-            last = await self.poll()
-            found = ok(last)
-            if found is not None:
-                return found
-            await asyncio.sleep(0.005)
-        raise RuntimeError(f"condition not reached within {timeout}s; last: {last}")
-
-    def close(self) -> None:
-        for c in self.clients.values():
-            c.close()
-
-
 def steady(sts: Status) -> tuple[str, int] | None:
     """(leader, term) once all nodes answer, one leads, all follow it and are caught up."""
     if any(s is None for s in sts.values()):
@@ -155,9 +116,9 @@ async def steady_cluster(spec: ClusterSpec, workdir: Path) -> AsyncIterator[Loca
     between ``free_port()`` and the bind, e.g. by another run on the machine) is retried."""
     for attempt in range(3):
         cluster = LocalCluster(spec, workdir / f"try{attempt}").start()
-        poller = Poller(cluster)
+        poller = StatusPoller(cluster)
         try:
-            await poller.until(steady, STEADY_TIMEOUT_S)
+            (await poller.until(steady, STEADY_TIMEOUT_S))[0]
         except RuntimeError:
             if attempt == 2 or all(cluster.alive(n) for n in spec.nodes):
                 cluster.stop()
@@ -248,13 +209,13 @@ async def orbital_failover(workdir: Path, kills: int) -> dict[str, Any]:
     recovery: list[float] = []
     election: list[float] = []
     async with steady_cluster(spec, workdir) as cluster:
-        poller = Poller(cluster)
+        poller = StatusPoller(cluster)
         client = KVClient(
             cluster.client_addresses(), client_id="fo", attempt_timeout=FAILOVER_ATTEMPT_S
         )
         try:
             for k in range(kills):
-                leader, term = await poller.until(steady, STEADY_TIMEOUT_S)
+                leader, term = (await poller.until(steady, STEADY_TIMEOUT_S))[0]
                 await asyncio.sleep(2 * spec.election_timeout_s)  # leases, heartbeats settle
                 await client.put("fo", 2 * k)  # the client knows the leader
                 killed = time.monotonic_ns()
@@ -291,9 +252,9 @@ def summarize_failover(recovery: list[float], election: list[float]) -> dict[str
 async def orbital_overload(workdir: Path, total: int) -> dict[str, Any]:
     spec = ClusterSpec(toxiproxy=False, max_uncommitted=OVERLOAD_MAX_UNCOMMITTED)
     async with steady_cluster(spec, workdir) as cluster:
-        poller = Poller(cluster)
+        poller = StatusPoller(cluster)
         try:
-            before = await poller.until(steady, STEADY_TIMEOUT_S)
+            before = (await poller.until(steady, STEADY_TIMEOUT_S))[0]
             procs = {n: psutil.Process(cluster.procs[n].pid) for n in spec.nodes}
             rss_before = {n: p.memory_info().rss for n, p in procs.items()}
             peak = dict(rss_before)
@@ -309,7 +270,7 @@ async def orbital_overload(workdir: Path, total: int) -> dict[str, Any]:
             sampler = asyncio.create_task(sample())
             burst_start = time.monotonic_ns()
             counts, seconds, max_outstanding = await burst(cluster.client_addr[before[0]], total)
-            after = await poller.until(steady, STEADY_TIMEOUT_S)
+            after = (await poller.until(steady, STEADY_TIMEOUT_S))[0]
             sampling = False
             await sampler
             rss_after = {n: procs[n].memory_info().rss for n in spec.nodes}

@@ -32,14 +32,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import tomli_w
 
 from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
 from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
 
+if TYPE_CHECKING:
+    from raft.client import KVClient
+
 FaultSink = Callable[[str, str, dict[str, Any]], None]
+Statuses = dict[str, dict[str, Any] | None]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,31 +272,20 @@ class LocalCluster:
             self._on_fault(kind, action, detail)
 
     # ---- observation (direct ports, never through the proxies) -----------------------------
-    async def statuses(self, timeout: float = 0.5) -> dict[str, dict[str, Any] | None]:
-        """Each node's own status; None for a node that did not answer."""
-        from raft.client import KVClient, KVError
+    def paused(self, node: str) -> bool:
+        try:
+            return self.procs[node].paused
+        except KeyError:
+            return False
 
-        out: dict[str, dict[str, Any] | None] = {}
-        async with KVClient(self.client_addr, attempt_timeout=timeout, timeout=timeout) as c:
-            for node in self.spec.all_nodes:
-                if not self.alive(node) or self.procs[node].paused:
-                    out[node] = None
-                    continue
-                try:
-                    out[node] = await c.status(node)
-                except KVError:
-                    out[node] = None
-        return out
+    async def statuses(self, timeout: float = 0.5) -> Statuses:
+        """Each node's own status; None for a node that did not answer."""
+        with StatusPoller(self, timeout) as poller:
+            return await poller.poll()
 
     async def leader(self) -> tuple[str, int] | None:
         """The leader of the highest term that any reachable node reports, if any."""
-        best: tuple[str, int] | None = None
-        for node, st in (await self.statuses()).items():
-            if st and st.get("role") == "leader":
-                term = int(st.get("term", 0))
-                if best is None or term > best[1]:
-                    best = (node, term)
-        return best
+        return leader_of(await self.statuses())
 
     async def wait_for_leader(
         self, timeout: float, exclude: Iterable[str] = (), min_term: int = 0
@@ -307,6 +301,71 @@ class LocalCluster:
             if time.monotonic() - t0 > timeout:
                 raise ClusterError(f"no leader within {timeout:.1f}s (last seen: {found})")
             await asyncio.sleep(0.01)
+
+
+def leader_of(statuses: Statuses) -> tuple[str, int] | None:
+    """The node that reports leading in the highest term, and that term."""
+    best: tuple[str, int] | None = None
+    for node, st in statuses.items():
+        if st and st.get("role") == "leader":
+            term = int(st.get("term", 0))
+            if best is None or term > best[1]:
+                best = (node, term)
+    return best
+
+
+class StatusPoller:
+    """Every node's own status, asked concurrently on its direct client port (one client per
+    node, so a silent node costs its own timeout, not everyone's). A dead or paused process
+    counts as silent without being asked."""
+
+    def __init__(self, cluster: LocalCluster, timeout: float = 0.25) -> None:
+        from raft.client import KVClient
+
+        self.cluster = cluster
+        self.clients: dict[str, KVClient] = {
+            n: KVClient({n: a}, timeout=timeout, attempt_timeout=timeout)
+            for n, a in cluster.client_addr.items()
+        }
+
+    async def one(self, node: str) -> dict[str, Any] | None:
+        from raft.client import KVError
+
+        if not self.cluster.alive(node) or self.cluster.paused(node):
+            return None
+        try:
+            return await self.clients[node].status(node)
+        except KVError:
+            return None
+
+    async def poll(self) -> Statuses:
+        nodes = list(self.clients)
+        found = await asyncio.gather(*(self.one(n) for n in nodes))
+        return dict(zip(nodes, found, strict=True))
+
+    async def until(
+        self, ok: Callable[[Statuses], _T | None], timeout: float, interval: float = 0.005
+    ) -> tuple[_T, float]:
+        """Poll until ``ok(statuses)`` returns something: that, and when (monotonic s)."""
+        deadline = time.monotonic() + timeout
+        last: Statuses = {}
+        while time.monotonic() < deadline:
+            last = await self.poll()
+            found = ok(last)
+            if found is not None:
+                return found, time.monotonic()
+            await asyncio.sleep(interval)
+        raise ClusterError(f"condition not reached within {timeout}s; last statuses: {last}")
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---- orbital cluster up ---------------------------------------------------------------------

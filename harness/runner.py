@@ -53,7 +53,7 @@ from rich.table import Table
 from chaos.nemesis import AppliedFault, FaultOp, NemesisExecutor, make_schedule
 from chaos.process import ProcessError
 from chaos.toxiproxy import ToxiproxyError, find_server_binary
-from harness.cluster import ClusterError, ClusterSpec, LocalCluster
+from harness.cluster import ClusterError, ClusterSpec, LocalCluster, StatusPoller
 from harness.history import FaultWriter, HistoryWriter, Op, read_history
 from harness.scenario import Scenario, ScenarioError, load_scenario
 from harness.workload import ClientWorkers
@@ -176,13 +176,13 @@ class StatusMonitor:
         self.leader_samples: list[Sample] = []
         self.latest: dict[str, Sample | None] = {}
         self.leader: tuple[str, int] | None = None
-        self._client = KVClient(dict(cluster.client_addr), attempt_timeout=0.3, timeout=0.3)
+        self._poller = StatusPoller(cluster, timeout=0.3)
 
     async def poll(self) -> dict[str, Sample | None]:
-        """One round over the nodes; a paused, dead or silent node gives ``None``."""
-        out: dict[str, Sample | None] = {}
-        for node in self.cluster.spec.nodes:
-            out[node] = await self._poll_node(node)
+        """One concurrent round over the nodes; a paused, dead or silent node gives ``None``."""
+        nodes = list(self.cluster.spec.nodes)
+        found = await asyncio.gather(*(self._poll_node(n) for n in nodes))
+        out = dict(zip(nodes, found, strict=True))
         self.latest = out
         leaders = [s for s in out.values() if s is not None and s.role == "leader"]
         self.leader_samples.extend(leaders)
@@ -191,11 +191,8 @@ class StatusMonitor:
         return out
 
     async def _poll_node(self, node: str) -> Sample | None:
-        if not self.cluster.alive(node) or self.cluster.procs[node].paused:
-            return None
-        try:
-            st = await self._client.status(node)
-        except KVError:
+        st = await self._poller.one(node)
+        if st is None:
             return None
         return Sample(
             time.monotonic_ns(), node, str(st.get("role")), int(st.get("term", 0)),
@@ -218,7 +215,7 @@ class StatusMonitor:
             await asyncio.sleep(0.1)
 
     def close(self) -> None:
-        self._client.close()
+        self._poller.close()
 
 
 def converged(found: dict[str, Sample | None]) -> bool:

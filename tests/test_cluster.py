@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 import zmq
 
-from harness.cluster import ClusterSpec, LocalCluster
+from harness.cluster import ClusterSpec, LocalCluster, StatusPoller
 from harness.replay import read_node, replay_cluster
 from raft.client import KVClient, KVError, Rejected, Unknown
 from raft.core.messages import Heartbeat
@@ -65,48 +65,6 @@ def _need_toxiproxy() -> None:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-class Poller:
-    """Status of every node, polled concurrently on the direct client ports."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.clients = {
-            n: KVClient({n: a}, timeout=0.25, attempt_timeout=0.25)
-            for n, a in cluster.client_addr.items()
-        }
-
-    async def one(self, node: str) -> dict[str, Any] | None:
-        if not self.cluster.alive(node):
-            return None
-        try:
-            return await self.clients[node].status(node)
-        except KVError:
-            return None
-
-    async def poll(self) -> dict[str, dict[str, Any] | None]:
-        nodes = list(self.clients)
-        found = await asyncio.gather(*(self.one(n) for n in nodes))
-        return dict(zip(nodes, found, strict=True))
-
-    async def until(
-        self, ok: Callable[[dict[str, dict[str, Any] | None]], T | None], timeout: float
-    ) -> tuple[T, float]:
-        """Poll until ``ok(statuses)`` returns something; that and when (monotonic s)."""
-        deadline = time.monotonic() + timeout
-        last: dict[str, dict[str, Any] | None] = {}
-        while time.monotonic() < deadline:
-            last = await self.poll()
-            found = ok(last)
-            if found is not None:
-                return found, time.monotonic()
-            await asyncio.sleep(POLL_S)
-        pytest.fail(f"condition not reached within {timeout}s; last statuses: {last}")
-
-    def close(self) -> None:
-        for c in self.clients.values():
-            c.close()
-
-
 def stable_leader(sts: dict[str, dict[str, Any] | None]) -> tuple[str, int] | None:
     """(leader, term) once exactly one live node leads and every live node follows it."""
     live = {n: s for n, s in sts.items() if s is not None}
@@ -153,7 +111,7 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[[ClusterSpec], LocalClu
         c.stop()
 
 
-async def wait_all_ready(poller: Poller) -> int:
+async def wait_all_ready(poller: StatusPoller) -> int:
     """Poll every node (each in its own task, every ``POLL_S``) until it has answered a
     status once; the monotonic ns of the last first answer (when the last node was known
     to be serving)."""
@@ -215,7 +173,7 @@ def test_five_node_election_within_two_election_timeouts(
 
     async def scenario() -> None:
         with cluster_factory(spec) as cluster:
-            poller = Poller(cluster)
+            poller = StatusPoller(cluster)
             try:
                 ready_ns = await wait_all_ready(poller)
                 (leader, term), _ = await poller.until(stable_leader, SETTLE_S)
@@ -259,7 +217,7 @@ def test_reelection_after_leader_sigkill(
 
     async def scenario() -> tuple[str, int, str, int, float, float]:
         with cluster_factory(spec) as cluster:
-            poller = Poller(cluster)
+            poller = StatusPoller(cluster)
             try:
                 (old, old_term), _ = await poller.until(stable_leader, SETTLE_S)
                 await asyncio.sleep(3 * et)  # steady: heartbeats flowing, leases settled
@@ -304,7 +262,7 @@ def test_thousand_commands_identical_logs_on_disk(
 
     async def scenario() -> tuple[list[tuple[str, int]], int]:
         with cluster:
-            poller = Poller(cluster)
+            poller = StatusPoller(cluster)
             try:
                 await poller.until(stable_leader, SETTLE_S)
                 acked = await put_many(cluster.client_addresses(), writers=10, per_writer=100)
@@ -365,7 +323,7 @@ def test_sigkill_all_five_and_restart_loses_nothing_committed(
 
     async def scenario() -> int:
         with cluster:
-            poller = Poller(cluster)
+            poller = StatusPoller(cluster)
             try:
                 await poller.until(stable_leader, SETTLE_S)
                 stop = asyncio.Event()
@@ -414,7 +372,7 @@ def test_malformed_frames_leave_nodes_serving(
 
     async def scenario() -> None:
         with cluster_factory(spec) as cluster:
-            poller = Poller(cluster)
+            poller = StatusPoller(cluster)
             try:
                 (leader, term), _ = await poller.until(stable_leader, SETTLE_S)
                 ctx = zmq.Context()
@@ -484,7 +442,7 @@ def test_minority_client_cannot_commit_until_healed(
 
     async def scenario() -> None:
         with cluster_factory(spec) as cluster:
-            poller = Poller(cluster)
+            poller = StatusPoller(cluster)
             try:
                 (leader, term), _ = await poller.until(stable_leader, SETTLE_S)
                 others = [n for n in spec.nodes if n != leader]
