@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.sim.sweep import sweep  # noqa: E402
-from harness.sim.world import FAULTS, SimConfig  # noqa: E402
+from harness.sim.sweep import sweep
+from harness.sim.world import FAULTS, SimConfig
 
 
 def main() -> int:

@@ -197,6 +197,11 @@ def test_longer_log_with_stale_terms_is_not_elected(leader_down: bool) -> None:
     if leader_down:
         lab.crash(leader)
         expected = others(lab, leader, c)[0]
+        # Make the contest certain rather than a matter of which timer fires first: C times
+        # out at its next tick, so the election restriction is what must stop it.
+        core_c = lab.node(c).core
+        assert core_c is not None
+        core_c.election_elapsed = core_c.randomized_timeout - 1
     else:
         expected = leader
     rejoined = len(lines)

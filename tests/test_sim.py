@@ -93,10 +93,10 @@ def test_same_seed_same_trace_and_different_seed_different_trace() -> None:
 def test_trace_does_not_depend_on_python_hash_seed() -> None:
     """Set iteration order varies with PYTHONHASHSEED; the trace must not."""
     code = (
-        "from harness.sim.world import SimConfig, World\n"
-        "w = World(SimConfig(seed=7, faults=frozenset("
-        "{'partition','crash','drop','delay','duplicate'})), digest=True)\n"
-        "w.run(); print(w.trace_digest())"
+        "from harness.sim.world import FAULTS, SimConfig, World\n"
+        "w = World(SimConfig(seed=7, faults=frozenset(FAULTS), snapshot_entries=25,"
+        " spare_nodes=2), digest=True)\n"
+        "w.run(); print(w.trace_digest(), w.stats['messages'])"
     )
     digests = set()
     for hash_seed in ("1", "2", "3"):
@@ -105,7 +105,7 @@ def test_trace_does_not_depend_on_python_hash_seed() -> None:
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )
         digests.add(out.stdout.strip())
-    assert digests == {_digest(7)}
+    assert len(digests) == 1, digests
 
 
 # ---- the harness has teeth: planted bugs are found ---------------------------------------------

@@ -43,6 +43,7 @@ class Progress:
         "paused",
         "pending_snapshot",
         "recent_active",
+        "recent_append",
         "snapshot_offset",
         "state",
     )
@@ -57,6 +58,8 @@ class Progress:
         self.pending_snapshot = 0
         self.snapshot_offset = 0
         self.recent_active = False
+        #: an AppendEntries went out since the last heartbeat tick (the heartbeat is redundant)
+        self.recent_append = False
 
     def __repr__(self) -> str:
         return (

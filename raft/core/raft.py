@@ -330,7 +330,7 @@ class RaftCore:
         log = self.log
         return bool(
             self._hs_dirty()
-            or log.unstable_from <= log.last_index()
+            or log.unstable_from <= log.snap_index + len(log.entries)
             or log.committed > log.applied
             or self._pending_snapshot is not None
             or self._pending_compacted is not None
@@ -726,9 +726,10 @@ class RaftCore:
             self._held.append(m)
 
     def _has_unpersisted(self) -> bool:
+        log = self.log
         return (
             self._hs_dirty()
-            or self.log.unstable_from <= self.log.last_index()
+            or log.unstable_from <= log.snap_index + len(log.entries)
             or self._pending_snapshot is not None
         )
 
@@ -750,6 +751,7 @@ class RaftCore:
             AppendEntries(self.id, to, self.term, prev, prev_term, tuple(entries), log.committed)
         )
         pr.sent(entries[-1].index if entries else prev)
+        pr.recent_append = True
         return True
 
     def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
@@ -776,10 +778,19 @@ class RaftCore:
                 self.send_append(n, send_if_empty)
 
     def bcast_heartbeat(self, context: int) -> None:
+        """Heartbeats (Raft §5.2), except to a replicating follower that got an AppendEntries
+        since the last one: that already reset its election timer and carried the commit index,
+        and its response counts for check-quorum. A probing follower always gets one (it is
+        how a lost probe is retried), and a ReadIndex round (``context``) asks everyone."""
         for n, pr in self.prs.items():
-            if n != self.id:
-                commit = min(pr.match, self.log.committed)
-                self.send(Heartbeat(self.id, n, self.term, commit, context))
+            if n == self.id:
+                continue
+            if pr.recent_append and not context and pr.state is ProgressState.REPLICATE:
+                pr.recent_append = False
+                continue
+            pr.recent_append = False
+            commit = min(pr.match, self.log.committed)
+            self.send(Heartbeat(self.id, n, self.term, commit, context))
 
     def handle_append_response(self, m: AppendEntriesResponse, pr: Progress) -> None:
         if not m.success:
