@@ -87,7 +87,8 @@ class LocalCluster:
         run_start_ns: int | None = None,
     ) -> None:
         self.spec = spec
-        self.workdir = workdir
+        # absolute: the node resolves relative paths in cluster.toml against the file's folder
+        self.workdir = workdir.resolve()
         self.config_path = workdir / "cluster.toml"
         self.run_start_ns = run_start_ns if run_start_ns is not None else time.monotonic_ns()
         self._on_fault = on_fault

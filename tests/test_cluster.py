@@ -475,3 +475,20 @@ def test_minority_client_cannot_commit_until_healed(
                 poller.close()
 
     run(scenario)
+
+
+@pytest.mark.integration
+def test_relative_workdir_keeps_node_data_where_replay_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`orbital chaos run` stores under a relative `store/` by default. The node process
+    resolves relative paths in cluster.toml against the file's own folder, so the cluster must
+    write absolute ones or the data lands in a nested copy of the path, out of replay's sight."""
+    monkeypatch.chdir(tmp_path)
+    spec = ClusterSpec(nodes=("n1",), toxiproxy=False)
+    with LocalCluster(spec, Path("run")) as cluster:
+        run(lambda: cluster.wait_for_leader(10.0))
+        assert cluster.data_dir("n1") == tmp_path / "run" / "nodes" / "n1" / "data"
+    stored = read_node("n1", tmp_path / "run" / "nodes" / "n1" / "data")
+    assert stored.log, "no log where replay looks"
+    assert not (tmp_path / "run" / "run").exists()
