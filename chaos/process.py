@@ -77,6 +77,7 @@ class ManagedProcess:
         self._on_event = on_event
         self._popen: subprocess.Popen[bytes] | None = None
         self._paused = False
+        self._ended_by_us = False  # we sent the current incarnation SIGKILL or SIGTERM
         self._stopping: list[psutil.Process] = []  # the tree we sent SIGTERM to
 
     @property
@@ -108,6 +109,39 @@ class ManagedProcess:
         except psutil.NoSuchProcess:
             return "exited"
 
+    def describe(self) -> str:
+        """A short account of the process for a report: its state, CPU seconds used, or how
+        it exited (the exit code, or the signal that killed it)."""
+        code = self.returncode if self._popen is not None else None
+        if self._popen is None:
+            return "not started"
+        if code is not None:
+            return f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+        assert self.pid is not None
+        try:
+            proc = psutil.Process(self.pid)
+            cpu = proc.cpu_times()
+            return f"{proc.status()}, {cpu.user + cpu.system:.1f} CPU s used"
+        except psutil.NoSuchProcess:
+            return "exited"
+
+    @property
+    def exited_on_its_own(self) -> bool:
+        """Whether the current incarnation ended without a kill or stop from us: a crash, or
+        a start that failed (a port taken, a bad config)."""
+        return self._popen is not None and not self.alive() and not self._ended_by_us
+
+    def dump_stacks(self) -> bool:
+        """Ask the process (SIGUSR1; ``orbital node`` registers :mod:`faulthandler` for it) to
+        print every thread's stack to its log. False if it is not running or is paused."""
+        if not self.alive() or self._paused:
+            return False
+        assert self.pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGUSR1)
+            return True
+        return False
+
     def start(self) -> int:
         """Start the command; its output is appended to `log_path`. Returns the PID."""
         if self.alive():
@@ -124,6 +158,7 @@ class ManagedProcess:
                 f"# orbital: start {self.name} at monotonic_ns={time.monotonic_ns()}\n".encode()
             )
             log.flush()
+            self._ended_by_us = False
             self._popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, cwd=self.cwd, start_new_session=True,
@@ -134,6 +169,7 @@ class ManagedProcess:
         """SIGKILL the process and its descendants (a crash); it is reaped before returning."""
         self._require_alive("kill")
         self._emit("kill")
+        self._ended_by_us = True
         self._signal_tree(signal.SIGKILL)
         self.wait_exit(10.0)
         self._paused = False
@@ -159,6 +195,7 @@ class ManagedProcess:
         """
         old, was_running = self.pid, self.alive()
         if was_running:
+            self._ended_by_us = True
             self._signal_tree(signal.SIGKILL)
             self.wait_exit(10.0)
         if env:
@@ -188,6 +225,7 @@ class ManagedProcess:
 
     def _terminate(self) -> None:
         self._emit("stop")
+        self._ended_by_us = True
         self._signal_tree(signal.SIGCONT)
         self._stopping = self._signal_tree(signal.SIGTERM)
 
@@ -274,6 +312,9 @@ class ProcessManager:
 
     def __getitem__(self, name: str) -> ManagedProcess:
         return self._procs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._procs
 
     def processes(self) -> list[ManagedProcess]:
         """All processes, started or exited, in start order."""

@@ -57,6 +57,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import re
 import shutil
 import socket
@@ -97,9 +98,43 @@ class ToxiproxyNotFound(ToxiproxyError):
     """No toxiproxy-server binary was found; the message says how to install one."""
 
 
+#: ports handed out by :func:`free_port` in this process (not handed out twice)
+_handed_out: set[int] = set()
+_port_rng = random.Random()  # seeded from the OS: ports are not part of a run's seed
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for ephemeral ports (outgoing connections and binds to port 0)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (another process may take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port free on 127.0.0.1 right now, for a listener started later.
+
+    Chosen outside the kernel's ephemeral range: a port from that range (what a bind to port
+    0 gives) can be taken, before our process binds it, by any outgoing connection or by a
+    Toxiproxy proxy listening on port 0, and a node then dies with "Address already in use".
+    Outside that range only a listener asking for that very port can take it.
+    """
+    low, high = ephemeral_port_range()
+    spans = [(s, e) for s, e in ((10000, low - 1), (high + 1, 65535)) if e - s >= 1000]
+    for _ in range(200 if spans else 0):
+        start, end = _port_rng.choice(spans)
+        port = _port_rng.randint(start, end)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no such span: any port
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
 

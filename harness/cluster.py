@@ -229,6 +229,20 @@ class LocalCluster:
         except KeyError:
             return False
 
+    def check_no_crash(self) -> None:
+        """Raise :class:`ClusterError` if a node's process ended without a kill or stop from
+        us (a start that failed, or a crash), with the end of its log."""
+        for proc in self.procs.processes():
+            if proc.exited_on_its_own:
+                try:
+                    tail = proc.log_path.read_text(errors="replace").splitlines()[-10:]
+                except OSError:
+                    tail = []
+                lines = "".join(f"\n    {line}" for line in tail)
+                raise ClusterError(
+                    f"{proc.name} {proc.describe()} on its own; the end of {proc.log_path}:{lines}"
+                )
+
     def _process_event(self, event: ProcessEvent) -> None:
         kinds = {"kill": "kill", "pause": "pause", "resume": "pause", "restart": "kill"}
         kind = kinds.get(event.action)
@@ -296,6 +310,7 @@ class LocalCluster:
         t0 = time.monotonic()
         skip = set(exclude)
         while True:
+            self.check_no_crash()
             found = await self.leader()
             if found is not None and found[0] not in skip and found[1] >= min_term:
                 return found[0], found[1], time.monotonic() - t0

@@ -38,7 +38,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,6 +235,8 @@ class Observed:
     leader_samples: list[Sample] = field(default_factory=list)
     converged: bool | None = None
     final_status: dict[str, Sample | None] = field(default_factory=dict)
+    #: for each node that did not answer the final status poll: its process's state
+    silent: dict[str, str] = field(default_factory=dict)
     final_reads_ok: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     setup_leader: tuple[str, int] | None = None
@@ -261,6 +263,7 @@ def execute(ctx: RunContext, *, progress: bool) -> int:
         cluster.stop()
         history.close()
         faults.close()
+    _log_tails(ctx, observed.silent)
     return judge(ctx, cluster, observed)
 
 
@@ -304,11 +307,43 @@ async def drive(
             observed.final_reads_ok = await workers.final_reads(sc.workload.keys, source)
         ok, final = await monitor.wait_converged(sc.final.converge_timeout)
         observed.converged, observed.final_status = ok, final
+        if not ok:
+            observed.silent = await _diagnose_silent(cluster, final)
     finally:
         observed.applied = list(nemesis.applied.values())
         observed.leader_samples = monitor.leader_samples
         observed.stats = _stats_json(workers)
         monitor.close()
+
+
+async def _diagnose_silent(
+    cluster: LocalCluster, final: dict[str, Sample | None]
+) -> dict[str, str]:
+    """For each node that gave no final status: how its process is (running, CPU used, exit
+    code), and a dump of its threads' stacks into its node.log, shown after the run."""
+    out = {}
+    for node, sample in final.items():
+        if sample is None and node in cluster.procs:
+            proc = cluster.procs[node]
+            out[node] = proc.describe()
+            if proc.dump_stacks():
+                out[node] += "; stacks dumped to its node.log"
+    if out:
+        await asyncio.sleep(0.5)  # the dump is written by the node's signal handler
+    return out
+
+
+def _log_tails(ctx: RunContext, nodes: Iterable[str], lines: int = 40) -> None:
+    """The last lines of these nodes' logs, on stderr: why a node went silent."""
+    for node in nodes:
+        path = ctx.run_dir / "nodes" / node / "node.log"
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            say(f"{node}: cannot read {path}: {exc}")
+            continue
+        say(f"{node} did not answer; the end of {path}:")
+        print("\n".join(f"    {line}" for line in tail), file=sys.stderr, flush=True)
 
 
 async def _main_phase(
@@ -609,22 +644,27 @@ def check_expectations(
         checks += majority_checks(ctx, observed, history)
     if exp.converge_after_heal:
         final = {n: _sample_json(s) for n, s in observed.final_status.items()}
-        text = _convergence_text(observed.final_status)
+        text = _convergence_text(observed.final_status, observed.silent)
         ok: bool | None = observed.converged is True
         if observed.converged is None:  # the run ended before the final phase
             ok = None
-        checks.append(check("converge_after_heal", ok, True, text, final_status=final))
+        checks.append(
+            check("converge_after_heal", ok, True, text, final_status=final, silent=observed.silent)
+        )
     return checks
 
 
-def _convergence_text(final: dict[str, Sample | None]) -> str:
+def _convergence_text(final: dict[str, Sample | None], silent: dict[str, str]) -> str:
     marks = {
         n: None if s is None else f"commit {s.commit} applied {s.applied} last {s.last_index}"
         for n, s in final.items()
     }
     if len(set(marks.values())) == 1 and None not in marks.values():
         return f"{next(iter(marks.values()))} on all {len(marks)} nodes"
-    return "; ".join(f"{n}: {m or 'no answer'}" for n, m in marks.items())
+    return "; ".join(
+        f"{n}: {m or 'no answer' + (f' ({silent[n]})' if n in silent else '')}"
+        for n, m in marks.items()
+    )
 
 
 def _window(ctx: RunContext, f: AppliedFault, end: int) -> tuple[int, int]:

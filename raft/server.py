@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -455,6 +456,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    # ``kill -USR1 PID`` prints every thread's stack to the node's output (its node.log): how
+    # the chaos runner shows where a node that stopped answering is stuck
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # no file descriptor
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cfg, base = load_config(args.config)
     except ConfigError as exc:

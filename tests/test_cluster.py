@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 import zmq
 
-from harness.cluster import ClusterSpec, LocalCluster, StatusPoller
+from harness.cluster import ClusterError, ClusterSpec, LocalCluster, StatusPoller
 from harness.replay import read_node, replay_cluster
 from raft.client import KVClient, KVError, Rejected, Unknown
 from raft.core.messages import Heartbeat
@@ -492,3 +492,32 @@ def test_relative_workdir_keeps_node_data_where_replay_looks(
     stored = read_node("n1", tmp_path / "run" / "nodes" / "n1" / "data")
     assert stored.log, "no log where replay looks"
     assert not (tmp_path / "run" / "run").exists()
+
+
+def test_a_node_that_cannot_start_is_reported_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose port is taken exits at once; waiting for a leader says so (which node,
+    why, from its log) instead of timing out or running the scenario one node short."""
+    import socket
+
+    import harness.cluster as cluster_module
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    ports = iter([taken])
+    real = cluster_module.free_port
+    monkeypatch.setattr(cluster_module, "free_port", lambda: next(ports, None) or real())
+    spec = ClusterSpec(nodes=("n1", "n2", "n3"), toxiproxy=False)
+    try:
+        with LocalCluster(spec, tmp_path / "c") as cluster:
+            assert cluster.raft_addr["n1"].endswith(f":{taken}")
+            t0 = time.monotonic()
+            with pytest.raises(ClusterError, match=r"n1 exited with code \d+ on its own") as err:
+                run(lambda: cluster.wait_for_leader(60.0))
+            assert "Address already in use" in str(err.value)
+            assert time.monotonic() - t0 < 30.0, "reported when the node exited, not at timeout"
+    finally:
+        squatter.close()

@@ -225,3 +225,37 @@ def test_a_signalled_harness_leaves_no_orphan(tmp_path: Path, sig: signal.Signal
         driver.wait()
         if driver.stdout is not None:
             driver.stdout.close()
+
+
+DUMPABLE = (
+    "import faulthandler, signal, time\n"
+    "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+    "def stuck_here():\n"
+    "    print('up', flush=True)\n"
+    "    while True: time.sleep(0.05)\n"
+    "stuck_here()\n"
+)
+
+
+def test_describe_and_dump_stacks_explain_a_silent_process(
+    manager: ProcessManager, tmp_path: Path
+) -> None:
+    """What the chaos runner reports for a node that stopped answering: its state and CPU, a
+    stack dump in its log (only when it is running), and how it ended."""
+    log = tmp_path / "n1.log"
+    proc = manager.start("n1", py(DUMPABLE), log)
+    wait_until(lambda: logged(log, "up") is not None, "the child to start")
+    assert "CPU s used" in proc.describe()
+    proc.pause()
+    assert not proc.dump_stacks(), "a paused process cannot write its stacks"
+    proc.resume()
+    assert proc.dump_stacks()
+    wait_until(lambda: "stuck_here" in log.read_text(), "the stack dump in the log")
+    proc.kill()
+    assert proc.describe() == f"killed by signal {int(signal.SIGKILL)}"
+    assert not proc.exited_on_its_own, "we killed it"
+    assert not proc.dump_stacks()
+    done = manager.start("n2", py("raise SystemExit(3)"), tmp_path / "n2.log")
+    done.wait_exit(DEADLINE_S)
+    assert done.describe() == "exited with code 3"
+    assert done.exited_on_its_own

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from chaos.toxiproxy import free_port
 from harness.cli import main as orbital
 from raft.client import CasMismatch, KVClient, KVError
 from raft.node import ProposalLost
@@ -28,14 +28,8 @@ pytestmark = pytest.mark.integration
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Ports outside the ephemeral range (see ``chaos.toxiproxy.free_port``)."""
+    return [free_port() for _ in range(n)]
 
 
 class Processes:
