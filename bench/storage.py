@@ -3,7 +3,8 @@
 Prints one JSON object. Only the storage call (or the raw write + sync) is timed: the entries
 of the next batch are built before its clock starts. Cases, all on the same disk in the same
 run, interleaved in short slices (so that all see the same disk conditions on a shared
-machine):
+machine), in a new random order each round (so that no case always follows the one whose
+writes the disk may still be flushing):
 
 * ``raw_fsync_100B``: ``os.write`` of 100 bytes + ``os.fsync``, appending to a file;
 * ``raw_fsync_<n>B``: the same with ``n`` = the bytes one ``append_log`` of the batch writes
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -155,9 +157,10 @@ def measure(work: Path, seconds: float, rounds: int) -> tuple[list[Case], dict[i
         name = "per_entry" if batch == 1 else f"group_commit_{batch}"
         stores[batch] = Case(name, Appender(work, batch), n)
         cases.append(stores[batch])
+    order = random.Random(0)  # the order of the cases changes from round to round
     try:
         for _ in range(rounds):
-            for case in cases:
+            for case in order.sample(cases, len(cases)):
                 case.run_slice(seconds / rounds)
     finally:
         for case in cases:

@@ -70,7 +70,8 @@ def test_no_segment_is_an_error(tmp_path: Path) -> None:
 def _store_with_five_entries(path: Path) -> list[LogEntry]:
     log = [LogEntry(i, 1, f"cmd-{i}".encode()) for i in range(1, 6)]
     with FileStorage(path) as store:
-        store.append_log(log)
+        for entry in log:  # one record each (one append of several is one BATCH record)
+            store.append_log([entry])
     return log
 
 

@@ -193,7 +193,10 @@ def test_wait_exit_returns_the_status(tmp_path: Path) -> None:
 
 
 DRIVER = (
-    "import sys, time\n"
+    "import signal, sys, time\n"
+    # a shell's background job starts with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: restore it so the test does not depend on how pytest runs
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     "from pathlib import Path\n"
     "from chaos.process import ProcessManager, install_signal_cleanup\n"
     "install_signal_cleanup()\n"

@@ -27,8 +27,8 @@ def make_node(
 ) -> Path:
     with FileStorage(directory, segment_size=4096) as s:
         s.save_state(HardState(max((e.term for e in log), default=0) if term is None else term))
-        if log:
-            s.append_log(log)
+        for entry in log:  # one record per entry, as a node appending one command at a time
+            s.append_log([entry])
         if snapshot is not None:
             s.save_snapshot(Snapshot(SnapshotMeta(*snapshot, CONF), b"image"))
     return directory

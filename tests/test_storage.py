@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,7 +264,7 @@ def _segments(directory: Path) -> list[Path]:
 
 
 def test_segments_roll_and_compaction_removes_old_ones(tmp_path: Path) -> None:
-    with FileStorage(tmp_path, segment_size=300) as s:
+    with FileStorage(tmp_path, segment_size=100) as s:
         for i in range(1, 61, 3):
             s.append_log(entries(i, i + 2))
         before = _segments(tmp_path)
@@ -484,15 +485,51 @@ def test_partial_record_followed_by_zeros_is_torn(tmp_path: Path) -> None:
         assert s.load_log() == entries(1, 2)
 
 
-def test_batch_encoding_is_one_record_per_entry() -> None:
+def _scan(data: bytes) -> list[wal.Record]:
+    records, torn = wal.scan_segment(Path("seg"), wal.SEGMENT_MAGIC + data, last=True)
+    assert torn is None
+    return records
+
+
+def test_an_append_of_several_entries_is_one_batch_record(monkeypatch: pytest.MonkeyPatch) -> None:
     kinds = list(EntryKind)
     run = [
         LogEntry(i, 7 + i // 3, bytes([i]) * (i * 13 % 40), kinds[i % len(kinds)])
         for i in range(5, 30)
     ]
     data, terms = wal.encode_entries(run)
-    assert data == b"".join(wal.encode_entry(e) for e in run)
     assert terms == [e.term for e in run]
+    (record,) = _scan(data)
+    assert (record.rtype, record.index, record.batch) == (wal.RT_BATCH, 5, run)
+    # one entry is a plain ENTRY record
+    assert wal.encode_entries(run[:1]) == (wal.encode_entry(run[0]), [run[0].term])
     assert wal.encode_entries([]) == (b"", [])
     with pytest.raises(ValueError, match="not contiguous: 6 then 8"):
         wal.encode_entries([*run[:2], *run[3:]])
+    # commands over the batch limit are split into several records, in order
+    monkeypatch.setattr(wal, "BATCH_LIMIT", 100)
+    data, _ = wal.encode_entries(run)
+    records = _scan(data)
+    assert len(records) > 3
+    assert [e for r in records for e in (r.batch or [wal_entry(r)])] == run
+
+
+def wal_entry(record: wal.Record) -> LogEntry:
+    return LogEntry(record.index, record.term, record.command, EntryKind(record.kind))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x01",  # no room for the count
+        (2).to_bytes(4, "little") + b"\x00" * 10,  # count says 2, too short for their fields
+        (2).to_bytes(4, "little") + struct.pack("<2Q2B2I", 1, 1, 0, 0, 3, 3) + b"abc",  # 6 != 3
+        (2).to_bytes(4, "little") + struct.pack("<2Q2B2I", 1, 1, 0, 9, 1, 1) + b"ab",  # kind 9
+    ],
+)
+def test_a_checksummed_but_malformed_batch_is_corruption(tmp_path: Path, payload: bytes) -> None:
+    record = wal._record(wal.RT_BATCH, 1, 1, 0, payload)
+    good = wal.encode_entry(LogEntry(3, 1, b"x"))
+    with pytest.raises(StorageCorrupted, match="batch record") as exc:
+        wal.scan_segment(tmp_path / "seg", wal.SEGMENT_MAGIC + record + good, last=True)
+    assert exc.value.offset == len(wal.SEGMENT_MAGIC)
