@@ -48,6 +48,11 @@ FAULTS = ("partition", "crash", "drop", "delay", "duplicate", "churn", "membersh
 # event kinds
 _TICK, _DELIVER, _PERSISTED, _CLIENT, _NEMESIS, _CALL = range(6)
 
+# aliases: an enum member looked up through its class costs ~0.1 µs in CPython 3.11
+_LEADER = Role.LEADER
+_FOLLOWER = Role.FOLLOWER
+_NORMAL = EntryKind.NORMAL
+
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
@@ -314,7 +319,7 @@ class World:
         core.tick()
         # A follower's tick changes nothing unless it started an election (then it has
         # messages or a new term to persist); everything else was pumped after its step.
-        if core.role is Role.FOLLOWER and not core.msgs and not core._hs_dirty():
+        if core.role is _FOLLOWER and not core.msgs and not core._hs_dirty():
             return
         self._after_step(node)
 
@@ -331,7 +336,7 @@ class World:
     def _after_step(self, node: SimNode) -> None:
         core = node.core
         assert core is not None
-        if core.role is Role.LEADER:
+        if core.role is _LEADER:
             self._check_leader(node)
         committed = core.log.committed
         if committed != node.last_commit:
@@ -345,7 +350,7 @@ class World:
             self.inv.commit_regressed(node.name, node.last_commit, committed)
             return
         log = core.log
-        if core.role is Role.LEADER and log.term(committed) != core.term:
+        if core.role is _LEADER and log.term(committed) != core.term:
             self.inv.fail(
                 "leader_commit_term",
                 f"leader {node.name} (term {core.term}) committed up to {committed}, "
@@ -429,7 +434,7 @@ class World:
             node.sm_hash = self._sm_from_snapshot(rd.snapshot)
         inv = self.inv
         for e in rd.committed_entries:
-            if e.kind is EntryKind.NORMAL:
+            if e.kind is _NORMAL:
                 # crc32, not hash(): bytes hash differently in every process, and this value
                 # ends up in snapshot data whose size decides how many chunks are sent
                 node.sm_hash = zlib.crc32(e.command, node.sm_hash)
@@ -446,7 +451,7 @@ class World:
             # padded to a seeded size so that snapshots travel in several chunks
             pad = b"." * ((self.cfg.seed * 7919 + applied * 104_729) % 400)
             core.compact(applied, f"{applied}:{node.sm_hash}:".encode() + pad)
-        if core.role is Role.LEADER:
+        if core.role is _LEADER:
             self._check_leader(node)
 
     def _check_leader(self, node: SimNode) -> None:
@@ -524,7 +529,7 @@ class World:
         self._push(self.now + self._exp(self.rng_cli, cfg.client_interval_us), _CLIENT, 0, 0)
         guess = self._client_guess
         node = self.by_name.get(guess) if guess else None
-        if node is None or node.core is None or node.core.role is not Role.LEADER:
+        if node is None or node.core is None or node.core.role is not _LEADER:
             hint = node.core.lead if node is not None and node.core is not None else None
             self._client_guess = hint or self.rng_cli.choice(self.nodes).name
             return
@@ -564,7 +569,7 @@ class World:
 
     def _leader(self) -> SimNode | None:
         """The leader of the highest term among live nodes, if any."""
-        leaders = [n for n in self.nodes if n.core is not None and n.core.role is Role.LEADER]
+        leaders = [n for n in self.nodes if n.core is not None and n.core.role is _LEADER]
         return max(leaders, key=lambda n: n.core.term if n.core else -1, default=None)
 
     def _fault_partition(self, rng: random.Random, duration: int) -> None:

@@ -1,9 +1,9 @@
 """The messages Raft nodes exchange (Raft §5, Figure 2; dissertation §3.10, §4.2.3, §6.4, §9.6).
 
-One frozen, slotted dataclass per message kind. Every message carries ``src``, ``dst`` and the
-sender's ``term``. Heartbeats are their own kind (as in etcd) rather than empty AppendEntries:
-they carry ``commit = min(match, committed)`` so a follower never learns a commit index beyond
-what it is known to hold, and the ReadIndex context.
+One frozen, slotted dataclass per message kind (built by :func:`~raft.core.types.fast_init`).
+Every message carries ``src``, ``dst`` and the sender's ``term``. Heartbeats are their own kind
+(as in etcd) rather than empty AppendEntries: they carry ``commit = min(match, committed)`` so a
+follower never learns a commit index beyond what it is known to hold, and the ReadIndex context.
 
 Wire encoding is the transport's business (``raft.transport``); the core only sees these.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raft.core.types import LogEntry, NodeId, SnapshotMeta
+from raft.core.types import LogEntry, NodeId, SnapshotMeta, fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RequestVote:
     """A candidate asks for a vote; ``pre_vote`` asks whether one *would* be granted (§9.6)."""
@@ -28,6 +29,7 @@ class RequestVote:
     transfer: bool = False  #: campaign started by TimeoutNow: overrides the leader lease
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RequestVoteResponse:
     src: NodeId
@@ -37,6 +39,7 @@ class RequestVoteResponse:
     pre_vote: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
     src: NodeId
@@ -48,6 +51,7 @@ class AppendEntries:
     commit: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AppendEntriesResponse:
     """Success carries the index the follower now matches; a rejection carries a hint.
@@ -68,6 +72,7 @@ class AppendEntriesResponse:
     hint_term: int = 0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     src: NodeId
@@ -77,6 +82,7 @@ class Heartbeat:
     context: int = 0  #: ReadIndex round being confirmed (0: none)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class HeartbeatResponse:
     src: NodeId
@@ -85,6 +91,7 @@ class HeartbeatResponse:
     context: int = 0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class InstallSnapshot:
     """One chunk of a snapshot (Raft §7): ``offset`` into its data, ``done`` on the last."""
@@ -98,6 +105,7 @@ class InstallSnapshot:
     done: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class InstallSnapshotResponse:
     """``next_offset`` is the byte the receiver expects next; after ``done``, ``match_index``."""
@@ -110,6 +118,7 @@ class InstallSnapshotResponse:
     match_index: int = 0
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TimeoutNow:
     """Leadership transfer: the receiver campaigns at once (dissertation §3.10)."""

@@ -34,6 +34,12 @@ class ProgressState(enum.Enum):
     SNAPSHOT = "snapshot"
 
 
+# aliases: an enum member looked up through its class costs ~0.1 µs in CPython 3.11
+_PROBE = ProgressState.PROBE
+_REPLICATE = ProgressState.REPLICATE
+_SNAPSHOT = ProgressState.SNAPSHOT
+
+
 class Progress:
     __slots__ = (
         "inflight",
@@ -51,7 +57,7 @@ class Progress:
     def __init__(self, next_index: int, max_inflight: int) -> None:
         self.match = 0
         self.next = next_index
-        self.state = ProgressState.PROBE
+        self.state = _PROBE
         self.paused = False
         self.inflight: deque[int] = deque()  #: last index of each unacknowledged message
         self.max_inflight = max_inflight
@@ -68,41 +74,41 @@ class Progress:
         )
 
     def become_probe(self) -> None:
-        if self.state is ProgressState.SNAPSHOT:
+        if self.state is _SNAPSHOT:
             self.next = max(self.match + 1, self.pending_snapshot + 1)
         else:
             self.next = self.match + 1
-        self.state = ProgressState.PROBE
+        self.state = _PROBE
         self.paused = False
         self.inflight.clear()
         self.pending_snapshot = 0
 
     def become_replicate(self) -> None:
-        self.state = ProgressState.REPLICATE
+        self.state = _REPLICATE
         self.next = self.match + 1
         self.paused = False
         self.inflight.clear()
 
     def become_snapshot(self, index: int) -> None:
-        self.state = ProgressState.SNAPSHOT
+        self.state = _SNAPSHOT
         self.pending_snapshot = index
         self.snapshot_offset = 0
         self.inflight.clear()
 
     def is_paused(self) -> bool:
-        if self.state is ProgressState.PROBE:
+        if self.state is _PROBE:
             return self.paused
-        if self.state is ProgressState.REPLICATE:
+        if self.state is _REPLICATE:
             return len(self.inflight) >= self.max_inflight
         return True
 
     def sent(self, last_index: int) -> None:
         """An AppendEntries ending at ``last_index`` (or a probe) went out."""
-        if self.state is ProgressState.REPLICATE:
+        if self.state is _REPLICATE:
             if last_index >= self.next:
                 self.next = last_index + 1
                 self.inflight.append(last_index)
-        elif self.state is ProgressState.PROBE:
+        elif self.state is _PROBE:
             self.paused = True
 
     def maybe_update(self, index: int) -> bool:
@@ -118,7 +124,7 @@ class Progress:
 
     def maybe_decr_to(self, rejected: int, hint_next: int) -> bool:
         """A rejection of the probe at ``rejected``; returns False if it is stale."""
-        if self.state is ProgressState.REPLICATE:
+        if self.state is _REPLICATE:
             if rejected <= self.match:
                 return False
             self.become_probe()

@@ -6,12 +6,51 @@ a driver can never be changed behind the core's back.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import NewType, TypeVar
 
 NodeId = NewType("NodeId", str)
+
+_T = TypeVar("_T")
+
+
+def fast_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen, slotted dataclass a faster ``__init__`` (same signature and defaults).
+
+    The generated one sets each field with ``object.__setattr__`` (to get past the frozen
+    ``__setattr__``), which makes creating a frozen instance ~4x slower than a plain one; this
+    one calls each slot's descriptor directly. Instances stay frozen, compare, hash and print
+    exactly as before. Only for classes whose fields are all plain ``__init__`` parameters.
+    """
+    params: list[str] = []
+    setters: dict[str, object] = {}
+    for k, f in enumerate(dataclasses.fields(cls)):  # type: ignore[arg-type]
+        if not f.init or f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"fast_init: {cls.__name__}.{f.name} is not a plain field")
+        setters[f"_s{k}"] = getattr(cls, f.name).__set__
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            setters[f"_d{k}"] = f.default
+            params.append(f"{f.name}=_d{k}")
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    body = "".join(f"        _s{k}(self, {n})\n" for k, n in enumerate(names)) or "        pass\n"
+    src = (
+        f"def _make({', '.join(setters)}):\n"
+        f"    def __init__(self, {', '.join(params)}):\n{body}"
+        "    return __init__\n"
+    )
+    namespace: dict[str, object] = {}
+    exec(src, namespace)  # the source is built above from the dataclass's own field names
+    init = namespace["_make"](**setters)  # type: ignore[operator]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
 
 
 class EntryKind(enum.IntEnum):
@@ -22,6 +61,7 @@ class EntryKind(enum.IntEnum):
     CONFIG = 2  #: a membership change; ``command`` is an encoded :class:`ConfChange`
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     """One entry of the replicated log; indexes start at 1."""
@@ -36,6 +76,7 @@ class LogEntry:
         return len(self.command) + 24
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class HardState:
     """The state Raft §5 requires to be durable before any reply: term and vote.
