@@ -25,7 +25,13 @@ from raft.core.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from raft.core.progress import Progress, ProgressState, has_quorum, quorum_index
+from raft.core.progress import (
+    Progress,
+    ProgressState,
+    has_quorum,
+    quorum_index,
+    quorum_match,
+)
 from raft.core.raft import RaftCore, ReadState, Role
 from raft.core.types import HardState, LogEntry, NodeId
 from tests.test_core_contract import (
@@ -215,6 +221,11 @@ def test_progress_replicate_rejection_falls_back_to_probe() -> None:
 def test_quorum_index(voters: str, match: dict[str, int], expected: int) -> None:
     """Raft §5.3: the commit candidate is the highest index a majority of voters hold."""
     assert quorum_index(list(voters), match) == expected
+    prs = {}
+    for n, m in match.items():
+        prs[n] = Progress(m + 1, 8)
+        prs[n].match = m
+    assert quorum_match(list(voters), prs) == expected
 
 
 def test_has_quorum() -> None:

@@ -21,11 +21,12 @@ Theory of operation
 from __future__ import annotations
 
 import hashlib
-import heapq
 import random
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from math import log as _ln
 from typing import Any
 
 from harness.sim.invariants import Invariants, Violation
@@ -120,6 +121,8 @@ class SimNode:
     pending: dict[int, tuple[int, bytes]] = field(default_factory=dict)
     #: index -> command of every entry this node applied (only with ``record_applied``)
     applied_log: dict[int, bytes] | None = None
+    #: the last term in which this node was seen leading (``World._check_leader`` done)
+    led_term: int = -1
 
     @property
     def up(self) -> bool:
@@ -177,7 +180,7 @@ class World:
     # ---- event machinery ------------------------------------------------------------------
     def _push(self, at: int, kind: int, a: Any, b: Any) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, kind, a, b))
+        heappush(self._heap, (at, self._seq, kind, a, b))
 
     def at(self, time_us: int, fn: Callable[[], None]) -> None:
         """Schedule a call at a simulated time (tests use it to script scenarios)."""
@@ -185,7 +188,8 @@ class World:
 
     @staticmethod
     def _exp(rng: random.Random, mean: int) -> int:
-        return int(rng.expovariate(1.0 / mean)) + 1
+        # rng.expovariate(1.0 / mean) inlined (the same arithmetic, so the same values)
+        return int(-_ln(1.0 - rng.random()) / (1.0 / mean)) + 1
 
     def log(self, text: str) -> None:
         if self.trace_fn is not None:
@@ -201,7 +205,7 @@ class World:
         heap = self._heap
         inv = self.inv
         while heap and heap[0][0] <= end_us and not inv.violations:
-            t, _, kind, a, b = heapq.heappop(heap)
+            t, _, kind, a, b = heappop(heap)
             self.now = inv.now_us = t
             if kind == _DELIVER:
                 self._deliver(a)
@@ -336,7 +340,7 @@ class World:
     def _after_step(self, node: SimNode) -> None:
         core = node.core
         assert core is not None
-        if core.role is _LEADER:
+        if core.role is _LEADER and core.term != node.led_term:
             self._check_leader(node)
         committed = core.log.committed
         if committed != node.last_commit:
@@ -451,12 +455,13 @@ class World:
             # padded to a seeded size so that snapshots travel in several chunks
             pad = b"." * ((self.cfg.seed * 7919 + applied * 104_729) % 400)
             core.compact(applied, f"{applied}:{node.sm_hash}:".encode() + pad)
-        if core.role is _LEADER:
+        if core.role is _LEADER and core.term != node.led_term:
             self._check_leader(node)
 
     def _check_leader(self, node: SimNode) -> None:
         core = node.core
         assert core is not None
+        node.led_term = core.term
         key = (core.term, core.id)
         if key in self._leaders_seen:
             return
@@ -475,10 +480,13 @@ class World:
                 self._bounce(self.by_name[m.src])
         if self.drop_p and rng.random() < self.drop_p:
             return
-        delay = self.cfg.delay_min_us + self._exp(rng, self.delay_mean)
-        self._push(self.now + delay, _DELIVER, m, None)
+        # _exp and _push inlined: this runs for every message
+        at = self.now + self.cfg.delay_min_us
+        at += int(-_ln(1.0 - rng.random()) / (1.0 / self.delay_mean)) + 1
+        self._seq += 1
+        heappush(self._heap, (at, self._seq, _DELIVER, m, None))
         if self.dup_p and rng.random() < self.dup_p:
-            self._push(self.now + delay + self._exp(rng, self.delay_mean), _DELIVER, m, None)
+            self._push(at + self._exp(rng, self.delay_mean), _DELIVER, m, None)
 
     def partition(self, groups: list[set[str]]) -> None:
         """Cut every link between different groups (nodes not listed form one more group)."""

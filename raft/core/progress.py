@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+_K = TypeVar("_K", bound=str)
 
 
 class ProgressState(enum.Enum):
@@ -139,7 +142,15 @@ class Progress:
 
 def quorum_index(voters: Iterable[str], match: dict[str, int]) -> int:
     """The highest index held by a majority of ``voters`` (0 if there are none)."""
-    values = sorted((match.get(v, 0) for v in voters), reverse=True)
+    values = sorted([match.get(v, 0) for v in voters], reverse=True)
+    if not values:
+        return 0
+    return values[len(values) // 2]
+
+
+def quorum_match(voters: Iterable[_K], prs: Mapping[_K, Progress]) -> int:
+    """``quorum_index`` of the ``match`` of each voter's progress (0 for one without)."""
+    values = sorted([prs[v].match if v in prs else 0 for v in voters], reverse=True)
     if not values:
         return 0
     return values[len(values) // 2]

@@ -52,7 +52,7 @@ from raft.core.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from raft.core.progress import Progress, ProgressState, has_quorum, quorum_index
+from raft.core.progress import Progress, ProgressState, has_quorum, quorum_match
 from raft.core.types import (
     ConfChange,
     ConfChangeType,
@@ -228,7 +228,8 @@ class RaftCore:
         return HardState(self.term, self.vote)
 
     def tick(self) -> None:
-        self._check_outside_ready()
+        if self._in_ready:
+            self._check_outside_ready()
         if self.role is _LEADER:
             self.tick_heartbeat()
         else:
@@ -344,8 +345,10 @@ class RaftCore:
         if self.msgs or (self._needs_bcast and self.role is _LEADER):
             return True
         log = self.log
+        p = self._persisted_hs
         return bool(
-            self._hs_dirty()
+            self.term != p.term
+            or self.vote != p.voted_for
             or log.unstable_from <= log.snap_index + len(log.entries)
             or log.committed > log.applied
             or self._pending_snapshot is not None
@@ -358,14 +361,18 @@ class RaftCore:
         return self.term != p.term or self.vote != p.voted_for
 
     def ready(self) -> Ready:
-        self._check_outside_ready()
-        if self._needs_bcast and self.role is _LEADER:
-            self.bcast_append(send_if_empty=False)
-        self._needs_bcast = False
+        if self._in_ready:
+            self._check_outside_ready()
+        if self._needs_bcast:
+            if self.role is _LEADER:
+                self.bcast_append(send_if_empty=False)
+            self._needs_bcast = False
         log = self.log
+        p = self._persisted_hs
+        term, vote = self.term, self.vote
         rd = Ready(
-            self.hard_state() if self._hs_dirty() else None,
-            log.unstable() if log.unstable_from <= log.last_index() else [],
+            HardState(term, vote) if term != p.term or vote != p.voted_for else None,
+            log.unstable() if log.unstable_from <= log.snap_index + len(log.entries) else [],
             self._pending_snapshot,
             self._pending_compacted,
             self.msgs,
@@ -397,7 +404,7 @@ class RaftCore:
             self._held = []
         if self.role is _LEADER:
             me = self.prs.get(self.id)
-            if me is not None and me.maybe_update(self.log.stable_index()):
+            if me is not None and me.maybe_update(self.log.unstable_from - 1):
                 self.maybe_commit()
 
     # ==== roles ===========================================================================
@@ -736,10 +743,21 @@ class RaftCore:
 
     # ==== leader side of replication ========================================================
     def send(self, m: Message) -> None:
-        if isinstance(m, LEADER_MESSAGES) or not self._has_unpersisted():
+        if isinstance(m, LEADER_MESSAGES):
             self.msgs.append(m)
-        else:
+            return
+        # _has_unpersisted(), inlined: every reply passes here
+        log = self.log
+        p = self._persisted_hs
+        if (
+            self.term != p.term
+            or self.vote != p.voted_for
+            or log.unstable_from <= log.snap_index + len(log.entries)
+            or self._pending_snapshot is not None
+        ):
             self._held.append(m)
+        else:
+            self.msgs.append(m)
 
     def _has_unpersisted(self) -> bool:
         log = self.log
@@ -867,7 +885,7 @@ class RaftCore:
     def maybe_commit(self) -> bool:
         """Raft §5.3 and §5.4.2: commit the majority's index, but only by counting entries of the
         current term (Figure 8)."""
-        mci = quorum_index(self.conf.voters, {n: pr.match for n, pr in self.prs.items()})
+        mci = quorum_match(self.conf.voters, self.prs)
         if mci > self.log.committed and self.log.term(mci) == self.term:
             self.log.commit_to(mci)
             self._on_commit()
@@ -958,11 +976,13 @@ class RaftCore:
 
     def _sync_confs(self, entries: Sequence[LogEntry]) -> None:
         """A configuration takes effect when appended, and is undone if truncated away."""
-        before = self.conf
-        while len(self._confs) > 1 and self.log.term(self._confs[-1][0]) != self._confs[-1][1]:
-            self._confs.pop()
+        confs = self._confs
+        before = confs[-1][2]
+        while len(confs) > 1 and self.log.term(confs[-1][0]) != confs[-1][1]:
+            confs.pop()
         self._record_confs(entries)
-        if self.conf != before:
+        after = confs[-1][2]
+        if after is not before and after != before:
             self._on_conf_change(before)
 
     def _on_conf_change(self, before: ConfState) -> None:
