@@ -239,10 +239,12 @@ class RaftNode(Generic[SM]):
         """Drive the node until :meth:`stop` (or cancellation); storage errors propagate."""
         self._running = True
         executor = self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-persist")
-        helpers = [
-            asyncio.create_task(self._receive_loop(), name=f"{self.id}-recv"),
-            asyncio.create_task(self._tick_loop(), name=f"{self.id}-tick"),
-        ]
+        helpers = [asyncio.create_task(self._tick_loop(), name=f"{self.id}-tick")]
+        set_receiver = getattr(self.transport, "set_receiver", None)
+        if set_receiver is not None:  # messages go to the inbox from the socket's reader
+            set_receiver(self._received)
+        else:
+            helpers.append(asyncio.create_task(self._receive_loop(), name=f"{self.id}-recv"))
         try:
             await self._main_loop()
         finally:
@@ -550,6 +552,11 @@ class RaftNode(Generic[SM]):
             _fail(f, exc)
 
     # ==== helpers: receiving and ticking ======================================================
+    def _received(self, msg: Message) -> None:
+        if len(self._raft_inbox) < MAX_INBOX:
+            self._raft_inbox.append(msg)
+            self._wake()
+
     async def _receive_loop(self) -> None:
         inbox = self._raft_inbox
         burst = 0

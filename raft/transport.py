@@ -26,9 +26,11 @@ receives from every peer; one DEALER per peer connects to the address configured
 
 Receiving avoids pyzmq's per-message futures: a :class:`ZmqReader` watches the ROUTER's
 file descriptor with ``loop.add_reader`` and, each time it fires, receives (NOBLOCK) up to a
-burst of frames in one callback — decoded into an inbox ``recv()`` takes from — then, if more
-are waiting, comes back on the next loop iteration (ZeroMQ's descriptor is edge-triggered: it
-will not fire again for frames already queued), so other work interleaves with a flood.
+burst of frames in one callback — decoded into an inbox ``recv()`` takes from, or, once
+:meth:`ZmqTransport.set_receiver` is given a callback (what :class:`raft.node.RaftNode` does),
+handed to that callback at once: no task switch per message — then, if more are waiting,
+comes back on the next loop iteration (ZeroMQ's descriptor is edge-triggered: it will not
+fire again for frames already queued), so other work interleaves with a flood.
 
 Wire format: one ZeroMQ frame holding a JSON :class:`Envelope` (pydantic): protocol version,
 cluster id, and the message as a discriminated union mirroring :mod:`raft.core.messages`,
@@ -590,6 +592,7 @@ class ZmqTransport:
         self._dealers: dict[NodeId, zmq.Socket[bytes]] = {}
         self._router = self._sync_ctx.socket(zmq.ROUTER)
         self._inbox: deque[Message] = deque()
+        self._receiver: Callable[[Message], None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._reader = ZmqReader(self._router, self._received)
         try:
@@ -690,9 +693,20 @@ class ZmqTransport:
                 self._waiter = None
         return inbox.popleft()
 
+    def set_receiver(self, receiver: Callable[[Message], None] | None) -> None:
+        """Hand each received message to ``receiver`` straight from the socket's reader
+        callback, instead of queueing it for :meth:`recv` (``None``: back to queueing).
+        Saves a task switch per message. Call from the running event loop."""
+        self._receiver = receiver
+        if receiver is not None:
+            self._reader.start()
+
     def _received(self, parts: list[bytes]) -> None:
         msg = self._decode(parts)
         if msg is None:
+            return
+        if self._receiver is not None:
+            self._receiver(msg)
             return
         if len(self._inbox) >= MAX_INBOX:
             self.dropped_frames += 1

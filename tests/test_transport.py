@@ -254,3 +254,33 @@ def test_zmq_flood_is_received_in_bursts_without_loss() -> None:
             tb.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.integration
+def test_zmq_receiver_gets_messages_from_the_reader_callback() -> None:
+    """``set_receiver``: each message goes straight to the callback, in order, nothing
+    queued for ``recv``; back to queueing once it is cleared."""
+
+    async def main() -> None:
+        ta, tb = _pair()
+        got: list[Message] = []
+        tb.set_receiver(got.append)
+        try:
+            want = [Heartbeat(A, B, 1, i) for i in range(50)]
+            async with asyncio.timeout(10):
+                while not got:  # the first sends may precede the connection (dropped)
+                    await ta.send(Heartbeat(A, B, 0, 0))
+                    await asyncio.sleep(0.01)
+                ta.send_batch(list(want))
+                while len(batch := [m for m in got if m.term == 1]) < len(want):
+                    await asyncio.sleep(0.001)
+            assert batch == want
+            tb.set_receiver(None)
+            count = len(got)
+            await _until(lambda: _receives(ta, tb, TimeoutNow(A, B, 9)))
+            assert len(got) == count, "nothing reaches the cleared receiver"
+        finally:
+            ta.close()
+            tb.close()
+
+    asyncio.run(main())
