@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from raft.core.errors import NotLeader, ProposalDropped
+from raft.core.errors import NotLeader, ProposalDropped, RaftUsageError
 from raft.core.log import RaftLog
 from raft.core.messages import (
     AppendEntries,
@@ -226,6 +226,41 @@ def test_quorum_index(voters: str, match: dict[str, int], expected: int) -> None
         prs[n] = Progress(m + 1, 8)
         prs[n].match = m
     assert quorum_match(list(voters), prs) == expected
+
+
+def test_quiet_ticks_count_the_ticks_before_the_election_timeout() -> None:
+    """``quiet_ticks`` is exactly how many ticks pass before the one that campaigns, and
+    ``skip_ticks`` is that many ``tick()`` calls; a tick that acts cannot be skipped."""
+    ticked, skipped = make(A, seed=5), make(A, seed=5)
+    quiet = ticked.quiet_ticks()
+    assert quiet is not None
+    assert quiet == ticked.randomized_timeout - 1
+    for _ in range(quiet):
+        ticked.tick()
+        assert role(ticked) is Role.FOLLOWER
+        assert not ticked.has_ready()
+    skipped.skip_ticks(quiet)
+    assert skipped.election_elapsed == ticked.election_elapsed
+    assert skipped.quiet_ticks() == ticked.quiet_ticks() == 0
+    with pytest.raises(RaftUsageError):
+        skipped.skip_ticks(1)
+    ticked.tick()
+    skipped.tick()
+    assert role(ticked) is role(skipped) is Role.PRE_CANDIDATE
+    assert flush(ticked) == flush(skipped)
+
+
+def test_quiet_ticks_of_a_leader_and_of_a_non_voter() -> None:
+    a, b, _c = leader_of_three()
+    assert a.quiet_ticks() == 0  # every tick of a leader may send heartbeats
+    with pytest.raises(RaftUsageError):
+        a.skip_ticks(1)
+    learner = make(NodeId("d"), voters=(A, B, C))
+    assert learner.quiet_ticks() is None  # never campaigns, however long it waits
+    learner.skip_ticks(1000)
+    assert learner.election_elapsed == 1000
+    assert not learner.has_ready()
+    assert b.quiet_ticks() == max(0, b.randomized_timeout - b.election_elapsed - 1)
 
 
 def test_has_quorum() -> None:

@@ -16,7 +16,7 @@ import pytest
 from harness.cli import main
 from harness.sim.lab import LabCluster
 from harness.sim.sweep import sweep
-from harness.sim.world import SimConfig, World
+from harness.sim.world import FAULTS, SimConfig, World
 from raft.core.log import RaftLog
 from raft.core.progress import quorum_index
 from raft.core.raft import RaftCore
@@ -88,6 +88,38 @@ def _digest(seed: int) -> str:
 def test_same_seed_same_trace_and_different_seed_different_trace() -> None:
     assert _digest(7) == _digest(7)
     assert _digest(7) != _digest(8)
+
+
+@pytest.mark.parametrize("seed", [3, 26])
+def test_quiet_ticks_off_the_heap_change_nothing(seed: int) -> None:
+    """The world keeps quiet ticks off the heap and hands them over in one ``skip_ticks``;
+    with every tick of every node on the heap the run is the same, event for event, down to
+    each core's election clock at the end."""
+    cfg = SimConfig(seed=seed, faults=frozenset(FAULTS), snapshot_entries=25, spare_nodes=2)
+
+    def run(every_tick: bool) -> tuple[object, ...]:
+        world = World(cfg, digest=True, every_tick=every_tick)
+        with (
+            mock.patch.object(RaftCore, "tick", autospec=True, side_effect=RaftCore.tick) as tick,
+            mock.patch.object(
+                RaftCore, "skip_ticks", autospec=True, side_effect=RaftCore.skip_ticks
+            ) as skip,
+        ):
+            violations = world.run()
+        clocks = [
+            (n.core.term, n.core.role, n.core.election_elapsed, n.core.randomized_timeout)
+            for n in world.nodes
+            if n.core is not None
+        ]
+        skipped = sum(c.args[1] for c in skip.call_args_list)
+        return (world.trace_digest(), world.stats, violations, clocks), tick.call_count, skipped
+
+    quiet, ticks_quiet, skipped = run(every_tick=False)
+    every, ticks_every, none_skipped = run(every_tick=True)
+    assert quiet == every
+    assert none_skipped == 0
+    assert skipped > 2 * ticks_quiet  # most ticks never reached the heap
+    assert ticks_quiet + skipped == ticks_every
 
 
 def test_trace_does_not_depend_on_python_hash_seed() -> None:

@@ -113,6 +113,11 @@ class SimNode:
     disk: MemoryStorage = field(default_factory=MemoryStorage)
     core: RaftCore | None = None
     incarnation: int = 0
+    #: the time of this node's next tick not yet accounted for (ticks are ``tick_us`` apart)
+    next_tick: int = 0
+    #: the time of this node's live tick event on the heap (-1: none); the live one carries
+    #: ``ticks_pushed``, any older one is stale
+    wake_at: int = -1
     ticks_pushed: int = 0
     busy: Ready | None = None
     #: what arrived while a write was in progress: a message, ``None`` (a tick) or ``bytes``
@@ -144,8 +149,12 @@ class World:
         digest: bool = False,
         check_liveness: bool = True,
         record_applied: bool = False,
+        every_tick: bool = False,
     ) -> None:
+        """``every_tick``: put every tick of every node on the heap, quiet or not (the same run,
+        only slower: for tests of the quiet-tick machinery)."""
         self.cfg = cfg
+        self.every_tick = every_tick
         self.now = 0
         self._seq = 0
         self._heap: list[tuple[int, int, int, Any, Any]] = []
@@ -187,12 +196,71 @@ class World:
         heappush(self._heap, (at, self._seq, kind, a, b))
 
     def _push_tick(self, node: SimNode, at: int) -> None:
-        """A node's tick at ``at``. Ticks are ordered before the other events of the same
-        microsecond, and by node among themselves, not by when they were scheduled: so the
-        order never depends on how far ahead a tick was put on the heap."""
+        """Put a node's tick at ``at`` on the heap (any earlier-pushed one becomes stale).
+
+        Ticks are ordered before the other events of the same microsecond, and by node among
+        themselves, not by when they were scheduled: so the order does not depend on how far
+        ahead a tick was put on the heap, which lets quiet ticks stay off the heap."""
         node.ticks_pushed += 1
+        node.wake_at = at
         key = _TICK_SEQ + (node.idx << 40) + node.ticks_pushed
-        heappush(self._heap, (at, key, _TICK, node, node.incarnation))
+        heappush(self._heap, (at, key, _TICK, node, node.ticks_pushed))
+
+    # Quiet ticks. A node ticks every ``tick_us``, but most ticks of a follower or candidate
+    # only advance its election clock (``RaftCore.quiet_ticks``). Those stay off the heap: the
+    # heap holds a node's tick only where it may act (every tick of a leader; a follower's
+    # election timeout), and the quiet ticks before anything else reaches the node are handed
+    # to it first, in one ``skip_ticks`` (or, during a write, queued in its inbox as every tick
+    # is). Ticks come first within a microsecond, so "ticks up to now" is exact; a tick that
+    # would act cannot be skipped (``skip_ticks`` raises, and the run reports it).
+    def _catch_up(self, node: SimNode, upto: int) -> None:
+        """Give ``node`` its quiet ticks due at or before ``upto``."""
+        nt = node.next_tick
+        core = node.core
+        if nt > upto or core is None:
+            return
+        tick_us = self.cfg.tick_us
+        n = (upto - nt) // tick_us + 1
+        node.next_tick = nt + n * tick_us
+        if node.busy is not None:
+            node.inbox.extend([None] * n)
+        else:
+            core.skip_ticks(n)
+
+    def _schedule(self, node: SimNode) -> None:
+        """Make sure the heap holds ``node``'s first tick that may act (none during a write:
+        its ticks wait in the inbox, and the write's end reschedules)."""
+        core = node.core
+        if core is None or node.busy is not None:
+            return
+        wake = node.wake_at
+        if core.role is _LEADER or self.every_tick:
+            if wake != node.next_tick:
+                self._push_tick(node, node.next_tick)
+            return
+        tick_us = self.cfg.tick_us
+        # Fast path: a live tick no later than the election timeout is early enough (quiet
+        # ticks are never more than this; a tick that turns out quiet just reschedules).
+        if (
+            0
+            <= wake
+            <= node.next_tick + (core.randomized_timeout - core.election_elapsed - 1) * tick_us
+        ):
+            return
+        quiet = core.quiet_ticks()
+        if quiet is None:
+            return
+        at = node.next_tick + quiet * tick_us
+        if at < wake or wake < 0:
+            self._push_tick(node, at)
+
+    def _catch_up_all(self) -> None:
+        for node in self.nodes:
+            self._catch_up(node, self.now)
+
+    def _schedule_all(self) -> None:
+        for node in self.nodes:
+            self._schedule(node)
 
     def at(self, time_us: int, fn: Callable[[], None]) -> None:
         """Schedule a call at a simulated time (tests use it to script scenarios)."""
@@ -216,6 +284,7 @@ class World:
     def run_until(self, end_us: int) -> list[Violation]:
         heap = self._heap
         inv = self.inv
+        self._schedule_all()  # the cores may have been changed from outside since last time
         while heap and heap[0][0] <= end_us and not inv.violations:
             t, _, kind, a, b = heappop(heap)
             self.now = inv.now_us = t
@@ -227,12 +296,17 @@ class World:
                 self._persisted(a, b)
             elif kind == _CLIENT:
                 self._client()
-            elif kind == _NEMESIS:
-                self._nemesis(a)
             else:
-                a()
+                # the nemesis and scripted calls may touch any node
+                self._catch_up_all()
+                if kind == _NEMESIS:
+                    self._nemesis(a)
+                else:
+                    a()
+                self._schedule_all()
         if not inv.violations:
             self.now = max(self.now, end_us)
+        self._catch_up_all()  # every core as if it had ticked up to now
         return inv.violations
 
     def run(self) -> list[Violation]:
@@ -271,7 +345,10 @@ class World:
         self._rebuild_chains(node, snap, entries)
         node.sm_hash = self._sm_from_snapshot(snap)
         first_tick = self.rng_net.randrange(1, self.cfg.tick_us)
-        self._push_tick(node, self.now + first_tick)
+        node.next_tick = self.now + first_tick
+        node.wake_at = -1
+        node.ticks_pushed += 1  # a tick event of an earlier life is stale
+        self._schedule(node)
 
     def _rebuild_chains(self, node: SimNode, snap: Snapshot | None, log: list[LogEntry]) -> None:
         node.chains = {}
@@ -324,30 +401,39 @@ class World:
         self.log(f"{node.name} restarted")
         self._start(node)
 
-    def _tick(self, node: SimNode, incarnation: int) -> None:
+    def _tick(self, node: SimNode, token: int) -> None:
         core = node.core
-        if node.incarnation != incarnation or core is None:
-            return
-        self._push_tick(node, self.now + self.cfg.tick_us)
+        if token != node.ticks_pushed or core is None:
+            return  # stale
+        node.wake_at = -1
+        now = self.now
+        if node.next_tick < now:
+            self._catch_up(node, now - 1)
+        assert node.next_tick == now, (node.name, node.next_tick, now)
+        node.next_tick = now + self.cfg.tick_us
         if node.busy is not None:
             node.inbox.append(None)
             return
         core.tick()
         # A follower's tick changes nothing unless it started an election (then it has
         # messages or a new term to persist); everything else was pumped after its step.
-        if core.role is _FOLLOWER and not core.msgs and not core._hs_dirty():
-            return
-        self._after_step(node)
+        if core.role is not _FOLLOWER or core.msgs or core._hs_dirty():
+            self._after_step(node)
+        self._schedule(node)
 
     def _deliver(self, m: Message) -> None:
         node = self.by_name[m.dst]
-        if node.core is None or (m.src, m.dst) in self.blocked:
+        core = node.core
+        if core is None or (m.src, m.dst) in self.blocked:
             return
+        if node.next_tick <= self.now:
+            self._catch_up(node, self.now)
         if node.busy is not None:
             node.inbox.append(m)
             return
-        node.core.step(m)
+        core.step(m)
         self._after_step(node)
+        self._schedule(node)
 
     def _after_step(self, node: SimNode) -> None:
         core = node.core
@@ -381,9 +467,16 @@ class World:
 
     def _pump(self, node: SimNode) -> None:
         core = node.core
-        while core is not None and node.busy is None and core.has_ready():
+        if core is None:
+            return
+        while node.busy is None and core.has_ready():
             rd = core.ready()
-            if rd.hard_state is None and not rd.entries and not (rd.snapshot or rd.compacted):
+            if (
+                rd.hard_state is None
+                and not rd.entries
+                and rd.snapshot is None
+                and rd.compacted is None
+            ):
                 self._finish(node, rd)
             elif self.cfg.fsync_us:
                 # Ready messages never depend on the Ready's own state: they leave now and
@@ -401,6 +494,7 @@ class World:
     def _persisted(self, node: SimNode, incarnation: int) -> None:
         if node.incarnation != incarnation or node.busy is None:
             return
+        self._catch_up(node, self.now)  # into the inbox, before the write completes
         rd = node.busy
         self._write(node, rd, partial=False)
         node.busy = None
@@ -418,6 +512,7 @@ class World:
                 core.step(item)
         if core is not None:
             self._after_step(node)
+        self._schedule(node)
 
     def _write(self, node: SimNode, rd: Ready, partial: bool) -> None:
         """Make ``rd``'s state durable, in the order a real driver does: hard state, then
@@ -444,12 +539,21 @@ class World:
     def _finish(self, node: SimNode, rd: Ready) -> None:
         core = node.core
         assert core is not None
-        for m in rd.messages:
-            self._send(m)
+        if rd.messages:
+            send = self._send
+            for m in rd.messages:
+                send(m)
         if rd.snapshot is not None:
             node.sm_hash = self._sm_from_snapshot(rd.snapshot)
+        entries = rd.committed_entries
+        if not entries:
+            # nothing applied, so nothing to compact (the policy counts applied entries)
+            core.advance(rd)
+            if core.role is _LEADER and core.term != node.led_term:
+                self._check_leader(node)
+            return
         inv = self.inv
-        for e in rd.committed_entries:
+        for e in entries:
             if e.kind is _NORMAL:
                 # crc32, not hash(): bytes hash differently in every process, and this value
                 # ends up in snapshot data whose size decides how many chunks are sent
@@ -526,11 +630,13 @@ class World:
         runtime queues it, and may still be appended)."""
         if node.core is None:
             return None
+        self._catch_up(node, self.now)
         if node.busy is not None:
             node.inbox.append(command)
             return None
         placed = self._propose_now(node, command)
         self._after_step(node)
+        self._schedule(node)
         return placed
 
     def _propose_now(self, node: SimNode, command: bytes) -> tuple[int, int] | None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from raft.core.errors import ConfChangeError, NotLeader, ProposalDropped, RaftUsageError
 from raft.core.log import RaftLog
@@ -126,13 +126,14 @@ class ReadState:
 class Ready:
     """One batch of work for the driver; see the module docstring for the contract."""
 
-    hard_state: HardState | None = None
-    entries: list[LogEntry] = field(default_factory=list)
-    snapshot: Snapshot | None = None  #: from the leader: persist, then restore the SM from it
-    compacted: Snapshot | None = None  #: our own compaction: persist only
-    messages: list[Message] = field(default_factory=list)
-    committed_entries: list[LogEntry] = field(default_factory=list)
-    read_states: list[ReadState] = field(default_factory=list)
+    # no defaults: only the core builds a Ready, and a plain __init__ is cheaper
+    hard_state: HardState | None
+    entries: list[LogEntry]
+    snapshot: Snapshot | None  #: from the leader: persist, then restore the SM from it
+    compacted: Snapshot | None  #: our own compaction: persist only
+    messages: list[Message]
+    committed_entries: list[LogEntry]
+    read_states: list[ReadState]
 
 
 @dataclass(slots=True)
@@ -234,6 +235,30 @@ class RaftCore:
             self.tick_heartbeat()
         else:
             self.tick_election()
+
+    def quiet_ticks(self) -> int | None:
+        """How many of the next ``tick()`` calls will do nothing but advance the election clock,
+        if nothing else reaches the core in between (``None``: every one of them).
+
+        0 for a leader (its ticks send heartbeats and check its quorum). A follower or candidate
+        only counts until its election timeout fires, and never fires while not promotable. A
+        driver with nothing else to do for a node may batch such ticks (``skip_ticks``) and be
+        back for the first tick that acts: the simulator does.
+        """
+        if self.role is _LEADER:
+            return 0
+        if not self.promotable():
+            return None
+        return max(0, self.randomized_timeout - self.election_elapsed - 1)
+
+    def skip_ticks(self, n: int) -> None:
+        """Exactly ``n`` calls of ``tick()``, each of them quiet (see ``quiet_ticks``); a tick
+        that would act cannot be skipped (``RaftUsageError``)."""
+        self._check_outside_ready()
+        quiet = self.quiet_ticks()
+        if n < 0 or (quiet is not None and n > quiet):
+            raise RaftUsageError(f"{n} ticks are not quiet ({quiet} are)")
+        self.election_elapsed += n
 
     def step(self, m: Message) -> None:
         """Receive a message (Raft §5.1: a higher term makes anyone a follower)."""
@@ -773,13 +798,16 @@ class RaftCore:
         if pr.is_paused():
             return False
         log = self.log
-        prev = pr.next - 1
+        nxt = pr.next
+        prev = nxt - 1
         prev_term = log.term(prev)
         if prev_term is None:
             return self._send_snapshot(to, pr)
-        last = log.last_index()
-        entries = log.slice(pr.next, last, self.cfg.max_msg_bytes) if pr.next <= last else []
-        if not entries and not send_if_empty:
+        if nxt <= log.snap_index + len(log.entries):
+            entries = log.slice(nxt, log.snap_index + len(log.entries), self.cfg.max_msg_bytes)
+        elif send_if_empty:
+            entries = []
+        else:
             return False
         self.send(
             AppendEntries(self.id, to, self.term, prev, prev_term, tuple(entries), log.committed)
