@@ -518,20 +518,28 @@ class World:
         """Make ``rd``'s state durable, in the order a real driver does: hard state, then
         snapshot, then entries. ``partial``: a crash cut the write short somewhere."""
         disk = node.disk
-        parts = int(rd.hard_state is not None) + int(rd.snapshot is not None)
-        parts += int(rd.compacted is not None) + len(rd.entries)
-        keep = self.rng_net.randrange(parts + 1) if partial else parts
-        if keep and rd.hard_state is not None:
-            disk.save_state(rd.hard_state)
-            keep -= 1
-        for snap in (rd.snapshot, rd.compacted):
-            if keep and snap is not None:
-                disk.save_snapshot(snap)
-                keep -= 1
-        if keep and rd.entries:
-            disk.append_log(rd.entries[:keep])
         if partial:
+            parts = int(rd.hard_state is not None) + int(rd.snapshot is not None)
+            parts += int(rd.compacted is not None) + len(rd.entries)
+            keep = self.rng_net.randrange(parts + 1)
+            if keep and rd.hard_state is not None:
+                disk.save_state(rd.hard_state)
+                keep -= 1
+            for snap in (rd.snapshot, rd.compacted):
+                if keep and snap is not None:
+                    disk.save_snapshot(snap)
+                    keep -= 1
+            if keep and rd.entries:
+                disk.append_log(rd.entries[:keep])
             return
+        if rd.hard_state is not None:
+            disk.save_state(rd.hard_state)
+        if rd.snapshot is not None:
+            disk.save_snapshot(rd.snapshot)
+        if rd.compacted is not None:
+            disk.save_snapshot(rd.compacted)
+        if rd.entries:
+            disk.append_log(rd.entries)
         if rd.snapshot is not None:
             self._rebuild_chains(node, rd.snapshot, [])
         self._chain_entries(node, rd.entries, check=True)
