@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.sim.sweep import sweep
 from harness.sim.world import FAULTS, SimConfig
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished workers so far."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
 def main() -> int:
@@ -32,7 +39,10 @@ def main() -> int:
         snapshot_entries=25,
         spare_nodes=2,
     )
+    load_before = os.getloadavg()[0]
+    cpu_before = _cpu_s()
     summary = sweep(base, 0, args.seeds, args.jobs)
+    cpu_s = _cpu_s() - cpu_before
     out = summary.to_json()
     out.update(
         {
@@ -41,8 +51,13 @@ def main() -> int:
             "faults": sorted(FAULTS),
             "jobs": args.jobs,
             "cpu_count": os.cpu_count(),
+            #: before the sweep (other work on the machine) and after it (includes the sweep)
+            "load_average_1m_before": round(load_before, 2),
             "load_average_1m": round(os.getloadavg()[0], 2),
             "runs_per_second": round(summary.runs / summary.wall_s, 1),
+            #: CPU of this process and its workers: per run, and as cores kept busy
+            "cpu_ms_per_run": round(cpu_s / max(1, summary.runs) * 1000, 1),
+            "cores_busy": round(cpu_s / summary.wall_s, 2),
             "target_wall_seconds": args.target_s,
             "target_met": summary.wall_s <= args.target_s,
         }

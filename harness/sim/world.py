@@ -458,10 +458,12 @@ class World:
                 f"leader {node.name} (term {core.term}) committed up to {committed}, "
                 f"an entry of term {log.term(committed)}",
             )
-        for i in range(max(node.last_commit, log.snap_index) + 1, committed + 1):
-            t = log.term(i)
-            assert t is not None
-            self.inv.committed(node.name, i, t)
+        lo = max(node.last_commit, log.snap_index) + 1
+        newly = log.entries[lo - log.snap_index - 1 : committed - log.snap_index]
+        assert len(newly) == committed - lo + 1, (node.name, lo, committed, log.last_index())
+        inv = self.inv
+        for e in newly:
+            inv.committed(node.name, e.index, e.term)
         self.stats["commits"] = max(self.stats["commits"], committed)
         node.last_commit = committed
 
