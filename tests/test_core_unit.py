@@ -263,6 +263,28 @@ def test_quiet_ticks_of_a_leader_and_of_a_non_voter() -> None:
     assert b.quiet_ticks() == max(0, b.randomized_timeout - b.election_elapsed - 1)
 
 
+def test_skip_ticks_refuses_exactly_the_ticks_that_are_not_quiet() -> None:
+    a, b, c = leader_of_three()
+    b.election_elapsed = 7
+    learner = make(NodeId("d"), voters=(A, B, C))
+    pre = make(A, seed=9)
+    tick_until_campaign(pre)
+    for core in (a, b, c, learner, pre):
+        quiet = core.quiet_ticks()
+        for n in range(40):
+            clone_elapsed = core.election_elapsed
+            if quiet is not None and n > quiet:
+                with pytest.raises(RaftUsageError):
+                    core.skip_ticks(n)
+                assert core.election_elapsed == clone_elapsed
+            else:
+                core.skip_ticks(n)
+                assert core.election_elapsed == clone_elapsed + n
+                core.election_elapsed = clone_elapsed
+    with pytest.raises(RaftUsageError):
+        b.skip_ticks(-1)
+
+
 def test_has_quorum() -> None:
     """A majority is strictly more than half of the voters (Raft §5.2)."""
     assert has_quorum("abc", "ab")
