@@ -424,7 +424,7 @@ class World:
     def _deliver(self, m: Message) -> None:
         node = self.by_name[m.dst]
         core = node.core
-        if core is None or (m.src, m.dst) in self.blocked:
+        if core is None or (self.blocked and (m.src, m.dst) in self.blocked):
             return
         if node.next_tick <= self.now:
             self._catch_up(node, self.now)
