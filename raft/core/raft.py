@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 The core does no I/O. Time arrives as ``tick()``, messages as ``step(msg)``, client commands
-as ``propose(...)``; randomness comes only from the ``random.Random`` handed in. Everything
-the outside world must do is collected into a :class:`Ready` batch. The calling contract (the
+as ``propose(...)``; randomness comes only from the ``random.Random`` handed in. (A driver may
+hand over a run of ticks that only advance the election clock in one ``skip_ticks(n)``;
+``quiet_ticks()`` says how many are.) Everything the outside world must do is collected into
+a :class:`Ready` batch. The calling contract (the
 one place it is written down; every driver follows it):
 
 1. ``rd = core.ready()`` — only when ``core.has_ready()``.
