@@ -61,6 +61,9 @@ MAX_BODY = 1 << 30
 RT_ENTRY = 1
 RT_TRUNCATE = 2
 RT_BATCH = 3
+#: array type codes of the BATCH layout's little-endian u32 and u64 fields
+_U32 = "I" if array.array("I").itemsize == 4 else "L"
+_U64 = "Q"
 #: a BATCH record holds at most about this many bytes of commands (a bigger append is split)
 BATCH_LIMIT = 16 << 20
 _KINDS = frozenset(int(k) for k in EntryKind)
@@ -117,48 +120,65 @@ def encode_entry(entry: LogEntry) -> bytes:
     return _record(RT_ENTRY, entry.index, entry.term, entry.kind, entry.command)
 
 
-def encode_entries(entries: Sequence[LogEntry]) -> tuple[bytes, list[int]]:
+def encode_entries(entries: Sequence[LogEntry]) -> tuple[bytes, array.array[int]]:
     """The record(s) of a contiguous run of entries, and the entries' terms.
 
     One entry is one ``ENTRY`` record; several are one ``BATCH`` record (several if their
-    commands exceed :data:`BATCH_LIMIT`). This is the hot path of ``append_log``: the cost
-    per entry is a few C-level list and ``struct`` operations, and one CRC32C covers the
-    batch. Raises ``ValueError`` if the indexes are not consecutive or an entry is too large.
+    commands exceed :data:`BATCH_LIMIT`). This is the hot path of ``append_log``: per entry
+    only list comprehensions reading its fields; the terms and lengths go into the record as
+    arrays, and one CRC32C covers the batch. The terms come back as an array, which the
+    log's shape extends by a copy. Raises ``ValueError`` if the indexes are not consecutive
+    or an entry is too large.
     """
     if not entries:
-        return b"", []
+        return b"", array.array(_U64)
     indexes = [e.index for e in entries]
-    first = indexes[0]
-    if indexes != list(range(first, first + len(indexes))):
+    n, first = len(indexes), indexes[0]
+    if indexes != list(range(first, first + n)):
         prev, cur = next((a, b) for a, b in itertools.pairwise(indexes) if b != a + 1)
         raise ValueError(f"entries not contiguous: {prev} then {cur}")
-    terms = [e.term for e in entries]
-    if len(entries) == 1:
+    terms = array.array(_U64, [e.term for e in entries])
+    if n == 1:
         return encode_entry(entries[0]), terms
     commands = [e.command for e in entries]
-    lengths = list(map(len, commands))
+    try:
+        lengths = array.array(_U32, map(len, commands))
+    except OverflowError:  # a command of 4 GiB or more
+        lengths = array.array(_U64, map(len, commands))
+    total = sum(lengths)
+    if total <= BATCH_LIMIT:  # so no entry is too large either
+        kinds = bytes([e.kind for e in entries])
+        return _batch(first, terms, kinds, lengths, total, commands), terms
     if max(lengths) > MAX_BODY - BODY.size:
-        big = next(e for e, n in zip(entries, lengths, strict=True) if n > MAX_BODY - BODY.size)
+        big = next(e for e, k in zip(entries, lengths, strict=True) if k > MAX_BODY - BODY.size)
         raise ValueError(f"log entry {big.index} too large: {len(big.command)} bytes")
-    if sum(lengths) <= BATCH_LIMIT:
-        return _batch(first, terms, [e.kind for e in entries], lengths, commands), terms
     out, start, size = [], 0, 0
-    for k, n in enumerate(lengths):  # cut before the entry that would pass the limit
-        if size and size + n > BATCH_LIMIT:
+    for k, length in enumerate(lengths):  # cut before the entry that would pass the limit
+        if size and size + length > BATCH_LIMIT:
             out.append(encode_entries(entries[start:k])[0])
             start, size = k, 0
-        size += n
+        size += length
     out.append(encode_entries(entries[start:])[0])
     return b"".join(out), terms
 
 
 def _batch(
-    first: int, terms: list[int], kinds: list[int], lengths: list[int], commands: list[bytes]
+    first: int,
+    terms: array.array[int],
+    kinds: bytes,
+    lengths: array.array[int],
+    total: int,
+    commands: list[bytes],
 ) -> bytes:
     n = len(terms)
-    meta = struct.pack(f"<I{n}Q{n}B{n}I", n, *terms, *kinds, *lengths)
-    length = BODY.size + len(meta) + sum(lengths)
-    body = b"".join([BODY.pack(RT_BATCH, first, terms[-1], 0), meta, *commands])
+    le_terms, le_lengths = terms, lengths
+    if sys.byteorder == "big":  # the record is little-endian; arrays are in native order
+        le_terms, le_lengths = array.array(_U64, terms), array.array(_U32, lengths)
+        le_terms.byteswap()
+        le_lengths.byteswap()
+    length = BODY.size + 4 + 13 * n + total
+    head = BODY.pack(RT_BATCH, first, terms[-1], 0) + n.to_bytes(4, "little")
+    body = b"".join([head, le_terms, kinds, le_lengths, *commands])
     crc = _crc_extend(_crc_value(length.to_bytes(4, "little")), body)
     return HEADER.pack(length, crc) + body
 
@@ -363,7 +383,7 @@ class LogShape:
         for seg in self.segments:
             seg.hi = min(seg.hi, index)
 
-    def add(self, seg: Segment, index: int, terms: list[int]) -> None:
+    def add(self, seg: Segment, index: int, terms: Sequence[int]) -> None:
         """Record entries ``index, index+1, ...`` with ``terms``, written to ``seg``."""
         self.cut_after(index - 1)
         if not self.terms:
