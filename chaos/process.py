@@ -125,6 +125,13 @@ class ManagedProcess:
         except psutil.NoSuchProcess:
             return "exited"
 
+    def log_tail(self, lines: int) -> list[str]:
+        """The last ``lines`` lines of the process's log (empty if it cannot be read)."""
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return []
+
     @property
     def exited_on_its_own(self) -> bool:
         """Whether the current incarnation ended without a kill or stop from us: a crash, or

@@ -234,11 +234,7 @@ class LocalCluster:
         us (a start that failed, or a crash), with the end of its log."""
         for proc in self.procs.processes():
             if proc.exited_on_its_own:
-                try:
-                    tail = proc.log_path.read_text(errors="replace").splitlines()[-10:]
-                except OSError:
-                    tail = []
-                lines = "".join(f"\n    {line}" for line in tail)
+                lines = "".join(f"\n    {line}" for line in proc.log_tail(10))
                 raise ClusterError(
                     f"{proc.name} {proc.describe()} on its own; the end of {proc.log_path}:{lines}"
                 )

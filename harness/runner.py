@@ -38,7 +38,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,7 +263,10 @@ def execute(ctx: RunContext, *, progress: bool) -> int:
         cluster.stop()
         history.close()
         faults.close()
-    _log_tails(ctx, observed.silent)
+    for node in observed.silent:  # why a node went silent
+        proc = cluster.procs[node]
+        say(f"{node} did not answer; the end of {proc.log_path}:")
+        print("\n".join(f"    {line}" for line in proc.log_tail(40)), file=sys.stderr, flush=True)
     return judge(ctx, cluster, observed)
 
 
@@ -331,19 +334,6 @@ async def _diagnose_silent(
     if out:
         await asyncio.sleep(0.5)  # the dump is written by the node's signal handler
     return out
-
-
-def _log_tails(ctx: RunContext, nodes: Iterable[str], lines: int = 40) -> None:
-    """The last lines of these nodes' logs, on stderr: why a node went silent."""
-    for node in nodes:
-        path = ctx.run_dir / "nodes" / node / "node.log"
-        try:
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError as exc:
-            say(f"{node}: cannot read {path}: {exc}")
-            continue
-        say(f"{node} did not answer; the end of {path}:")
-        print("\n".join(f"    {line}" for line in tail), file=sys.stderr, flush=True)
 
 
 async def _main_phase(

@@ -253,7 +253,9 @@ def test_describe_and_dump_stacks_explain_a_silent_process(
     assert not proc.dump_stacks(), "a paused process cannot write its stacks"
     proc.resume()
     assert proc.dump_stacks()
-    wait_until(lambda: "stuck_here" in log.read_text(), "the stack dump in the log")
+    wait_until(
+        lambda: any("stuck_here" in line for line in proc.log_tail(20)), "the stack dump in the log"
+    )
     proc.kill()
     assert proc.describe() == f"killed by signal {int(signal.SIGKILL)}"
     assert not proc.exited_on_its_own, "we killed it"
