@@ -46,6 +46,10 @@ FaultSink = Callable[[str, str, dict[str, Any]], None]
 Statuses = dict[str, dict[str, Any] | None]
 _T = TypeVar("_T")
 
+#: how long every node of a starting cluster has to answer its status (Python start-up and
+#: imports take seconds on a loaded 2-core machine)
+READY_TIMEOUT_S = 30.0
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
@@ -298,6 +302,24 @@ class LocalCluster:
         """The leader of the highest term that any reachable node reports, if any."""
         return leader_of(await self.statuses())
 
+    async def wait_ready(self, timeout: float) -> float:
+        """Poll until every node of ``spec.nodes`` answers its status; how long it took.
+        Raises :class:`ClusterError` as soon as a node has ended on its own (a port taken, a
+        bad config: its log is quoted), or when ``timeout`` passes. Call it before relying on
+        the whole cluster: a leader can be elected while one node is still failing to start."""
+        t0 = time.monotonic()
+        with StatusPoller(self) as poller:
+            while True:
+                self.check_no_crash()
+                statuses = await poller.poll()
+                silent = [n for n in self.spec.nodes if statuses.get(n) is None]
+                if not silent:
+                    return time.monotonic() - t0
+                if time.monotonic() - t0 > timeout:
+                    names = ", ".join(silent)
+                    raise ClusterError(f"{names} did not answer within {timeout:.1f}s")
+                await asyncio.sleep(0.02)
+
     async def wait_for_leader(
         self, timeout: float, exclude: Iterable[str] = (), min_term: int = 0
     ) -> tuple[str, int, float]:
@@ -404,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"try: orbital kv --config {cluster.config_path} put x 1")
         print("Ctrl-C stops the cluster")
         try:
+            asyncio.run(cluster.wait_ready(READY_TIMEOUT_S))
             found = asyncio.run(cluster.wait_for_leader(10 * spec.election_timeout_s))
             print(f"leader: {found[0]} (term {found[1]}) after {found[2]:.3f}s")
             while all(cluster.alive(n) for n in spec.nodes):

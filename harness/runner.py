@@ -53,7 +53,13 @@ from rich.table import Table
 from chaos.nemesis import AppliedFault, FaultOp, NemesisExecutor, make_schedule
 from chaos.process import ProcessError
 from chaos.toxiproxy import ToxiproxyError, find_server_binary
-from harness.cluster import ClusterError, ClusterSpec, LocalCluster, StatusPoller
+from harness.cluster import (
+    READY_TIMEOUT_S,
+    ClusterError,
+    ClusterSpec,
+    LocalCluster,
+    StatusPoller,
+)
 from harness.history import FaultWriter, HistoryWriter, Op, read_history
 from harness.scenario import Scenario, ScenarioError, load_scenario
 from harness.workload import ClientWorkers
@@ -289,6 +295,7 @@ async def drive(
 ) -> None:
     """Steps 2-4 of the module docstring, on one event loop."""
     sc = ctx.scenario
+    await cluster.wait_ready(READY_TIMEOUT_S)  # every node up, or exit 2 naming the one that is not
     found = await cluster.wait_for_leader(max(10.0, 40 * sc.timing.election_timeout_s))
     say(f"leader {found[0]} (term {found[1]}) after {found[2]:.3f}s")
     if sc.setup.leader_in is not None:

@@ -497,8 +497,9 @@ def test_relative_workdir_keeps_node_data_where_replay_looks(
 def test_a_node_that_cannot_start_is_reported_not_waited_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A node whose port is taken exits at once; waiting for a leader says so (which node,
-    why, from its log) instead of timing out or running the scenario one node short."""
+    """A node whose port is taken exits at once; waiting for the cluster says so (which node,
+    why, from its log) instead of timing out or running the scenario one node short. (The
+    other two may elect a leader meanwhile: only ``wait_ready`` waits for every node.)"""
     import socket
 
     import harness.cluster as cluster_module
@@ -516,7 +517,7 @@ def test_a_node_that_cannot_start_is_reported_not_waited_for(
             assert cluster.raft_addr["n1"].endswith(f":{taken}")
             t0 = time.monotonic()
             with pytest.raises(ClusterError, match=r"n1 exited with code \d+ on its own") as err:
-                run(lambda: cluster.wait_for_leader(60.0))
+                run(lambda: cluster.wait_ready(60.0))
             assert "Address already in use" in str(err.value)
             assert time.monotonic() - t0 < 30.0, "reported when the node exited, not at timeout"
     finally:
