@@ -1,12 +1,14 @@
 """Disk faults, applied to a STOPPED node's data directory between two incarnations.
 
-- `truncate_tail`: cut the last N bytes of the newest WAL segment. If those bytes held a
+- `truncate_tail`: cut the last N written bytes of the newest WAL segment (the zero-filled
+  space the store preallocates after its records does not count). If those bytes held a
   record the node had not yet acknowledged, this is a torn write, which the node must repair
   on open (cut the torn record off). If they held fsynced, acknowledged records, it is lost
   durable data: Raft assumes durable storage, so this breaks the fault model on purpose, and
   the checker is entitled to find an anomaly if that node's lost entries were needed.
-- `flip_byte`: XOR one byte at an offset of a file. Inside a record before the tail this is
-  corruption the node must detect and refuse to start on (naming the file and offset).
+- `flip_byte`: XOR one byte at an offset of a file (a negative offset counts back from the
+  end of its written bytes, as above). Inside a record before the tail this is corruption
+  the node must detect and refuse to start on (naming the file and offset).
 
 Not possible without privileges: a full disk (ENOSPC needs a small filesystem: a loop mount
 or tmpfs with a size, i.e. root), slow or failing fsync (needs a device-mapper target or a
@@ -79,13 +81,20 @@ def newest_segment(data_dir: Path, pattern: str = SEGMENT_GLOB) -> Path:
     return segments[-1]
 
 
+def written_size(path: Path) -> int:
+    """The bytes of `path` up to its last non-zero byte: a WAL segment's zero tail is space
+    the store preallocated, not written data (a record ending in zeros ends a little later)."""
+    return len(path.read_bytes().rstrip(b"\0"))
+
+
 def truncate_tail(data_dir: Path, nbytes: int, pattern: str = SEGMENT_GLOB) -> DiskFault:
-    """Cut the last `nbytes` (at most all) of the newest segment."""
+    """Cut the last `nbytes` (at most all) of the newest segment's written bytes, and the
+    zero tail after them."""
     if nbytes < 0:
         raise ValueError(f"nbytes must be >= 0, got {nbytes}")
     with stopped(data_dir):
         path = newest_segment(data_dir, pattern)
-        size = path.stat().st_size
+        size = written_size(path)
         new_size = max(0, size - nbytes)
         with path.open("r+b") as f:
             f.truncate(new_size)
@@ -110,7 +119,7 @@ def flip_byte(
     with stopped(data_dir):
         path = path or newest_segment(data_dir, pattern)
         size = path.stat().st_size
-        at = offset + size if offset < 0 else offset
+        at = offset + written_size(path) if offset < 0 else offset
         if not 0 <= at < size:
             raise DiskFaultError(f"offset {offset} is outside {path} ({size} bytes)")
         with path.open("r+b") as f:

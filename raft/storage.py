@@ -368,7 +368,9 @@ class FileStorage:
         if wal.torn is not None:
             logger.warning("cutting off a torn log tail: %s", wal.torn)
         self._shape: LogShape = wal.shape
-        self._wal = WalWriter(self._waldir, wal.shape, wal.end, segment_size)
+        self._wal = WalWriter(
+            self._waldir, wal.shape, wal.end, segment_size, torn=wal.torn is not None
+        )
 
     def __enter__(self) -> FileStorage:
         return self

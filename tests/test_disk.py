@@ -48,6 +48,16 @@ def test_flip_byte_xors_one_byte(data_dir: Path) -> None:
         flip_byte(data_dir, 10)
 
 
+def test_the_zero_tail_of_a_preallocated_segment_is_not_written_data(data_dir: Path) -> None:
+    newest = newest_segment(data_dir)
+    newest.write_bytes(b"0123456789" + bytes(50))
+    fault = truncate_tail(data_dir, 3)
+    assert fault.path.read_bytes() == b"0123456"
+    assert fault.detail == {"old_size": 10, "new_size": 7}
+    newest.write_bytes(b"0123456789" + bytes(50))
+    assert flip_byte(data_dir, -1).detail["offset"] == 9
+
+
 def test_a_locked_data_dir_is_refused(data_dir: Path) -> None:
     fd = os.open(data_dir / "LOCK", os.O_RDWR)  # as the running node holds it
     try:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from harness.replay import read_node, replay_cluster
+from raft import wal
 from raft.core.types import ConfState, HardState, LogEntry, NodeId, Snapshot, SnapshotMeta
 from raft.storage import FileStorage
 
@@ -129,7 +130,8 @@ def test_corrupted_node_is_a_violation(tmp_path: Path) -> None:
 def test_torn_tail_is_reported_not_cut(tmp_path: Path) -> None:
     directory = make_node(tmp_path / "a", spec([1, 1, 1]))
     (seg,) = sorted((directory / "wal").glob("*.wal"))
-    seg.write_bytes(seg.read_bytes()[:-5])
+    data = seg.read_bytes()
+    seg.write_bytes(data[: wal.data_end(data) - 5])  # cut into the last record
     size = seg.stat().st_size
     node = read_node("a", directory)
     assert node.torn_tail is not None

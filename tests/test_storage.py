@@ -286,13 +286,14 @@ def test_second_open_is_refused(tmp_path: Path) -> None:
     FileStorage(tmp_path).close()  # released on close
 
 
-def test_one_fsync_per_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_sync_per_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with FileStorage(tmp_path) as s:
         s.append_log(entries(1, 10))
         calls: list[int] = []
-        real = os.fsync
-        monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
-        s.append_log(entries(11, 300))
+        real_fsync, real_datasync = os.fsync, wal.datasync
+        monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+        monkeypatch.setattr(wal, "datasync", lambda fd: (calls.append(fd), real_datasync(fd))[1])
+        s.append_log(entries(11, 300))  # fits in the space the first append preallocated
         assert len(calls) == 1
         s.append_log(entries(5, 20, term=2))  # replacing a suffix is an append too
         assert len(calls) == 2
@@ -345,7 +346,7 @@ def test_tail_cut_mid_record_is_recovered(
     _write_log(tmp_path, 10)
     (seg,) = _segments(tmp_path)
     offsets = _record_offsets(seg)
-    size = seg.stat().st_size
+    size = wal.data_end(seg.read_bytes())  # the zero-filled preallocated tail is not data
     with open(seg, "r+b") as f:
         f.truncate(offsets[9] + cut if cut > 0 else size + cut)
     view = read_data_dir(tmp_path)  # read-only: reports, changes nothing
@@ -368,7 +369,7 @@ def test_bad_checksum_on_last_record_is_a_torn_tail(tmp_path: Path) -> None:
     _write_log(tmp_path, 5)
     (seg,) = _segments(tmp_path)
     data = bytearray(seg.read_bytes())
-    data[-1] ^= 0xFF
+    data[wal.data_end(data) - 1] ^= 0xFF  # the last byte of the last record
     seg.write_bytes(bytes(data) + b"\0" * 30)  # zeros after it are not a record
     with FileStorage(tmp_path) as s:
         assert s.recovered_tail is not None
@@ -379,6 +380,8 @@ def test_bad_checksum_on_last_record_is_a_torn_tail(tmp_path: Path) -> None:
 def test_torn_segment_header_is_recovered(tmp_path: Path) -> None:
     with FileStorage(tmp_path, segment_size=100) as s:
         s.append_log(entries(1, 3))
+    first = tmp_path / "wal" / wal.segment_name(1)
+    os.truncate(first, wal.data_end(first.read_bytes()))  # sealed, as before a new segment
     (tmp_path / "wal" / wal.segment_name(2)).write_bytes(wal.SEGMENT_MAGIC[:3])
     with FileStorage(tmp_path, segment_size=100) as s:
         assert s.recovered_tail is not None
@@ -436,11 +439,26 @@ def test_disk_full_on_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert s.load_log() == entries(1, 3)
 
 
-def test_fsync_failure_on_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_failure_on_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FileStorage(tmp_path) as s:
+        s.append_log(entries(1, 1))
+        monkeypatch.setattr(wal, "datasync", _failing(errno.EIO))
+        with pytest.raises(StorageError, match=r"fdatasync .*0001\.wal failed.*EIO"):
+            s.append_log(entries(2, 2))
+        monkeypatch.undo()
+        with pytest.raises(StorageError, match="failed earlier"):
+            s.append_log(entries(2, 2))
+
+
+def test_preallocation_failure_on_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with FileStorage(tmp_path) as s:
         monkeypatch.setattr(os, "fsync", _failing(errno.EIO))
-        with pytest.raises(StorageError, match=r"fsync .*EIO"):
+        with pytest.raises(StorageError, match=r"preallocate .*0001\.wal failed.*EIO"):
             s.append_log(entries(1, 1))
+    monkeypatch.undo()
+    with FileStorage(tmp_path) as s:
+        assert s.recovered_tail is None
+        assert s.load_log() == []
 
 
 def test_disk_full_on_hard_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -483,6 +501,85 @@ def test_partial_record_followed_by_zeros_is_torn(tmp_path: Path) -> None:
         assert s.recovered_tail is not None
         assert s.recovered_tail.offset == offsets[2]
         assert s.load_log() == entries(1, 2)
+
+
+def test_the_last_segment_is_preallocated_and_its_zero_tail_is_the_clean_end(
+    tmp_path: Path,
+) -> None:
+    with FileStorage(tmp_path) as s:
+        s.append_log(entries(1, 5))
+        (seg,) = _segments(tmp_path)
+        data = seg.read_bytes()
+        end = wal.data_end(data)
+        assert len(data) == wal.PREALLOC_MIN  # zero-filled ahead of the records
+        assert _record_offsets(seg)[-1] < end
+        size_after_first = len(data)
+        s.append_log(entries(6, 9))  # written into the zeros: the size does not change
+        assert seg.stat().st_size == size_after_first
+    with FileStorage(tmp_path) as s:
+        assert s.recovered_tail is None  # zeros after the records are not a torn write
+        assert seg.stat().st_size == size_after_first  # and are kept
+        s.append_log(entries(10, 10))
+        assert s.load_log() == entries(1, 10)
+    assert read_data_dir(tmp_path).torn is None
+
+
+def test_preallocation_doubles_up_to_its_cap_and_fits_a_big_append(tmp_path: Path) -> None:
+    big = [LogEntry(1, 1, b"x" * (wal.PREALLOC_MIN * 3))]
+    with FileStorage(tmp_path) as s:
+        s.append_log(big)
+        (seg,) = _segments(tmp_path)
+        assert seg.stat().st_size == wal.data_end(seg.read_bytes())  # exactly what it needed
+        size = seg.stat().st_size
+        s.append_log(entries(2, 2))
+        assert seg.stat().st_size == 2 * size  # one more chunk as big as the segment
+        command = b"y" * (wal.PREALLOC_MAX // 2)
+        for i in range(3, 12):
+            before = seg.stat().st_size
+            s.append_log([LogEntry(i, 1, command)])
+            assert seg.stat().st_size - before <= max(wal.PREALLOC_MAX, before)
+        assert s.load_log()[0] == big[0]
+        assert len(s.load_log()) == 11
+
+
+def test_sealed_segments_have_no_zero_tail(tmp_path: Path) -> None:
+    with FileStorage(tmp_path, segment_size=300) as s:
+        for i in range(1, 40):
+            s.append_log(entries(i, i))
+    segments = _segments(tmp_path)
+    assert len(segments) > 2
+    for seg in segments[:-1]:  # cut to their records before the next segment was created
+        assert seg.stat().st_size == _scan_end(seg)
+    first = segments[0]
+    with open(first, "ab") as f:  # zeros after a sealed segment's records: not a clean end
+        f.write(bytes(64))
+    with pytest.raises(StorageCorrupted, match=str(first)):
+        FileStorage(tmp_path)
+
+
+def _scan_end(seg: Path, *, last: bool = False) -> int:
+    records, torn = wal.scan_segment(seg, seg.read_bytes(), last=last)
+    assert torn is None
+    return records[-1].end
+
+
+def test_torn_write_into_preallocated_space_is_cut_then_appends_go_on(tmp_path: Path) -> None:
+    _write_log(tmp_path, 4)
+    (seg,) = _segments(tmp_path)
+    end = _scan_end(seg, last=True)
+    record = wal.encode_entry(LogEntry(5, 1, b"lost"))
+    with open(seg, "r+b") as f:  # a crash persisted part of the record, zeros after it
+        f.seek(end)
+        f.write(record[: len(record) - 2])
+    with FileStorage(tmp_path) as s:
+        assert s.recovered_tail is not None
+        assert s.recovered_tail.offset == end
+        assert s.recovered_tail.dropped == len(record) - 2
+        assert seg.stat().st_size == end  # the cut is the file's end, made durable
+        s.append_log(entries(5, 6))
+    with FileStorage(tmp_path) as s:
+        assert s.recovered_tail is None
+        assert s.load_log() == entries(1, 6)
 
 
 def _scan(data: bytes) -> list[wal.Record]:
