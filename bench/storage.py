@@ -11,12 +11,15 @@ writes the disk may still be flushing):
   (records are 126 bytes per 100-byte entry): the same syscalls, on the same kind of file,
   as the store makes, so the same disk work per call;
 * ``raw_fdatasync_prewritten_<n>B``: ``n`` bytes + ``os.fdatasync`` over a zero-filled,
-  fsynced file (no size or extent change per sync): what preallocating segments could give;
+  fsynced file (no size or extent change per sync), with the zero-filling left out of the
+  time: the bound for FileStorage, which preallocates its last segment the same way but pays
+  for the zeros inside the appends that extend it;
 * ``per_entry`` / ``group_commit_N``: ``append_log`` of 1 / N 100-byte entries per call.
 
 ``fsync_ratio`` (the goal: >= 0.8 for group commit) is a case's ``append_log`` calls/s over
-``raw_fsync_<n>B``/s: same bytes per fsync, same kind of write, so the ratio is what the
-store's own work (CPU) leaves of the disk's rate. ``ratio_vs_raw_fsync_100B`` (the issue's
+``raw_fsync_<n>B``/s: the same bytes per call, appended and fsynced, the way a log without
+preallocation must write them. The store's ratio passes 1 where preallocation saves more
+than its own work (CPU, zero-filling) costs. ``ratio_vs_raw_fsync_100B`` (the issue's
 first reference) and ``ratio_vs_prewritten_fdatasync`` are reported beside it.
 ``cpu_us_per_call`` is process CPU time per call, kernel time of write and fsync included;
 the same for the raw case of the same bytes is beside it, so the difference is the store's
