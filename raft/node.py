@@ -207,6 +207,11 @@ class RaftNode(Generic[SM]):
         self._raft_inbox: deque[_RaftItem] = deque()
         self._client_inbox: deque[_ClientItem] = deque()
         self._wakeup: asyncio.Future[None] | None = None
+        #: set by a pass run from a callback (see _kick) for the main loop to act on: a Ready
+        #: to persist on the thread, a stop that was drained, an error to raise
+        self._deferred: Ready | None = None
+        self._stopping = False
+        self._failure: BaseException | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._proposals: dict[int, _Proposal] = {}
         self._read_requests: dict[int, asyncio.Future[int]] = {}
@@ -241,8 +246,8 @@ class RaftNode(Generic[SM]):
         executor = self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-persist")
         helpers = [asyncio.create_task(self._tick_loop(), name=f"{self.id}-tick")]
         set_receiver = getattr(self.transport, "set_receiver", None)
-        if set_receiver is not None:  # messages go to the inbox from the socket's reader
-            set_receiver(self._received)
+        if set_receiver is not None:  # messages go to the inbox from the socket's reader,
+            set_receiver(self._received, after_burst=self._kick)  # stepped after each burst
         else:
             helpers.append(asyncio.create_task(self._receive_loop(), name=f"{self.id}-recv"))
         try:
@@ -360,10 +365,13 @@ class RaftNode(Generic[SM]):
         loop = asyncio.get_running_loop()
         ran_since = loop.time()
         while True:
-            if not self._drain():
+            if self._failure is not None:
+                raise self._failure
+            if self._stopping or not self._drain():
                 return
-            if self.core.has_ready():
-                if await self._handle_ready():
+            rd, self._deferred = self._deferred, None
+            if rd is not None or self.core.has_ready():
+                if await self._handle_ready(rd):
                     ran_since = loop.time()
                 elif loop.time() - ran_since > MAX_RUN_S:
                     await asyncio.sleep(0)  # let the readers and the tick task run
@@ -381,6 +389,38 @@ class RaftNode(Generic[SM]):
         w = self._wakeup
         if w is not None and not w.done():
             w.set_result(None)
+
+    def _kick(self) -> None:
+        """Step what the inboxes hold now, from a callback (the end of a receive burst, a
+        tick), if the main loop is parked; otherwise it will get to it. Saves the main loop's
+        wake-up (a future and a task step) per burst: the pass runs right in the callback.
+        A Ready that needs the persist thread, a drained stop, or an error (a storage
+        failure must stop the node, not end in the loop's exception handler) is handed to
+        the main loop, woken for it."""
+        w = self._wakeup
+        if w is None or w.done():
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            while True:
+                if not self._drain():
+                    self._stopping = True
+                    break
+                if not self.core.has_ready():
+                    if self._raft_inbox or self._client_inbox:
+                        continue
+                    return  # all done: the main loop stays parked
+                rd = self.core.ready()
+                if self._needs_thread(rd):
+                    self._deferred = rd
+                    break
+                self._finish_ready(rd)
+                if loop.time() - start > MAX_RUN_S:
+                    break
+        except BaseException as exc:
+            self._failure = exc
+        w.set_result(None)
 
     def _drain(self) -> bool:
         """Step queued items into the core, Raft traffic first; False once a stop was asked
@@ -439,22 +479,38 @@ class RaftNode(Generic[SM]):
         self._wake()
         return await fut
 
-    async def _handle_ready(self) -> bool:
-        """One pass of the Ready contract; whether it awaited (let other tasks run)."""
-        rd = self.core.ready()
-        if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
-            self.transport.send_batch(rd.messages)
-        if (
+    def _needs_thread(self, rd: Ready) -> bool:
+        """Whether ``rd``'s persist goes to the persist thread (see the module docstring)."""
+        return (
             rd.snapshot is not None
             or rd.compacted is not None
-            or (rd.entries and sum(len(e.command) for e in rd.entries) > self._inline_bytes)
-        ):
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._persist, rd)
-            awaited = True
-        else:
-            if rd.hard_state is not None or rd.entries:
-                self._persist(rd)  # small: inline beats two thread handoffs (see module doc)
-            awaited = False
+            or (bool(rd.entries) and sum(len(e.command) for e in rd.entries) > self._inline_bytes)
+        )
+
+    async def _handle_ready(self, rd: Ready | None = None) -> bool:
+        """One pass of the Ready contract (over ``rd`` if the core's Ready was taken already);
+        whether it awaited (let other tasks run)."""
+        if rd is None:
+            rd = self.core.ready()
+        if not self._needs_thread(rd):
+            self._finish_ready(rd)
+            return False
+        if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
+            self.transport.send_batch(rd.messages)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._persist, rd)
+        self._after_persist(rd)
+        return True
+
+    def _finish_ready(self, rd: Ready) -> None:
+        """The Ready contract for a Ready persisted on this thread."""
+        if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
+            self.transport.send_batch(rd.messages)
+        if rd.hard_state is not None or rd.entries:
+            self._persist(rd)  # small: inline beats two thread handoffs (see module doc)
+        self._after_persist(rd)
+
+    def _after_persist(self, rd: Ready) -> None:
+        """Steps 4 and 5 of the contract."""
         if rd.snapshot is not None:
             self._restore(rd.snapshot)
         self._apply(rd.committed_entries)
@@ -463,7 +519,6 @@ class RaftNode(Generic[SM]):
         self._wake_applied_waiters()
         if self.core.should_compact():
             self.core.compact(self.core.log.applied, self.sm.snapshot())
-        return awaited
 
     def _persist(self, rd: Ready) -> None:
         """Step 3 of the contract, on the persist thread; each write is durable on return."""
@@ -553,9 +608,9 @@ class RaftNode(Generic[SM]):
 
     # ==== helpers: receiving and ticking ======================================================
     def _received(self, msg: Message) -> None:
+        """A message from the transport's reader, which calls :meth:`_kick` after its burst."""
         if len(self._raft_inbox) < MAX_INBOX:
             self._raft_inbox.append(msg)
-            self._wake()
 
     async def _receive_loop(self) -> None:
         inbox = self._raft_inbox
@@ -582,7 +637,7 @@ class RaftNode(Generic[SM]):
             last = now if n > cap else last + n * self.tick_s
             for _ in range(min(n, cap)):
                 self._raft_inbox.append(_Tick())
-            self._wake()
+            self._kick()
 
     # ==== timeline and roles ==================================================================
     def _on_core_event(self, text: str) -> None:

@@ -515,10 +515,13 @@ class ZmqReader:
         on_message: Callable[[list[bytes]], None],
         *,
         burst: int = RECV_BURST,
+        on_burst_end: Callable[[], None] | None = None,
     ) -> None:
         self._sock = sock
         self._on_message = on_message
         self._burst = burst
+        #: called after a burst that delivered at least one message
+        self.on_burst_end = on_burst_end
         fd = sock.getsockopt(zmq.FD)
         assert isinstance(fd, int)
         self._fd = fd
@@ -543,16 +546,22 @@ class ZmqReader:
     def _read(self) -> None:
         self._scheduled = False
         sock = self._sock
-        for _ in range(self._burst):
-            # ZMQ_EVENTS both tells and re-arms the edge; cheaper than a recv raising Again
-            if self._loop is None or not _readable(sock):
-                return  # stopped (the callback may close the socket), or nothing queued
-            try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._on_message(parts)
-        self.recheck()  # a full burst: more may be queued, and the descriptor stays quiet
+        got = 0
+        try:
+            for _ in range(self._burst):
+                # ZMQ_EVENTS both tells and re-arms the edge; cheaper than a recv raising Again
+                if self._loop is None or not _readable(sock):
+                    return  # stopped (the callback may close the socket), or nothing queued
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                got += 1
+                self._on_message(parts)
+            self.recheck()  # a full burst: more may be queued, and the descriptor stays quiet
+        finally:
+            if got and self.on_burst_end is not None and self._loop is not None:
+                self.on_burst_end()
 
     def stop(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -693,11 +702,19 @@ class ZmqTransport:
                 self._waiter = None
         return inbox.popleft()
 
-    def set_receiver(self, receiver: Callable[[Message], None] | None) -> None:
+    def set_receiver(
+        self,
+        receiver: Callable[[Message], None] | None,
+        *,
+        after_burst: Callable[[], None] | None = None,
+    ) -> None:
         """Hand each received message to ``receiver`` straight from the socket's reader
-        callback, instead of queueing it for :meth:`recv` (``None``: back to queueing).
-        Saves a task switch per message. Call from the running event loop."""
+        callback, instead of queueing it for :meth:`recv` (``None``: back to queueing), and
+        call ``after_burst`` once the reader has handed over what it read in one go (so the
+        receiver can act on a batch). Saves a task switch per message. Call from the running
+        event loop."""
         self._receiver = receiver
+        self._reader.on_burst_end = after_burst if receiver is not None else None
         if receiver is not None:
             self._reader.start()
 

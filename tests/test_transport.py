@@ -259,12 +259,14 @@ def test_zmq_flood_is_received_in_bursts_without_loss() -> None:
 @pytest.mark.integration
 def test_zmq_receiver_gets_messages_from_the_reader_callback() -> None:
     """``set_receiver``: each message goes straight to the callback, in order, nothing
-    queued for ``recv``; back to queueing once it is cleared."""
+    queued for ``recv``, and ``after_burst`` follows every burst (so after the last message);
+    back to queueing once it is cleared."""
 
     async def main() -> None:
         ta, tb = _pair()
         got: list[Message] = []
-        tb.set_receiver(got.append)
+        seen_at_burst_end: list[int] = []
+        tb.set_receiver(got.append, after_burst=lambda: seen_at_burst_end.append(len(got)))
         try:
             want = [Heartbeat(A, B, 1, i) for i in range(50)]
             async with asyncio.timeout(10):
@@ -275,10 +277,13 @@ def test_zmq_receiver_gets_messages_from_the_reader_callback() -> None:
                 while len(batch := [m for m in got if m.term == 1]) < len(want):
                     await asyncio.sleep(0.001)
             assert batch == want
+            assert seen_at_burst_end[-1] == len(got), "no burst end after the last message"
+            assert seen_at_burst_end == sorted(set(seen_at_burst_end)), "a burst of none"
             tb.set_receiver(None)
-            count = len(got)
+            count, bursts = len(got), len(seen_at_burst_end)
             await _until(lambda: _receives(ta, tb, TimeoutNow(A, B, 9)))
             assert len(got) == count, "nothing reaches the cleared receiver"
+            assert len(seen_at_burst_end) == bursts
         finally:
             ta.close()
             tb.close()
