@@ -32,7 +32,7 @@ goes out in the very next pass); it yields once it has run ``MAX_RUN_S`` without
 
 When the main loop is parked (nothing to do), the end of a receive burst of the transport
 (``set_receiver(..., after_burst=...)``) and a tick run the same steps right in their callback
-(:meth:`RaftNode._kick`) instead of waking it: one task switch less per burst. Only Readies
+(:meth:`RaftNode.kick`) instead of waking it: one task switch less per burst. Only Readies
 persisted on this thread run there; one for the persist thread, a stop, or an error is handed
 to the main loop. A burst is stepped as a whole, so it still shares one Ready and one fsync.
 
@@ -214,7 +214,7 @@ class RaftNode(Generic[SM]):
         self._raft_inbox: deque[_RaftItem] = deque()
         self._client_inbox: deque[_ClientItem] = deque()
         self._wakeup: asyncio.Future[None] | None = None
-        #: set by a pass run from a callback (see _kick) for the main loop to act on: a Ready
+        #: set by a pass run from a callback (see kick) for the main loop to act on: a Ready
         #: to persist on the thread, a stop that was drained, an error to raise
         self._deferred: Ready | None = None
         self._stopping = False
@@ -254,7 +254,7 @@ class RaftNode(Generic[SM]):
         helpers = [asyncio.create_task(self._tick_loop(), name=f"{self.id}-tick")]
         set_receiver = getattr(self.transport, "set_receiver", None)
         if set_receiver is not None:  # messages go to the inbox from the socket's reader,
-            set_receiver(self._received, after_burst=self._kick)  # stepped after each burst
+            set_receiver(self._received, after_burst=self.kick)  # stepped after each burst
         else:
             helpers.append(asyncio.create_task(self._receive_loop(), name=f"{self.id}-recv"))
         try:
@@ -286,17 +286,21 @@ class RaftNode(Generic[SM]):
         """
         return await self.propose(command)
 
-    def propose(self, command: bytes) -> asyncio.Future[bytes]:
+    def propose(self, command: bytes, *, wake: bool = True) -> asyncio.Future[bytes]:
         """:meth:`submit` without a coroutine: the future of its outcome (for callbacks).
 
         Raises :class:`NodeStopped` at once if the node is not running; every other outcome
         arrives through the future. Cancelling the future abandons the wait, not the command.
+        ``wake=False``: only queue it; the caller calls :meth:`kick` once it has queued what
+        it has (a server at the end of a receive burst: the burst is one batch, stepped in
+        its callback).
         """
         if not self._running:
             raise NodeStopped(f"{self.id} is not running")
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._client_inbox.append(_Propose(command, fut))
-        self._wake()
+        if wake:
+            self._wake()
         return fut
 
     async def read(self) -> int:
@@ -397,7 +401,7 @@ class RaftNode(Generic[SM]):
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
         """Step what the inboxes hold now, from a callback (the end of a receive burst, a
         tick), if the main loop is parked; otherwise it will get to it. Saves the main loop's
         wake-up (a future and a task step) per burst: the pass runs right in the callback.
@@ -615,7 +619,7 @@ class RaftNode(Generic[SM]):
 
     # ==== helpers: receiving and ticking ======================================================
     def _received(self, msg: Message) -> None:
-        """A message from the transport's reader, which calls :meth:`_kick` after its burst."""
+        """A message from the transport's reader, which calls :meth:`kick` after its burst."""
         if len(self._raft_inbox) < MAX_INBOX:
             self._raft_inbox.append(msg)
 
@@ -644,7 +648,7 @@ class RaftNode(Generic[SM]):
             last = now if n > cap else last + n * self.tick_s
             for _ in range(min(n, cap)):
                 self._raft_inbox.append(_Tick())
-            self._kick()
+            self.kick()
 
     # ==== timeline and roles ==================================================================
     def _on_core_event(self, text: str) -> None:

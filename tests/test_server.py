@@ -153,11 +153,16 @@ class _StubNode:
 
     def __init__(self) -> None:
         self.proposals: list[asyncio.Future[bytes]] = []
+        self.calls: list[str] = []  #: "propose" / "propose+wake" / "kick", in order
 
-    def propose(self, command: bytes) -> asyncio.Future[bytes]:
+    def propose(self, command: bytes, *, wake: bool = True) -> asyncio.Future[bytes]:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.proposals.append(fut)
+        self.calls.append("propose+wake" if wake else "propose")
         return fut
+
+    def kick(self) -> None:
+        self.calls.append("kick")
 
 
 def test_admission_control_answers_the_excess_busy_at_once() -> None:
@@ -190,6 +195,9 @@ def test_admission_control_answers_the_excess_busy_at_once() -> None:
                 while len(replies) < 18:
                     replies.append(json.loads(await sock.recv()))
             assert len(node.proposals) == 3
+            # queued without waking the node, and stepped at the end of the burst they came in
+            assert "propose+wake" not in node.calls
+            assert node.calls[-1] == "kick"
             assert sorted(r["id"] for r in replies if r.get("error") == "busy") == list(
                 range(3, 20)
             )
