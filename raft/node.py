@@ -431,7 +431,8 @@ class RaftNode(Generic[SM]):
                     break
         except BaseException as exc:
             self._failure = exc
-        w.set_result(None)
+        if not w.done():
+            w.set_result(None)
 
     def _drain(self) -> bool:
         """Step queued items into the core, Raft traffic first; False once a stop was asked

@@ -28,7 +28,9 @@ Receiving avoids pyzmq's per-message futures: a :class:`ZmqReader` watches the R
 file descriptor with ``loop.add_reader`` and, each time it fires, receives (NOBLOCK) up to a
 burst of frames in one callback — decoded into an inbox ``recv()`` takes from, or, once
 :meth:`ZmqTransport.set_receiver` is given a callback (what :class:`raft.node.RaftNode` does),
-handed to that callback at once: no task switch per message — then, if more are waiting,
+handed to that callback at once: no task switch per message, and an ``after_burst`` callback
+once the burst is handed over, so the receiver can act on it as one batch — then, if more
+are waiting,
 comes back on the next loop iteration (ZeroMQ's descriptor is edge-triggered: it will not
 fire again for frames already queued), so other work interleaves with a flood.
 

@@ -425,11 +425,25 @@ def _failing(code: int) -> Callable[..., int]:
     return fail
 
 
-def test_disk_full_on_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("where", "code", "message"),
+    [
+        ((os, "write"), errno.ENOSPC, r"write .*\.wal failed: No space left .*ENOSPC"),
+        ((wal, "datasync"), errno.EIO, r"fdatasync .*0001\.wal failed.*EIO"),
+    ],
+    ids=["disk-full-on-write", "eio-on-fdatasync"],
+)
+def test_failed_append_stops_the_writer_and_loses_nothing_acknowledged(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: tuple[object, str],
+    code: int,
+    message: str,
+) -> None:
     s = FileStorage(tmp_path)
     s.append_log(entries(1, 3))
-    monkeypatch.setattr(os, "write", _failing(errno.ENOSPC))
-    with pytest.raises(StorageError, match=r"write .*\.wal failed: No space left .*ENOSPC"):
+    monkeypatch.setattr(*where, _failing(code))
+    with pytest.raises(StorageError, match=message):
         s.append_log(entries(4, 5))
     monkeypatch.undo()
     with pytest.raises(StorageError, match="failed earlier"):
@@ -437,17 +451,6 @@ def test_disk_full_on_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     s.close()
     with FileStorage(tmp_path) as s:
         assert s.load_log() == entries(1, 3)
-
-
-def test_sync_failure_on_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with FileStorage(tmp_path) as s:
-        s.append_log(entries(1, 1))
-        monkeypatch.setattr(wal, "datasync", _failing(errno.EIO))
-        with pytest.raises(StorageError, match=r"fdatasync .*0001\.wal failed.*EIO"):
-            s.append_log(entries(2, 2))
-        monkeypatch.undo()
-        with pytest.raises(StorageError, match="failed earlier"):
-            s.append_log(entries(2, 2))
 
 
 def test_preallocation_failure_on_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
