@@ -13,14 +13,15 @@ Raft invariants from the nodes' storage, and the scenario's expectations). The s
 2. start the cluster *in* the run directory (so ``nodes/<id>/`` with data, log and roles is
    stored as it is written), wait for a leader, and, if ``setup.leader_in`` names a group,
    transfer the leadership into it;
-3. run the workload and the nemesis for ``duration`` seconds while a :class:`StatusMonitor`
+3. run the workload and the nemesis for ``duration`` seconds while a
+   :class:`~harness.monitor.StatusMonitor`
    polls every node's status on its direct port (never through the proxies) to time elections;
 4. the final generator heals everything, the cluster settles, every key is read once, and the
    monitor waits for every node to report the same commit/applied/last index (convergence);
 5. stop every process; rewrite ``roles.jsonl`` times to ns since the run start (the node writes
    raw ``CLOCK_MONOTONIC``) and add ``down`` spans for kills and pauses; replay every node's
    storage from disk (:mod:`harness.replay`); check linearizability; check expectations
-   (:func:`check_expectations`);
+   (:mod:`harness.expectations`);
 6. write ``results.json`` (the shape of :mod:`harness.report` plus ``expectations``) and
    ``report.html``; print a summary table.
 
@@ -58,14 +59,14 @@ from harness.cluster import (
     ClusterError,
     ClusterSpec,
     LocalCluster,
-    StatusPoller,
 )
+from harness.expectations import check_expectations
 from harness.history import FaultWriter, HistoryWriter, Op, read_history
+from harness.monitor import Sample, StatusMonitor, sample_json
 from harness.scenario import Scenario, ScenarioError, load_scenario
 from harness.workload import ClientWorkers
 from raft.client import KVClient, KVError
 
-POLL_INTERVAL_S = 0.02
 DRAIN_GRACE_S = 2.0
 CHECK_TIME_LIMIT_S = 60.0
 
@@ -158,78 +159,6 @@ def cluster_spec(scenario: Scenario) -> ClusterSpec:
         client_sources=tuple(scenario.client_sources()),
         seed=scenario.seed,
     )
-
-
-# ---- the status monitor --------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One node's status as seen at ``time_ns`` (monotonic, when its answer arrived)."""
-
-    time_ns: int
-    node: str
-    role: str
-    term: int
-    commit: int
-    applied: int
-    last_index: int
-
-
-class StatusMonitor:
-    """Polls every running node's status on its direct port; keeps the leader samples."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.leader_samples: list[Sample] = []
-        self.latest: dict[str, Sample | None] = {}
-        self.leader: tuple[str, int] | None = None
-        self._poller = StatusPoller(cluster, timeout=0.3)
-
-    async def poll(self) -> dict[str, Sample | None]:
-        """One concurrent round over the nodes; a paused, dead or silent node gives ``None``."""
-        nodes = list(self.cluster.spec.nodes)
-        found = await asyncio.gather(*(self._poll_node(n) for n in nodes))
-        out = dict(zip(nodes, found, strict=True))
-        self.latest = out
-        leaders = [s for s in out.values() if s is not None and s.role == "leader"]
-        self.leader_samples.extend(leaders)
-        best = max(leaders, key=lambda s: s.term, default=None)
-        self.leader = None if best is None else (best.node, best.term)
-        return out
-
-    async def _poll_node(self, node: str) -> Sample | None:
-        st = await self._poller.one(node)
-        if st is None:
-            return None
-        return Sample(
-            time.monotonic_ns(), node, str(st.get("role")), int(st.get("term", 0)),
-            int(st.get("commit", 0)), int(st.get("applied", 0)), int(st.get("last_index", 0)),
-        )  # fmt: skip
-
-    async def run(self) -> None:
-        """Poll until cancelled."""
-        while True:
-            await self.poll()
-            await asyncio.sleep(POLL_INTERVAL_S)
-
-    async def wait_converged(self, timeout: float) -> tuple[bool, dict[str, Sample | None]]:
-        """Poll until every node reports the same commit, applied and last index."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = await self.poll()
-            if converged(found) or time.monotonic() > deadline:
-                return converged(found), found
-            await asyncio.sleep(0.1)
-
-    def close(self) -> None:
-        self._poller.close()
-
-
-def converged(found: dict[str, Sample | None]) -> bool:
-    """Every node answered and all report one (commit, applied, last_index)."""
-    if any(s is None for s in found.values()):
-        return False
-    marks = {(s.commit, s.applied, s.last_index) for s in found.values() if s is not None}
-    return len(marks) == 1
 
 
 # ---- driving the run -----------------------------------------------------------------------------
@@ -481,7 +410,7 @@ def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
         "schedule": [op.to_json() for op in ctx.schedule],
         "faults_applied": [f.to_json(ctx.run_start_ns) for f in observed.applied],
         "leader_changes": leader_changes(ctx, observed.leader_samples),
-        "final_status": {n: _sample_json(s) for n, s in observed.final_status.items()},
+        "final_status": {n: sample_json(s) for n, s in observed.final_status.items()},
         "setup_leader": observed.setup_leader,
         "error": ctx.error,
         "interrupted": ctx.interrupted,
@@ -585,177 +514,6 @@ def leader_changes(ctx: RunContext, samples: list[Sample]) -> list[list[Any]]:
     for s in sorted(samples, key=lambda s: s.time_ns):
         if not out or out[-1][1:] != [s.node, s.term]:
             out.append([ctx.rel(s.time_ns), s.node, s.term])
-    return out
-
-
-def _sample_json(s: Sample | None) -> dict[str, Any] | None:
-    if s is None:
-        return None
-    return {"role": s.role, "term": s.term, "commit": s.commit, "applied": s.applied,
-            "last_index": s.last_index}  # fmt: skip
-
-
-# ---- expectations ----------------------------------------------------------------------------
-def check(name: str, ok: bool | None, expected: Any, observed: Any, **more: Any) -> dict[str, Any]:
-    """One expectation's outcome (``ok`` None: not applicable in this run)."""
-    return {"name": name, "ok": ok, "expected": expected, "observed": observed, **more}
-
-
-def fault_sides(f: AppliedFault, nodes: list[str]) -> tuple[set[str] | None, list[set[str]]]:
-    """The side that keeps a majority (if any) and the minority sides of a fault."""
-    if f.skipped is not None or f.kind == "latency":
-        return None, []
-    if f.kind in ("kill", "pause") or not f.groups:
-        if f.node is None:
-            return None, []
-        minority = [{f.node}] if f.kind == "partition" else []
-        return set(nodes) - {f.node}, minority
-    named = [set(g) for g in f.groups]
-    rest = set(nodes) - set().union(*named)
-    sides = [*named, rest] if rest else named
-    majority = next((s for s in sides if len(s) > len(nodes) // 2), None)
-    return majority, [s for s in sides if s is not majority]
-
-
-def check_expectations(
-    ctx: RunContext,
-    observed: Observed,
-    history: list[Op],
-    roles: dict[str, list[dict[str, Any]]],
-) -> list[dict[str, Any]]:
-    """Every expectation of the scenario, checked against what was recorded."""
-    exp = ctx.scenario.expect
-    checks = [
-        check("min_ok_ops", observed.stats.get("ok", 0) >= exp.min_ok_ops, exp.min_ok_ops,
-              observed.stats.get("ok", 0)),
-    ]  # fmt: skip
-    if ctx.scenario.setup.leader_in is not None:
-        group = ctx.scenario.groups[ctx.scenario.setup.leader_in]
-        placed = observed.setup_leader is not None and observed.setup_leader[0] in group
-        checks.append(check("leader_placed", placed, group, observed.setup_leader))
-    if exp.leader_elected_within_election_timeouts is not None:
-        checks += election_checks(ctx, observed, roles, exp.leader_elected_within_election_timeouts)
-    if exp.minority_never_acknowledges:
-        checks += minority_checks(ctx, observed, history)
-    if exp.majority_keeps_serving:
-        checks += majority_checks(ctx, observed, history)
-    if exp.converge_after_heal:
-        final = {n: _sample_json(s) for n, s in observed.final_status.items()}
-        text = _convergence_text(observed.final_status, observed.silent)
-        ok: bool | None = observed.converged is True
-        if observed.converged is None:  # the run ended before the final phase
-            ok = None
-        checks.append(
-            check("converge_after_heal", ok, True, text, final_status=final, silent=observed.silent)
-        )
-    return checks
-
-
-def _convergence_text(final: dict[str, Sample | None], silent: dict[str, str]) -> str:
-    marks = {
-        n: None if s is None else f"commit {s.commit} applied {s.applied} last {s.last_index}"
-        for n, s in final.items()
-    }
-    if len(set(marks.values())) == 1 and None not in marks.values():
-        return f"{next(iter(marks.values()))} on all {len(marks)} nodes"
-    return "; ".join(
-        f"{n}: {m or 'no answer' + (f' ({silent[n]})' if n in silent else '')}"
-        for n, m in marks.items()
-    )
-
-
-def _window(ctx: RunContext, f: AppliedFault, end: int) -> tuple[int, int]:
-    stop = end if f.stopped_ns is None else ctx.rel(f.stopped_ns)
-    return ctx.rel(f.applied_ns or f.started_ns), stop
-
-
-def election_checks(
-    ctx: RunContext, observed: Observed, roles: dict[str, list[dict[str, Any]]], factor: float
-) -> list[dict[str, Any]]:
-    """After every fault that removed the leader, a majority-side leader within the bound."""
-    bound_s = factor * ctx.scenario.timing.election_timeout_s
-    out = []
-    for f in observed.applied:
-        majority, _ = fault_sides(f, list(ctx.scenario.nodes))
-        before = f.leader_before
-        if majority is None or before is None or before[0] in majority:
-            continue
-        polled = _first_new_leader(observed.leader_samples, majority, before[1], f.started_ns)
-        cut_ns = f.applied_ns or f.started_ns  # the leader is fully cut off from here on
-        elapsed = None if polled is None else max(0, polled.time_ns - cut_ns) / 1e9
-        since_start = None if polled is None else (polled.time_ns - f.started_ns) / 1e9
-        from_roles = _roles_election(ctx, roles, majority, before[1], f.started_ns, cut_ns)
-        ended_first = f.stopped_ns is not None and f.stopped_ns < f.started_ns + bound_s * 1e9
-        ok: bool | None = elapsed is not None and elapsed <= bound_s
-        if not ok and ended_first:
-            ok = None
-        observed_text = None if elapsed is None else round(elapsed, 4)
-        out.append(check(
-            f"leader_elected[{f.kind}#{f.id}]",
-            ok, f"<= {bound_s:.3f}s ({factor:g} election timeouts)", observed_text,
-            leader_before=list(before), new_leader=None if polled is None else polled.node,
-            from_roles_s=from_roles, since_fault_start_s=since_start, majority=sorted(majority),
-        ))  # fmt: skip
-    return out
-
-
-def _first_new_leader(
-    samples: list[Sample], majority: set[str], term: int, after_ns: int
-) -> Sample | None:
-    found = [s for s in samples if s.node in majority and s.term > term and s.time_ns >= after_ns]
-    return min(found, key=lambda s: s.time_ns, default=None)
-
-
-def _roles_election(
-    ctx: RunContext, roles: dict[str, list[dict[str, Any]]], majority: set[str], term: int,
-    after_ns: int, cut_ns: int,
-) -> float | None:  # fmt: skip
-    """The same, from the nodes' own roles.jsonl (precise, but the node's word)."""
-    start = ctx.rel(after_ns)
-    times = [
-        e["time"]
-        for n in majority
-        for e in roles.get(n, [])
-        if e.get("role") == "leader" and int(e.get("term", 0)) > term and e["time"] >= start
-    ]
-    return None if not times else round(max(0, min(times) - ctx.rel(cut_ns)) / 1e9, 4)
-
-
-def minority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:
-    """No operation answered ``ok`` by a node on a minority side while it was cut off."""
-    end = history[-1].time if history else 0
-    out = []
-    for f in observed.applied:
-        _, minorities = fault_sides(f, list(ctx.scenario.nodes))
-        minority = set().union(*minorities) if minorities else set()
-        if f.kind != "partition" or not minority:
-            continue
-        lo, hi = _window(ctx, f, end)
-        bad = [op.index for op in history
-               if op.type == "ok" and op.node in minority and lo <= op.time <= hi]  # fmt: skip
-        out.append(check(
-            f"minority_silent[partition#{f.id}]", not bad, 0, len(bad),
-            minority=sorted(minority), window_ns=[lo, hi], ok_ops=bad[:20],
-        ))  # fmt: skip
-    return out
-
-
-def majority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:
-    """The majority side answered operations ``ok`` while the minority was cut off."""
-    end = history[-1].time if history else 0
-    out = []
-    for f in observed.applied:
-        majority, minorities = fault_sides(f, list(ctx.scenario.nodes))
-        if f.kind != "partition" or majority is None or not minorities:
-            continue
-        lo, hi = _window(ctx, f, end)
-        served = sum(
-            1 for op in history if op.type == "ok" and op.node in majority and lo <= op.time <= hi
-        )
-        out.append(check(
-            f"majority_serves[partition#{f.id}]", served > 0, ">= 1 ok", served,
-            majority=sorted(majority),
-        ))  # fmt: skip
     return out
 
 

@@ -1,0 +1,187 @@
+"""The scenario's expectations, checked against what a chaos run recorded.
+
+Theory of operation
+-------------------
+Each expectation of a scenario's ``[expect]`` table becomes one or more *checks*: a dict with
+its name, ``ok`` (``True``, ``False``, or ``None`` when the run gave it nothing to judge, e.g.
+a fault that ended before the election bound), what was expected and what was observed.
+Faults are judged by their *sides*: :func:`fault_sides` gives the side that keeps a majority
+(if any) and the minority sides. After a fault that cut the leader off, a majority-side leader
+must appear within the bound (from the monitor's samples, cross-checked with the nodes' own
+``roles.jsonl``); while a partition lasts, no minority node may answer ``ok``, and the
+majority must keep answering; after the heal, every node must converge.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chaos.nemesis import AppliedFault
+from harness.history import Op
+from harness.monitor import Sample, sample_json
+
+if TYPE_CHECKING:
+    from harness.runner import Observed, RunContext
+
+
+def check(name: str, ok: bool | None, expected: Any, observed: Any, **more: Any) -> dict[str, Any]:
+    """One expectation's outcome (``ok`` None: not applicable in this run)."""
+    return {"name": name, "ok": ok, "expected": expected, "observed": observed, **more}
+
+
+def fault_sides(f: AppliedFault, nodes: list[str]) -> tuple[set[str] | None, list[set[str]]]:
+    """The side that keeps a majority (if any) and the minority sides of a fault."""
+    if f.skipped is not None or f.kind == "latency":
+        return None, []
+    if f.kind in ("kill", "pause") or not f.groups:
+        if f.node is None:
+            return None, []
+        minority = [{f.node}] if f.kind == "partition" else []
+        return set(nodes) - {f.node}, minority
+    named = [set(g) for g in f.groups]
+    rest = set(nodes) - set().union(*named)
+    sides = [*named, rest] if rest else named
+    majority = next((s for s in sides if len(s) > len(nodes) // 2), None)
+    return majority, [s for s in sides if s is not majority]
+
+
+def check_expectations(
+    ctx: RunContext,
+    observed: Observed,
+    history: list[Op],
+    roles: dict[str, list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Every expectation of the scenario, checked against what was recorded."""
+    exp = ctx.scenario.expect
+    checks = [
+        check("min_ok_ops", observed.stats.get("ok", 0) >= exp.min_ok_ops, exp.min_ok_ops,
+              observed.stats.get("ok", 0)),
+    ]  # fmt: skip
+    if ctx.scenario.setup.leader_in is not None:
+        group = ctx.scenario.groups[ctx.scenario.setup.leader_in]
+        placed = observed.setup_leader is not None and observed.setup_leader[0] in group
+        checks.append(check("leader_placed", placed, group, observed.setup_leader))
+    if exp.leader_elected_within_election_timeouts is not None:
+        checks += election_checks(ctx, observed, roles, exp.leader_elected_within_election_timeouts)
+    if exp.minority_never_acknowledges:
+        checks += minority_checks(ctx, observed, history)
+    if exp.majority_keeps_serving:
+        checks += majority_checks(ctx, observed, history)
+    if exp.converge_after_heal:
+        final = {n: sample_json(s) for n, s in observed.final_status.items()}
+        text = convergence_text(observed.final_status, observed.silent)
+        ok: bool | None = observed.converged is True
+        if observed.converged is None:  # the run ended before the final phase
+            ok = None
+        checks.append(
+            check("converge_after_heal", ok, True, text, final_status=final, silent=observed.silent)
+        )
+    return checks
+
+
+def convergence_text(final: dict[str, Sample | None], silent: dict[str, str]) -> str:
+    marks = {
+        n: None if s is None else f"commit {s.commit} applied {s.applied} last {s.last_index}"
+        for n, s in final.items()
+    }
+    if len(set(marks.values())) == 1 and None not in marks.values():
+        return f"{next(iter(marks.values()))} on all {len(marks)} nodes"
+    return "; ".join(
+        f"{n}: {m or 'no answer' + (f' ({silent[n]})' if n in silent else '')}"
+        for n, m in marks.items()
+    )
+
+
+def _window(ctx: RunContext, f: AppliedFault, end: int) -> tuple[int, int]:
+    stop = end if f.stopped_ns is None else ctx.rel(f.stopped_ns)
+    return ctx.rel(f.applied_ns or f.started_ns), stop
+
+
+def election_checks(
+    ctx: RunContext, observed: Observed, roles: dict[str, list[dict[str, Any]]], factor: float
+) -> list[dict[str, Any]]:
+    """After every fault that removed the leader, a majority-side leader within the bound."""
+    bound_s = factor * ctx.scenario.timing.election_timeout_s
+    out = []
+    for f in observed.applied:
+        majority, _ = fault_sides(f, list(ctx.scenario.nodes))
+        before = f.leader_before
+        if majority is None or before is None or before[0] in majority:
+            continue
+        polled = _first_new_leader(observed.leader_samples, majority, before[1], f.started_ns)
+        cut_ns = f.applied_ns or f.started_ns  # the leader is fully cut off from here on
+        elapsed = None if polled is None else max(0, polled.time_ns - cut_ns) / 1e9
+        since_start = None if polled is None else (polled.time_ns - f.started_ns) / 1e9
+        from_roles = _roles_election(ctx, roles, majority, before[1], f.started_ns, cut_ns)
+        ended_first = f.stopped_ns is not None and f.stopped_ns < f.started_ns + bound_s * 1e9
+        ok: bool | None = elapsed is not None and elapsed <= bound_s
+        if not ok and ended_first:
+            ok = None
+        observed_text = None if elapsed is None else round(elapsed, 4)
+        out.append(check(
+            f"leader_elected[{f.kind}#{f.id}]",
+            ok, f"<= {bound_s:.3f}s ({factor:g} election timeouts)", observed_text,
+            leader_before=list(before), new_leader=None if polled is None else polled.node,
+            from_roles_s=from_roles, since_fault_start_s=since_start, majority=sorted(majority),
+        ))  # fmt: skip
+    return out
+
+
+def _first_new_leader(
+    samples: list[Sample], majority: set[str], term: int, after_ns: int
+) -> Sample | None:
+    found = [s for s in samples if s.node in majority and s.term > term and s.time_ns >= after_ns]
+    return min(found, key=lambda s: s.time_ns, default=None)
+
+
+def _roles_election(
+    ctx: RunContext, roles: dict[str, list[dict[str, Any]]], majority: set[str], term: int,
+    after_ns: int, cut_ns: int,
+) -> float | None:  # fmt: skip
+    """The same, from the nodes' own roles.jsonl (precise, but the node's word)."""
+    start = ctx.rel(after_ns)
+    times = [
+        e["time"]
+        for n in majority
+        for e in roles.get(n, [])
+        if e.get("role") == "leader" and int(e.get("term", 0)) > term and e["time"] >= start
+    ]
+    return None if not times else round(max(0, min(times) - ctx.rel(cut_ns)) / 1e9, 4)
+
+
+def minority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:
+    """No operation answered ``ok`` by a node on a minority side while it was cut off."""
+    end = history[-1].time if history else 0
+    out = []
+    for f in observed.applied:
+        _, minorities = fault_sides(f, list(ctx.scenario.nodes))
+        minority = set().union(*minorities) if minorities else set()
+        if f.kind != "partition" or not minority:
+            continue
+        lo, hi = _window(ctx, f, end)
+        bad = [op.index for op in history
+               if op.type == "ok" and op.node in minority and lo <= op.time <= hi]  # fmt: skip
+        out.append(check(
+            f"minority_silent[partition#{f.id}]", not bad, 0, len(bad),
+            minority=sorted(minority), window_ns=[lo, hi], ok_ops=bad[:20],
+        ))  # fmt: skip
+    return out
+
+
+def majority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:
+    """The majority side answered operations ``ok`` while the minority was cut off."""
+    end = history[-1].time if history else 0
+    out = []
+    for f in observed.applied:
+        majority, minorities = fault_sides(f, list(ctx.scenario.nodes))
+        if f.kind != "partition" or majority is None or not minorities:
+            continue
+        lo, hi = _window(ctx, f, end)
+        served = sum(
+            1 for op in history if op.type == "ok" and op.node in majority and lo <= op.time <= hi
+        )
+        out.append(check(
+            f"majority_serves[partition#{f.id}]", served > 0, ">= 1 ok", served,
+            majority=sorted(majority),
+        ))  # fmt: skip
+    return out
