@@ -22,7 +22,7 @@ Raft invariants from the nodes' storage, and the scenario's expectations). The s
    raw ``CLOCK_MONOTONIC``) and add ``down`` spans for kills and pauses; replay every node's
    storage from disk (:mod:`harness.replay`); check linearizability; check expectations
    (:mod:`harness.expectations`);
-6. write ``results.json`` (the shape of :mod:`harness.report` plus ``expectations``) and
+6. write ``results.json`` (the shape of :mod:`harness.report_data` plus ``expectations``) and
    ``report.html``; print a summary table.
 
 Exit: 0 valid and every expectation met, 1 an anomaly, an invariant violation or a failed

@@ -5,7 +5,8 @@ Every message carries ``src``, ``dst`` and the sender's ``term``. Heartbeats are
 (as in etcd) rather than empty AppendEntries: they carry ``commit = min(match, committed)`` so a
 follower never learns a commit index beyond what it is known to hold, and the ReadIndex context.
 
-Wire encoding is the transport's business (``raft.transport``); the core only sees these.
+Wire encoding is the transport's business (``raft.wire``, used by ``raft.transport``); the core only
+sees these.
 """
 
 from __future__ import annotations
