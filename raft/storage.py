@@ -28,8 +28,9 @@ directory without a running node (``orbital inspect``, the chaos run's storage r
     snapshot    snapshot metadata and data in one file; replaced atomically
     wal/        the log: segments of checksummed records (:mod:`raft.wal`)
 
-Its rules, besides the contract: one fsync per ``append_log`` (suffix replacement included:
-it is an append, see :mod:`raft.wal`); the stored log is kept such that replaying the
+Its rules, besides the contract: one sync per ``append_log`` (``fdatasync`` into the
+preallocated segment, plus an fsync when the segment is extended; suffix replacement
+included: it is an append, see :mod:`raft.wal`); the stored log is kept such that replaying the
 segments gives a log whose :func:`entries_after_snapshot` is exactly what ``load_log``
 returns, at every step of every method (so a crash anywhere leaves a consistent store):
 ``save_snapshot`` writes the snapshot first, then, if the log does not continue it,
