@@ -173,6 +173,9 @@ class World:
             for n in self.nodes:
                 n.applied_log = {}
         self.initial_conf = ConfState(frozenset(NodeId(n) for n in names[: cfg.nodes]))
+        #: every node of the run, spares included: the guard's roster (raft.core.guard), as
+        #: a real node's is its cluster file's nodes
+        self.roster = frozenset(n.name for n in self.nodes)
         self.blocked: set[tuple[str, str]] = set()
         self.drop_p = 0.0
         self.dup_p = 0.0
@@ -341,6 +344,7 @@ class World:
             entries=entries,
             log=lambda text: self.log(f"{name}: {text}"),
         )
+        node.core.guard.roster = self.roster
         node.last_commit = node.core.log.committed
         self._rebuild_chains(node, snap, entries)
         node.sm_hash = self._sm_from_snapshot(snap)
