@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("harness.inspect", "print a node's durable state from its data directory"),
     "node": ("raft.server", "run one Raft node process"),
     "kv": ("raft.client", "talk to a running cluster: get, put, cas, transfer"),
+    "keys": ("raft.keys", "CURVE keys and a cluster file for a deployment"),
     "cluster": ("harness.cluster", "run a local cluster in the foreground"),
     "chaos": ("harness.runner", "run a chaos scenario against a local cluster"),
 }

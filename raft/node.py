@@ -68,7 +68,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +178,8 @@ class RaftNode(Generic[SM]):
     ``peers`` is the bootstrap configuration: every initial voter, this node included if it is
     one (a node joining later is started with the current voters, not itself). Storage and
     state are loaded here, so a node built on an existing store restarts from it.
+    ``roster``: every node that may ever be a member (the guard's roster, see
+    :mod:`raft.core.guard`; ``None`` turns its sender rule off).
     """
 
     def __init__(
@@ -196,6 +198,7 @@ class RaftNode(Generic[SM]):
         timeline: Callable[[str], None] | None = print_timeline,
         roles_path: Path | None = None,
         persist_inline_bytes: int = PERSIST_INLINE_BYTES,
+        roster: Iterable[str] | None = None,
     ) -> None:
         self.id = NodeId(node_id)
         self._inline_bytes = persist_inline_bytes
@@ -225,6 +228,8 @@ class RaftNode(Generic[SM]):
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._running = False
         self.core = self._load(peers, config or DEFAULT_CONFIG, seed)
+        if roster is not None:  # every node that may ever be a member (raft.core.guard)
+            self.core.guard.roster = frozenset(NodeId(n) for n in roster)
         self._record_role()
 
     def _load(self, peers: list[str], config: RaftConfig, seed: int | None) -> RaftCore:
@@ -369,6 +374,7 @@ class RaftNode(Generic[SM]):
             "snapshot_index": log.snap_index,
             "voters": sorted(conf.voters),
             "learners": sorted(conf.learners),
+            "refused": dict(core.guard.refused),
         }
 
     # ==== the main loop =====================================================================
