@@ -20,9 +20,11 @@ A peer whose key is not listed is refused during the handshake, before any frame
 reaches the node: the ZAP handler logs the refusal once per (port, peer address, key). A peer
 that does not speak CURVE, or does not know this node's public key, fails the handshake
 before ZAP is asked; a :class:`HandshakeWatch` on the socket's monitor logs that once per
-peer address. (The monitor tells the connection's file descriptor when it is accepted; the
-peer address is read from it then, best effort: a connection already gone by then is logged
-as from an unknown address.)
+peer address. That address is best effort: the monitor tells the connection's file
+descriptor when it is accepted and the address is read from it then, but a handshake that
+fails at once (a peer without CURVE: within a millisecond on loopback) has usually closed it
+by then; such refusals are logged once as from "an address gone before it could be read",
+and all are counted.
 
 Secret keys are never logged: :class:`KeyPair`'s ``repr`` shows the public key only, and no
 log line of this module carries anything but public keys and addresses.
@@ -366,7 +368,7 @@ class HandshakeWatch:
         elif kind & _FAILED:
             self._failed = True  # the DISCONNECTED that follows names the connection
         elif kind == zmq.EVENT_DISCONNECTED:
-            peer = self._peers.pop(value, "an unknown address")
+            peer = self._peers.pop(value, _GONE)
             if self._failed:
                 self._failed = False
                 self.refused += 1
@@ -391,16 +393,19 @@ class HandshakeWatch:
             s.close(linger=0)
 
 
+_GONE = "an address gone before it could be read"
+
+
 def _peer_of_fd(fd: int) -> str:
     try:
         dup = os.dup(fd)
     except OSError:
-        return "an unknown address"
+        return _GONE
     try:
         with socket.socket(fileno=dup) as s:
             host = s.getpeername()[0]
     except OSError:
-        return "an unknown address"
+        return _GONE
     return _peer(str(host))
 
 
