@@ -397,6 +397,10 @@ class ClientServer:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self._sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: writes in flight -> their deadline (loop time), oldest first
+        self._writes: dict[asyncio.Future[bytes], float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._guard: GuardedServer | None = None
         if curve is not None:
             self._guard = guard_server(self._ctx, self._sock, curve, f"client/{node.id}")
@@ -415,10 +419,6 @@ class ClientServer:
             on_burst_end=node.kick,
             authenticated=curve is not None,
         )
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: writes in flight -> their deadline (loop time), oldest first
-        self._writes: dict[asyncio.Future[bytes], float] = {}
-        self._sweeper: asyncio.TimerHandle | None = None
         self._ok_tail = f', "node": {json.dumps(node.id)}}}'.encode()
 
     async def serve(self) -> None:
