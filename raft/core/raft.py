@@ -464,7 +464,6 @@ class RaftCore:
             self._applied(rd.committed_entries)
         # Everything the held messages may depend on was in ``rd`` (nothing can be stepped
         # between ready() and advance()), and is durable now.
-        assert not self._has_unpersisted(), "a Ready left state unpersisted"
         if self._held:
             self.msgs.extend(self._held)
             self._held = []
@@ -813,14 +812,6 @@ class RaftCore:
         """Queue ``m`` for the next Ready; whether it may leave then is ``ready()``'s decision
         (``_hold``), whatever this node does after this call."""
         self.msgs.append(m)
-
-    def _has_unpersisted(self) -> bool:
-        log = self.log
-        return (
-            self._hs_dirty()
-            or log.unstable_from <= log.snap_index + len(log.entries)
-            or self._pending_snapshot is not None
-        )
 
     def send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
         """Send ``to`` what it lacks (or a snapshot); returns whether anything was sent."""
