@@ -1,9 +1,13 @@
-"""The KV client (:class:`KVClient`) and the ``orbital kv`` command.
+"""The clients (:class:`RaftClient`, :class:`KVClient`) and the ``orbital kv`` command.
 
 Theory of operation
 -------------------
-A :class:`KVClient` is one logical client in the history sense: it runs one operation at a
-time (a lock enforces it), under one session id, numbering its writes. It talks to the nodes'
+A :class:`RaftClient` is one logical client in the history sense: it runs one operation at a
+time (a lock enforces it), under one session id, numbering its writes. ``submit(bytes)``
+replicates a command for any state machine (``orbital node --state-machine``, wrapped in
+:class:`~raft.sessions.Sessions` by the server) and returns its result; ``query(bytes)`` is a
+linearizable read (ReadIndex on the leader, then the state machine's ``query``). A
+:class:`KVClient` adds ``get``/``put``/``cas`` for the built-in KV store. It talks to the nodes'
 client ROUTERs (``raft.server``) with one DEALER per node and guesses the leader: it starts
 with any node, follows ``not_leader`` hints, and moves on when a node does not answer.
 
@@ -29,18 +33,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
 import json
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
 from raft.transport import ZmqReader
 
-__all__ = ["CasMismatch", "KVClient", "KVError", "Rejected", "Unknown", "configure", "run"]
+__all__ = [
+    "CasMismatch",
+    "ClientError",
+    "KVClient",
+    "KVError",
+    "RaftClient",
+    "Rejected",
+    "Unknown",
+    "configure",
+    "run",
+]
 
 #: how long one node gets to answer before the client tries another
 ATTEMPT_TIMEOUT_S = 1.0
@@ -53,7 +68,7 @@ NOT_CONNECTED_PAUSE_S = 0.005
 _RETRY = {"not_leader", "busy", "lost", "read_failed", "unknown"}
 
 
-class KVError(Exception):
+class ClientError(Exception):
     """Base of the client's errors; ``error`` is the server's code."""
 
     def __init__(self, error: str, message: str = "") -> None:
@@ -61,7 +76,11 @@ class KVError(Exception):
         self.error = error
 
 
-class Rejected(KVError):
+#: the former name of :class:`ClientError`
+KVError = ClientError
+
+
+class Rejected(ClientError):
     """The operation certainly did not take effect."""
 
 
@@ -73,7 +92,7 @@ class CasMismatch(Rejected):
         self.current = current
 
 
-class Unknown(KVError):
+class Unknown(ClientError):
     """The operation may or may not take effect (a timeout after a possible delivery)."""
 
 
@@ -81,8 +100,11 @@ class _NotSent(Exception):
     """A request could not even be queued: no live connection to that node."""
 
 
-class KVClient:
-    """A client of the replicated KV store; ``nodes`` maps node ids to client addresses."""
+class RaftClient:
+    """A client of a replicated state machine; ``nodes`` maps node ids to client addresses.
+
+    ``timeout`` bounds each operation (retries included); ``attempt_timeout`` how long one
+    node gets before the client tries another."""
 
     def __init__(
         self,
@@ -109,17 +131,18 @@ class KVClient:
         self._lock = asyncio.Lock()
 
     # -- operations -----------------------------------------------------------------------------
-    async def get(self, key: str) -> int | None:
-        reply = await self.request({"op": "get", "key": key}, write=False)
-        value = reply.get("value")
-        return value if isinstance(value, int) else None
+    async def submit(self, command: bytes) -> bytes:
+        """Replicate ``command`` and return the state machine's result. Retried across
+        leaders under this client's session, it is applied at most once. Raises
+        :class:`Rejected` (certainly not applied) or :class:`Unknown`."""
+        body = {"op": "submit", "command": base64.b64encode(command).decode()}
+        return _result(await self.request(body, write=True))
 
-    async def put(self, key: str, value: int) -> None:
-        await self.request({"op": "put", "key": key, "value": value}, write=True)
-
-    async def cas(self, key: str, expected: int | None, new: int) -> None:
-        """Raises :class:`CasMismatch` if ``key`` did not hold ``expected``."""
-        await self.request({"op": "cas", "key": key, "expected": expected, "new": new}, write=True)
+    async def query(self, request: bytes) -> bytes:
+        """A linearizable read: the state machine's ``query(request)`` on the leader once it
+        has applied everything committed before the call (ReadIndex)."""
+        body = {"op": "query", "query": base64.b64encode(request).decode()}
+        return _result(await self.request(body, write=False))
 
     async def transfer(self, to: str) -> None:
         await self.request({"op": "transfer", "to": to}, write=False)
@@ -230,11 +253,34 @@ class KVClient:
             conn.close()
         self._socks.clear()
 
-    async def __aenter__(self) -> KVClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+class KVClient(RaftClient):
+    """A client of the built-in replicated KV store (:class:`~raft.kv.KVStore`)."""
+
+    async def get(self, key: str) -> int | None:
+        reply = await self.request({"op": "get", "key": key}, write=False)
+        value = reply.get("value")
+        return value if isinstance(value, int) else None
+
+    async def put(self, key: str, value: int) -> None:
+        await self.request({"op": "put", "key": key, "value": value}, write=True)
+
+    async def cas(self, key: str, expected: int | None, new: int) -> None:
+        """Raises :class:`CasMismatch` if ``key`` did not hold ``expected``."""
+        await self.request({"op": "cas", "key": key, "expected": expected, "new": new}, write=True)
+
+
+def _result(reply: dict[str, Any]) -> bytes:
+    raw = reply.get("result")
+    if not isinstance(raw, str):
+        raise Rejected("bad_reply", "no result in the reply")
+    return base64.b64decode(raw)
 
 
 class _Connection:
