@@ -75,6 +75,8 @@ import requests
 from toxiproxy import Proxy, Toxiproxy
 from toxiproxy.api import APIConsumer
 
+from chaos.process import spawn
+
 LOOPBACK: Final = "127.0.0.1"
 CLIENT: Final = "client"
 BINARY_NAME: Final = "toxiproxy-server"
@@ -245,7 +247,7 @@ class ToxiproxyServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self.log_path.open("ab")
         try:
-            return subprocess.Popen(
+            return spawn(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True,
             )  # fmt: skip
