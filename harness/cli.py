@@ -116,15 +116,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the completion script for ``args.shell``."""
     try:
-        import argcomplete
+        from argcomplete.shell_integration import shellcode
     except ModuleNotFoundError:
         print(
             "orbital completion: needs argcomplete: pip install 'orbital-raft[chaos]'",
             file=sys.stderr,
         )
         return 2
-    from argcomplete.shell_integration import shellcode
-
     print(shellcode(["orbital"], shell=args.shell))
     return 0
 
