@@ -243,7 +243,8 @@ def test_metrics_are_off_by_default() -> None:
     async def main() -> None:
         async with solo(MemoryStorage()) as node:
             await node.wait_leader()
-            assert node.metrics is None and node.metrics_url is None
+            assert node.metrics is None
+            assert node.metrics_url is None
             assert node.status()["metrics"] is None
 
     run(main())

@@ -98,7 +98,7 @@ def test_kv_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     one_line_error(capsys, ["kv", "--config", str(cfg), "cas", "x", "one", "2"], "EXPECTED")
 
 
-# ---- the tool -------------------------------------------------------------------------------------
+# ---- the tool ----------------------------------------------------------------------------------
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         orbital(["--version"])
