@@ -508,9 +508,10 @@ async def _run_action(args: argparse.Namespace, nodes: dict[str, str]) -> Any:
         elif a in ("add", "remove"):
             return await c.membership("add_voter" if a == "add" else "remove", args.node)
         elif a in ("submit", "query"):
-            raw = await (c.submit if a == "submit" else c.query)(getattr(args, a).encode())
-            text = raw.decode("utf-8", errors="backslashreplace")
-            return {"ok": True, "result": text, "node": c.last_node}
+            text = args.command if a == "submit" else args.query
+            raw = await (c.submit if a == "submit" else c.query)(text.encode())
+            shown = raw.decode("utf-8", errors="backslashreplace")
+            return {"ok": True, "result": shown, "node": c.last_node}
         else:
             return await _statuses(c, [args.node] if args.node else list(nodes))
         return {"ok": True, "node": c.last_node}
