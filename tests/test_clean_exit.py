@@ -216,8 +216,8 @@ if planted != "no-handler":
 manager = chaos.process.ProcessManager()
 child = manager.start("child", [sys.executable, "-c", "import time; time.sleep(120)"],
                       Path(sys.argv[2]))
-print(child.pid, flush=True)
 try:
+    print(child.pid, flush=True)
     time.sleep(120)
 except KeyboardInterrupt:
     manager.stop_all()
