@@ -56,7 +56,7 @@ def test_the_override_check_has_teeth() -> None:
 
 
 def test_a_simulation_too_short_for_its_liveness_check(capsys: pytest.CaptureFixture[str]) -> None:
-    one_line_error(capsys, ["sim", "--time", "1ms"], "--time", "too short", "1.2s")
+    one_line_error(capsys, ["sim", "--time", "1ms"], "--time", "too short", "0.9s")
 
 
 def test_inspect_of_a_file_or_a_foreign_directory(

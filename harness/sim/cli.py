@@ -87,7 +87,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 #: election timeouts (the base one, [T, 2T) randomized) the fault-free end of a run must span
 #: for its liveness check to be fair: a leader elected, every member caught up
-SETTLE_ELECTION_TIMEOUTS = 4
+SETTLE_ELECTION_TIMEOUTS = 3
 
 
 def min_time_us(cfg: SimConfig) -> int:
