@@ -184,6 +184,8 @@ def test_sigterm_of_a_chaos_run_heals_keeps_and_judges_then_exits_143(
     assert results["exit_code"] == 143
     assert results["linearizability"]["valid"] in (True, "unknown"), results["linearizability"]
     assert results["counts"]["ok"] >= 1  # what was recorded was kept
+    assert results["metrics"] == {"n1": "ok", "n2": "ok", "n3": "ok"}  # the last scrape, kept
+    assert "orbital_raft_term" in (history.parent / "nodes" / "n3" / "metrics.prom").read_text()
     events = [json.loads(line) for line in faults.read_text().splitlines()]
     partitions = [(e["fault"], e["action"]) for e in events if e["fault"] == "partition"]
     assert ("partition", "stop") in partitions, events  # healed before stopping
