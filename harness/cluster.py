@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -44,7 +45,16 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import tomli_w
 
 from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
-from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
+from chaos.toxiproxy import (
+    CLIENT,
+    LOOPBACK,
+    Link,
+    ProxyNetwork,
+    ToxiproxyError,
+    ToxiproxyServer,
+    free_port,
+)
+from harness import signals
 from raft.security import ADMIN, ClientKeys, KeyPair, create_key_pair, load_key_pair
 from raft.security import CLIENT as CLIENT_KEY
 
@@ -108,6 +118,8 @@ class LocalCluster:
         self._on_fault = on_fault
         self.raft_addr: dict[str, str] = {}
         self.client_addr: dict[str, str] = {}
+        #: each node's Prometheus metrics (HTTP, direct: never through a proxy)
+        self.metrics_addr: dict[str, str] = {}
         self.server: ToxiproxyServer | None = None
         self.network: ProxyNetwork | None = None
         self.procs = ProcessManager(on_event=self._process_event)
@@ -163,6 +175,7 @@ class LocalCluster:
         for node in self.spec.all_nodes:
             self.raft_addr[node] = f"{LOOPBACK}:{free_port()}"
             self.client_addr[node] = f"{LOOPBACK}:{free_port()}"
+            self.metrics_addr[node] = f"{LOOPBACK}:{free_port()}"
 
     def _create_keys(self) -> None:
         for name in (*self.spec.all_nodes, CLIENT_KEY, ADMIN):
@@ -203,6 +216,7 @@ class LocalCluster:
             entry: dict[str, Any] = {
                 "raft": self.raft_addr[node],
                 "client": self.client_addr[node],
+                "metrics": self.metrics_addr[node],
                 "data_dir": str(self.data_dir(node)),
                 "initial": node in spec.nodes,
             }
@@ -461,11 +475,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--dir", type=Path, help="work directory (default: a new temp dir)")
     up.add_argument("--no-toxiproxy", action="store_true", help="nodes talk directly")
     up.add_argument(
+        "--json", action="store_true", help="once ready, print the cluster as one JSON line"
+    )
+    up.add_argument(
         "--no-curve", action="store_true", help="no CURVE keys (traffic unauthenticated)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0 never (it runs until stopped), 1 a node exited, 2 could not start, 130/143/129
+    stopped by Ctrl-C/SIGTERM/SIGHUP (every process stopped first)."""
     if not 1 <= args.nodes <= 15:
         print("orbital cluster: --nodes must be between 1 and 15", file=sys.stderr)
         return 2
@@ -475,22 +494,50 @@ def run(args: argparse.Namespace) -> int:
         toxiproxy=not args.no_toxiproxy,
         curve=not args.no_curve,
     )
-    with LocalCluster(spec, workdir) as cluster:
+    try:
+        with LocalCluster(spec, workdir) as cluster:
+            return _serve(cluster, args.json)
+    except KeyboardInterrupt:
+        print("orbital cluster: stopped", file=sys.stderr)
+        return signals.exit_code()
+    except (ClusterError, ToxiproxyError) as exc:
+        print(f"orbital cluster: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(cluster: LocalCluster, as_json: bool) -> int:
+    spec = cluster.spec
+    asyncio.run(cluster.wait_ready(READY_TIMEOUT_S))
+    found = asyncio.run(cluster.wait_for_leader(10 * spec.election_timeout_s))
+    nodes: dict[str, dict[str, Any]] = {
+        n: {
+            "raft": cluster.raft_addr[n],
+            "client": cluster.client_addr[n],
+            "metrics": f"http://{cluster.metrics_addr[n]}/metrics",
+            "pid": cluster.procs[n].pid,
+        }
+        for n in spec.nodes
+    }
+    info = {
+        "config": str(cluster.config_path),
+        "keys": str(cluster.keys_dir) if spec.curve else None,
+        "nodes": nodes,
+        "toxiproxy_pid": None if cluster.server is None else cluster.server.pid,
+        "leader": found[0],
+        "term": found[1],
+    }
+    if as_json:
+        print(json.dumps(info), flush=True)
+    else:
         print(f"cluster file: {cluster.config_path}")
-        for node in spec.nodes:
-            print(f"  {node}: raft {cluster.raft_addr[node]}  client {cluster.client_addr[node]}")
+        for n, d in nodes.items():
+            print(f"  {n}: raft {d['raft']}  client {d['client']}  metrics {d['metrics']}")
         if spec.curve:
             print(f"keys: {cluster.keys_dir} (CURVE on every socket)")
+        print(f"leader: {found[0]} (term {found[1]}) after {found[2]:.3f}s")
         print(f"try: orbital kv --config {cluster.config_path} put x 1")
-        print("Ctrl-C stops the cluster")
-        try:
-            asyncio.run(cluster.wait_ready(READY_TIMEOUT_S))
-            found = asyncio.run(cluster.wait_for_leader(10 * spec.election_timeout_s))
-            print(f"leader: {found[0]} (term {found[1]}) after {found[2]:.3f}s")
-            while all(cluster.alive(n) for n in spec.nodes):
-                time.sleep(0.5)
-            print("a node exited; see its node.log", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("stopping the cluster")
-    return 0
+        print("Ctrl-C stops the cluster", flush=True)
+    while all(cluster.alive(n) for n in spec.nodes):
+        time.sleep(0.5)
+    print("orbital cluster: a node exited; see its node.log", file=sys.stderr)
+    return 1

@@ -46,6 +46,11 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     majority_keeps_serving = true
     converge_after_heal = true
 
+Bundled scenarios: the repository's ``configs/*.toml`` ship in the wheel as the package data
+of ``harness.scenarios`` (pyproject.toml maps that package onto ``configs/``). They are named
+by file stem (:func:`bundled_scenarios`): ``orbital chaos run antarctic-split-brain`` works
+from any directory, in a source checkout or an installed wheel (:func:`resolve_scenario`).
+
 Nemesis ``target``: ``"leader"`` (resolved when the fault starts), ``"random"`` (drawn from the
 seed when the schedule is made) or a node id. Client sources are ``client`` when clients are not
 placed, else ``client-<group>`` per placed group.
@@ -54,6 +59,7 @@ placed, else ``client-<group>`` per placed group.
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -232,13 +238,23 @@ class Scenario(_Model):
         return group if group != source and group in self.groups else None
 
     def with_overrides(self, *, seed: int | None = None, duration: float | None = None) -> Scenario:
-        """A copy with the command line's ``--seed`` / ``--time-limit`` applied."""
+        """A copy with the command line's ``--seed`` / ``--time-limit`` applied, validated
+        like the file (raises :class:`ScenarioError` naming the option)."""
         changes: dict[str, Any] = {}
         if seed is not None:
             changes["seed"] = seed
         if duration is not None:
             changes["duration"] = duration
-        return self.model_copy(update=changes)
+        if not changes:
+            return self
+        try:
+            return Scenario.model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            option = {"seed": "--seed", "duration": "--time-limit"}
+            first = exc.errors()[0]
+            loc = str(first.get("loc", ("",))[0])
+            msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+            raise ScenarioError(f"{option.get(loc, loc)}: {msg}") from None
 
 
 def _format_error(path: str, exc: ValidationError) -> str:
@@ -263,8 +279,44 @@ def load_scenario(path: str | Path) -> tuple[Scenario, str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     return parse_scenario(data, str(path)), text
+
+
+SOURCE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def bundled_scenarios() -> dict[str, Path]:
+    """Scenario name (file stem) -> file, from the installed package data, else from the
+    source tree's ``configs/`` (an editable install)."""
+    found: dict[str, Path] = {}
+    try:
+        root = resources.files("harness.scenarios")
+        for item in root.iterdir():
+            if item.name.endswith(".toml"):
+                found[item.name.removesuffix(".toml")] = Path(str(item))
+    except ModuleNotFoundError:
+        pass
+    if not found and SOURCE_CONFIGS.is_dir():
+        found = {p.stem: p for p in SOURCE_CONFIGS.glob("*.toml")}
+    return dict(sorted(found.items()))
+
+
+def resolve_scenario(arg: str | Path) -> Path:
+    """A scenario file's path: ``arg`` itself if it names a file, else the bundled scenario
+    of that name. Raises :class:`ScenarioError` naming the choices."""
+    path = Path(arg)
+    if path.is_file() or path.suffix == ".toml" or len(path.parts) > 1:
+        return path  # a path (a missing one is reported by load_scenario)
+    bundled = bundled_scenarios()
+    if str(arg) in bundled:
+        return bundled[str(arg)]
+    names = ", ".join(bundled) or "none installed"
+    raise ScenarioError(f"{arg}: no such file or bundled scenario (bundled: {names})")

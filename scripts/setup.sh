@@ -64,6 +64,21 @@ fi
 
 # 3. Test-only tools.
 if [ "$want_tests" = 1 ]; then
+  # A wheelhouse of every dependency (and the build backend), so the test that installs the
+  # wheel into a fresh venv (tests/test_wheel.py) runs with `pip --no-index`, offline.
+  wh=.venv/wheelhouse
+  if [ ! -f "$wh/.stamp" ] || [ pyproject.toml -nt "$wh/.stamp" ]; then
+    say "filling $wh with the dependencies' wheels"
+    mkdir -p "$wh"
+    .venv/bin/python - > "$wh/requirements.txt" <<'PY'
+import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+build = tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["chaos"] + build))
+PY
+    .venv/bin/python -m pip download --quiet --disable-pip-version-check -d "$wh" -r "$wh/requirements.txt"
+    touch "$wh/.stamp"
+  fi
   if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       say "installing Debian's chromium for the report rendering test"

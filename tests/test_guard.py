@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from harness.sim.params import FAULTS
+from harness.sim.world import SimConfig, World
 from raft.core import guard
 from raft.core.guard import MAX, RULES
 from raft.core.messages import (
@@ -574,3 +576,34 @@ def test_issue_timeout_now_from_an_unknown_id_starts_no_election(
     cl.b.step(TimeoutNow(EVIL, B, 1))
     assert role(cl.b) is Role.CANDIDATE
     assert cl.b.term == 2
+
+
+def test_the_simulator_reports_a_rule_that_refuses_correct_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every simulated node is correct, so the simulator fails a run in which a guard refuses
+    anything (``guard_refused``). Planted: the first version of the ``beyond_snapshot`` rule,
+    which compared every snapshot response's offset with the leader's current snapshot; a
+    response about an earlier snapshot (the leader compacted since) is correct and may name a
+    larger offset. The simulator caught it at the first seed of a snapshot-heavy run."""
+    config = SimConfig(
+        nodes=5,
+        duration_us=10_000_000,
+        faults=frozenset(FAULTS),
+        settle_us=2_000_000,
+        snapshot_entries=25,
+        spare_nodes=2,
+        seed=0,
+    )
+    assert World(config).run() == []
+
+    def first_version(core: RaftCore, m: InstallSnapshotResponse) -> bool:
+        snap = core.snapshot
+        return guard._leading(core, m) and snap is not None and m.next_offset > len(snap.data)
+
+    rules = guard._STATE[InstallSnapshotResponse]
+    planted = tuple((n, first_version if n == "beyond_snapshot" else f) for n, f in rules)
+    monkeypatch.setitem(guard._STATE, InstallSnapshotResponse, planted)
+    violations = World(config).run()
+    assert [v.kind for v in violations] == ["guard_refused"]
+    assert "a snapshot offset beyond the snapshot" in violations[0].detail

@@ -85,6 +85,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: election timeouts (the base one, [T, 2T) randomized) the fault-free end of a run must span
+#: for its liveness check to be fair: a leader elected, every member caught up
+SETTLE_ELECTION_TIMEOUTS = 3
+
+
+def min_time_us(cfg: SimConfig) -> int:
+    """The shortest ``--time`` whose settle period (half of it) allows a fair liveness check."""
+    return 2 * SETTLE_ELECTION_TIMEOUTS * cfg.election_ticks * cfg.tick_us
+
+
 def base_config(args: argparse.Namespace) -> SimConfig:
     faults: frozenset[str] = args.faults
     return SimConfig(
@@ -103,6 +113,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.nodes > 15:
         print("orbital sim: --nodes is at most 15", file=sys.stderr)
+        return 2
+    shortest = min_time_us(SimConfig())
+    if args.time < shortest:
+        print(
+            f"orbital sim: --time {args.time / 1e6:g}s is too short: the liveness check needs "
+            f"at least {shortest / 1e6:g}s (its fault-free last half must span "
+            f"{SETTLE_ELECTION_TIMEOUTS} election timeouts)",
+            file=sys.stderr,
+        )
         return 2
     base = base_config(args)
     if args.seed is not None:

@@ -255,8 +255,15 @@ def _snapshot_response_beyond(core: RaftCore, m: InstallSnapshotResponse) -> boo
 
 
 def _snapshot_offset_beyond(core: RaftCore, m: InstallSnapshotResponse) -> bool:
+    # only about the snapshot we hold: a response about an earlier one (we compacted since)
+    # may name an offset beyond the new one, and the core ignores it
     snap = core.snapshot
-    return _leading(core, m) and snap is not None and m.next_offset > len(snap.data)
+    return (
+        _leading(core, m)
+        and snap is not None
+        and m.snapshot_index == snap.meta.index
+        and m.next_offset > len(snap.data)
+    )
 
 
 def _timeout_now(core: RaftCore, m: TimeoutNow) -> bool:
