@@ -66,6 +66,7 @@ from raft.wal import (
     atomic_write,
     encode_entries,
     encode_truncate,
+    fsync_dir,
     io_errors,
     read_wal,
 )
@@ -327,6 +328,18 @@ def _lock_directory(directory: Path) -> int:
     return fd
 
 
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, durably: each new directory's name is synced
+    in its parent (without that, a crash may lose the whole log directory, fsynced segments
+    and all: a name is durable only once its directory is fsynced)."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    with io_errors("create directory", path):
+        path.mkdir(exist_ok=True)
+    fsync_dir(path.parent)
+
+
 def _remove_temp_files(directory: Path) -> None:
     """Delete temp files an interrupted atomic replacement left behind."""
     for tmp in directory.glob(f"*{TEMP_SUFFIX}"):
@@ -349,8 +362,7 @@ class FileStorage:
     ) -> None:
         self.directory = Path(directory)
         self._waldir = self.directory / WAL_DIR
-        with io_errors("create directory", self._waldir):
-            self._waldir.mkdir(parents=True, exist_ok=True)
+        _make_dirs(self._waldir)
         self._lock_fd = _lock_directory(self.directory)
         self._closed = False
         try:

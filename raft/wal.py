@@ -27,8 +27,10 @@ Theory of operation (the byte layout is in ``docs/storage-format.md``):
    segment, zeros from a record boundary to the end of the file are unused preallocated
    space: the clean end of the log (a length of 0 is never a record). The first invalid
    record of the last segment is a torn tail if no valid record starts at any later byte of
-   that segment: it is reported (and cut off by a writer). Otherwise, and in any
-   other segment, it raises :class:`StorageCorrupted` naming the file and byte offset. A
+   that segment *and* it shows an unwritten sector (:func:`looks_torn`: records go into
+   zeros, disks write whole sectors): it is reported (and cut off by a writer). Otherwise
+   (a complete record with a flipped bit, a bad record followed by a valid one, anything in
+   another segment) it raises :class:`StorageCorrupted` naming the file and byte offset. A
    complete, valid record is never dropped.
 5. **Compaction deletes a prefix of segments**, oldest first, never the last one. Each
    segment's *live range* (the entries it holds that replay keeps) is tracked; the live
@@ -302,6 +304,51 @@ def valid_record_after(buf: bytes, pos: int) -> bool:
     return False
 
 
+#: disks write whole sectors: a torn write leaves whole sectors unwritten (still zeros)
+SECTOR = 512
+#: a zero piece of a sector at the end of a record counts as unwritten only from this size on:
+#: a complete record may end in zeros of its own (a TRUNCATE's zero term and kind and the
+#: high bytes of its index; the zero lengths of a batch's empty commands)
+MIN_UNWRITTEN_TAIL = 64
+
+
+def looks_torn(buf: bytes, pos: int) -> bool:
+    """Whether the invalid record at ``pos`` (the last bytes of the last segment that are not
+    zeros) is explained by a write that did not finish, rather than by damage to a complete
+    record.
+
+    Records are written into zero-filled space (the preallocated tail) and a disk writes
+    whole sectors, so a torn write leaves at least one sector of the record all zeros. Torn:
+    the header is incomplete or all zeros; the record runs past the end of a file that has
+    no zero tail (less than a sector of zeros: written without preallocation); or a
+    :data:`SECTOR`-aligned block of the file after the header's, clipped to the record's
+    claimed extent, is all zeros (the last, partial block only if it has
+    :data:`MIN_UNWRITTEN_TAIL` bytes). A bit flip in a complete record
+    leaves every sector of it written: corruption. A flip in the length field that points
+    into the zero tail cannot be told from a torn write (nor, in etcd's WAL, which draws
+    the same line): it is treated as torn.
+    """
+    size = len(buf)
+    if size - pos < HEADER.size or buf.count(0, pos, pos + HEADER.size) == HEADER.size:
+        return True
+    length = HEADER.unpack_from(buf, pos)[0]
+    claimed = pos + HEADER.size + length
+    end = data_end(buf)
+    if BODY.size <= length <= MAX_BODY and claimed > size:
+        return size - end < SECTOR  # cut by the end of a file without a zero tail
+    hi = claimed if BODY.size <= length <= MAX_BODY else end
+    # the sector holding the header's last byte was written (the header is not zeros)
+    lo = ((pos + HEADER.size - 1) // SECTOR + 1) * SECTOR
+    while lo < hi:
+        stop = min(hi, lo + SECTOR)
+        if (stop - lo == SECTOR or stop - lo >= MIN_UNWRITTEN_TAIL) and buf.count(
+            0, lo, stop
+        ) == stop - lo:
+            return True
+        lo = stop
+    return False
+
+
 # --------------------------------------------------------------------------------- segments
 
 
@@ -366,7 +413,9 @@ def scan_segment(path: Path, buf: bytes, *, last: bool) -> tuple[list[Record], T
             if last and is_zero_tail(buf, pos):
                 return records, None  # unused preallocated space: the clean end
             if last and not valid_record_after(buf, pos):
-                return records, TornTail(path, pos, data_end(buf) - pos, problem)
+                if looks_torn(buf, pos):
+                    return records, TornTail(path, pos, data_end(buf) - pos, problem)
+                problem += " in a complete record (every sector of it was written): corruption"
             raise StorageCorrupted(problem, path=path, offset=pos)
         record = decode_record(buf, pos)
         if record.rtype not in (RT_ENTRY, RT_TRUNCATE, RT_BATCH) or record.kind not in _KINDS:
