@@ -654,14 +654,25 @@ class WalWriter:
             self._allocated = self._end
 
     def _preallocate(self, need: int) -> None:
-        """Zero-fill the current segment up to at least ``need`` bytes, and fsync it."""
+        """Zero-fill the current segment up to at least ``need`` bytes, and fsync it. On a
+        (nearly) full disk, only ``need``: a node restarted once a little space is free must
+        be able to append without the next whole chunk."""
         step = min(max(PREALLOC_MIN, self._allocated), PREALLOC_MAX)
         target = max(need, min((self._allocated // step + 1) * step, self.segment_size))
+        try:
+            self._zero_fill(target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or target == need:
+                raise os_error("preallocate", self.current.path, exc) from exc
+            with io_errors("preallocate", self.current.path):
+                os.ftruncate(self._fd, self._allocated)  # give back what the chunk took
+                self._zero_fill(need)
+
+    def _zero_fill(self, target: int) -> None:
         at = self._allocated
-        with io_errors("preallocate", self.current.path):
-            while at < target:
-                at += os.pwrite(self._fd, memoryview(_ZEROS)[: target - at], at)
-            os.fsync(self._fd)
+        while at < target:
+            at += os.pwrite(self._fd, memoryview(_ZEROS)[: target - at], at)
+        os.fsync(self._fd)
         self._allocated = target
 
     def append(self, data: bytes) -> Segment:
@@ -693,6 +704,28 @@ class WalWriter:
             raise os_error(op, seg.path, exc) from exc
         self._end += len(data)
         return seg
+
+    @property
+    def written(self) -> int:
+        """Bytes of records (and magic) in the current segment."""
+        return self._end
+
+    def roll(self, data: bytes) -> Segment:
+        """Seal the current segment, start the next one with ``data`` (whole records) in it,
+        synced; return it. With :meth:`remove_prefix` this gives back the space of a last
+        segment whose entries a snapshot covers, which deleting segments alone never could."""
+        if self._failed is not None:
+            raise StorageError(f"the log writer failed earlier ({self._failed}); reopen the store")
+        try:
+            self._seal()
+            self._create(self.current.seq + 1)
+            if data:
+                self._preallocate(self._end + len(data))
+                self._write(data)
+        except StorageError as exc:
+            self._failed = exc
+            raise
+        return self.current
 
     def remove_prefix(self, count: int) -> None:
         """Delete the first ``count`` segments (never the last), oldest first."""

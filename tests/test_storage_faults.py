@@ -267,3 +267,77 @@ def test_read_data_dir_reports_a_corrupted_last_record(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(StorageCorrupted, match=f"offset {spot.record}"):
         read_data_dir(tmp_path)
+
+
+# ==== a full disk: restart with little space, and give space back =============================
+
+
+def _wal_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in (directory / "wal").glob("*.wal"))
+
+
+def test_a_snapshot_gives_back_the_space_of_a_last_segment_below_the_segment_size(
+    tmp_path: Path,
+) -> None:
+    command = b"x" * 1000
+    with FileStorage(tmp_path) as s:  # 64 MiB segments: everything stays in the first
+        for first in range(1, 6001, 500):
+            s.append_log([LogEntry(i, 1, command) for i in range(first, first + 500)])
+        assert _wal_bytes(tmp_path) > 6_000_000
+        s.save_snapshot(Snapshot(SnapshotMeta(5990, 1, CONF), b"image"))
+        assert _wal_bytes(tmp_path) < 100_000
+        assert [e.index for e in s.load_log()] == list(range(5991, 6001))
+        s.append_log([LogEntry(6001, 2, b"next")])
+    with FileStorage(tmp_path) as s:
+        log = s.load_log()
+        assert [e.index for e in log] == list(range(5991, 6002))
+        assert log[-1] == LogEntry(6001, 2, b"next")
+
+
+def test_a_crash_in_the_middle_of_giving_space_back_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = b"y" * 1000
+    with FileStorage(tmp_path) as s:
+        for first in range(1, 5001, 1000):
+            s.append_log([LogEntry(i, 1, command) for i in range(first, first + 1000)])
+
+    def crash(self: wal.WalWriter, count: int) -> None:
+        if count > 0:
+            raise StorageError("crashed before deleting the old segment")
+
+    s = FileStorage(tmp_path)
+    monkeypatch.setattr(wal.WalWriter, "remove_prefix", crash)
+    with pytest.raises(StorageError, match="crashed"):
+        s.save_snapshot(Snapshot(SnapshotMeta(4900, 1, CONF), b"image"))
+    s.close()
+    monkeypatch.undo()
+    assert len(list((tmp_path / "wal").glob("*.wal"))) == 2  # the old one and the new one
+    with FileStorage(tmp_path) as s2:
+        assert [e.index for e in s2.load_log()] == list(range(4901, 5001))
+
+
+def test_a_nearly_full_disk_preallocates_only_what_an_append_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FileStorage(tmp_path) as s:
+        s.append_log(entries(1, 3))
+    (seg,) = sorted((tmp_path / "wal").glob("*.wal"))
+    room = seg.stat().st_size + 300  # the disk has 300 bytes left beyond the segment
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        if offset + len(data) > room:
+            raise OSError(28, os.strerror(28))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(wal.os, "pwrite", pwrite)
+    with FileStorage(tmp_path, segment_size=10 << 20) as s:
+        filler = wal.PREALLOC_MIN - wal.data_end(seg.read_bytes()) - 8 - wal.BODY.size
+        s.append_log([LogEntry(4, 1, b"f" * filler)])  # fills the preallocated chunk
+        assert seg.stat().st_size <= room
+        s.append_log([LogEntry(5, 1, b"after")])  # needs more: gets exactly its room
+        assert seg.stat().st_size <= room
+    monkeypatch.undo()
+    with FileStorage(tmp_path) as s:
+        assert [e.index for e in s.load_log()] == [1, 2, 3, 4, 5]
