@@ -52,12 +52,14 @@ snapshot jumps over the index, :class:`OutcomeUnknown`. ``read()`` is ReadIndex
 has applied up to the read index, so the caller's local read of the state machine is
 linearizable.
 
-Time: a tick task reads the node's clock (``SkewedClock`` in a chaos run) and enqueues one
-tick per ``tick_ms`` of clock time that passed (capped, so a paused process wakes with at most
-two election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
+Time: a tick task reads the node's clock (``clock``, the OS's monotonic clock by default; a
+chaos run may fake it for the whole process with libfaketime) and enqueues one tick per
+``tick_ms`` of clock time that passed (capped, so a paused process wakes with at most two
+election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
 from the core's event callback; role and term changes are also appended to ``roles_path`` as
-JSON lines ``{"time": monotonic ns, "node", "role", "term"}`` (system-wide CLOCK_MONOTONIC,
-the clock of ``history.jsonl`` and ``faults.jsonl``).
+JSON lines ``{"time": ns, "node", "role", "term"}``, timed by ``record_clock`` (system-wide
+CLOCK_MONOTONIC, the clock of ``history.jsonl`` and ``faults.jsonl``: the server reads it with
+a raw system call, so that it stays true when the node's own clock is faked).
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ class RaftNode(Generic[SM]):
         tick_ms: float = 10.0,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        record_clock: Callable[[], int] = time.monotonic_ns,
         epoch: float | None = None,
         timeline: Callable[[str], None] | None = print_timeline,
         roles_path: Path | None = None,
@@ -204,6 +207,7 @@ class RaftNode(Generic[SM]):
         self.sm = state_machine
         self.tick_s = tick_ms / 1000.0
         self._clock = clock
+        self._record_clock = record_clock
         self._epoch = time.monotonic() if epoch is None else epoch
         self._timeline = timeline
         self._roles: TextIO | None = None
@@ -667,7 +671,7 @@ class RaftNode(Generic[SM]):
             return
         self._last_role = now
         if self._roles is not None:
-            line = {"time": time.monotonic_ns(), "node": self.id, "role": now[0], "term": now[1]}
+            line = {"time": self._record_clock(), "node": self.id, "role": now[0], "term": now[1]}
             self._roles.write(json.dumps(line) + "\n")
 
 
