@@ -118,8 +118,8 @@ class FakeClock:
             return {**self.detail(), "jump_s": seconds}
 
     def strobe(self, delta_s: float, period_s: float, duration_s: float) -> dict[str, Any]:
-        """Flip the clock between its offset and ``delta_s`` more every ``period_s`` for
-        ``duration_s`` (in a background thread); returns at once."""
+        """Flip the clock to ``delta_s`` more than its offset at once, back after
+        ``period_s``, and so on for ``duration_s`` (in a background thread); returns at once."""
         if period_s <= 0 or duration_s < 0:
             raise ClockFaultError("strobe period must be > 0 and duration >= 0")
         self.stop_strobe()
@@ -129,12 +129,14 @@ class FakeClock:
 
         def run() -> None:
             end = time.monotonic() + duration_s
-            high = False
-            while not stop.wait(period_s) and time.monotonic() < end:
-                high = not high
+            high = True
+            while True:
                 with self._lock:
                     self.offset_s = base + (delta_s if high else 0.0)
                     self._write()
+                if stop.wait(period_s) or time.monotonic() >= end:
+                    break
+                high = not high
             with self._lock:
                 self.offset_s = base
                 self._write()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import tomli_w
 
+from chaos.clock import FakeClock
 from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
 from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
 
@@ -67,6 +68,10 @@ class ClusterSpec:
     toxiproxy: bool = True
     seed: int | None = None  #: seeds each node's election-timeout RNG (seed + node position)
     env: Mapping[str, str] = field(default_factory=dict)
+    lease_read: bool = False
+    lease_drift: float = 0.1
+    #: run every node on its own libfaketime clock (``clocks``), for clock faults
+    fake_clocks: bool = False
 
     @property
     def all_nodes(self) -> tuple[str, ...]:
@@ -101,6 +106,8 @@ class LocalCluster:
         self.server: ToxiproxyServer | None = None
         self.network: ProxyNetwork | None = None
         self.procs = ProcessManager(on_event=self._process_event)
+        #: each node's libfaketime clock (``spec.fake_clocks``)
+        self.clocks: dict[str, FakeClock] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> Self:
@@ -124,6 +131,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every process we started, then the proxies and the Toxiproxy server."""
+        for clock in self.clocks.values():
+            clock.stop_strobe()
         self.procs.stop_all()
         if self.network is not None:
             self.network.close()
@@ -176,6 +185,8 @@ class LocalCluster:
             "heartbeat_ticks": spec.heartbeat_ticks,
             "snapshot_entries": spec.snapshot_entries,
             "max_uncommitted": spec.max_uncommitted,
+            "lease_read": spec.lease_read,
+            "lease_drift": spec.lease_drift,
             "nodes": nodes,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -188,18 +199,24 @@ class LocalCluster:
             argv += ["--seed", str(self.spec.seed * 1000 + self.spec.all_nodes.index(node))]
         return argv
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, node: str) -> dict[str, str]:
         env = dict(os.environ)
         env["ORBITAL_RUN_START_NS"] = str(self.run_start_ns)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.spec.env)
+        if self.spec.fake_clocks:
+            clock = self.clocks.setdefault(node, FakeClock(self.node_dir(node) / "clock.rc"))
+            env.update(clock.env())
         return env
 
     def _start_node(self, node: str) -> ManagedProcess:
         self.node_dir(node).mkdir(parents=True, exist_ok=True)
-        return self.procs.start(
-            node, self._argv(node), self.node_dir(node) / "node.log", env=self._env()
+        proc = self.procs.start(
+            node, self._argv(node), self.node_dir(node) / "node.log", env=self._env(node)
         )
+        if node in self.clocks:
+            self.clocks[node].process_started()
+        return proc
 
     def start_joiner(self, node: str) -> None:
         """Start a node listed in ``joiners`` (it waits to be added by a membership change)."""
@@ -226,6 +243,8 @@ class LocalCluster:
 
     def restart(self, node: str) -> None:
         self.procs[node].restart()
+        if node in self.clocks:
+            self.clocks[node].process_started()
 
     def alive(self, node: str) -> bool:
         try:
@@ -281,6 +300,25 @@ class LocalCluster:
             self._fault("partition", "stop", {"healed": state["cuts"]})
         if state["latency"]:
             self._fault("latency", "stop", {})
+
+    # ---- clock faults (libfaketime: ``spec.fake_clocks``) ------------------------------------
+    def clock(self, node: str) -> FakeClock:
+        if node not in self.clocks:
+            raise ClusterError(f"{node} runs on the real clock: set ClusterSpec.fake_clocks")
+        return self.clocks[node]
+
+    def clock_jump(self, node: str, seconds: float) -> None:
+        self._fault("clock", "start", {"node": node, **self.clock(node).jump(seconds)})
+
+    def clock_skew(self, node: str, rate: float) -> None:
+        self._fault("clock", "start", {"node": node, **self.clock(node).skew(rate)})
+
+    def clock_strobe(self, node: str, delta_s: float, period_s: float, duration_s: float) -> None:
+        detail = self.clock(node).strobe(delta_s, period_s, duration_s)
+        self._fault("clock", "start", {"node": node, "strobe": detail})
+
+    def clock_reset(self, node: str) -> None:
+        self._fault("clock", "stop", {"node": node, **self.clock(node).reset()})
 
     def _fault(self, kind: str, action: str, detail: dict[str, Any]) -> None:
         if self._on_fault is not None:
