@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import tomli_w
 
 from chaos.clock import FakeClock
+from chaos.diskfs import DiskMount
 from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
 from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
 
@@ -63,6 +65,7 @@ class ClusterSpec:
     election_ticks: int = 15
     heartbeat_ticks: int = 3
     snapshot_entries: int = 10_000
+    snapshot_chunk_bytes: int = 1 << 20
     max_uncommitted: int = 20_000
     client_sources: tuple[str, ...] = (CLIENT,)
     toxiproxy: bool = True
@@ -72,6 +75,8 @@ class ClusterSpec:
     lease_drift: float = 0.1
     #: run every node on its own libfaketime clock (``clocks``), for clock faults
     fake_clocks: bool = False
+    #: mount the fault-injecting file system (``disks``) under every node's data dir
+    disk_faults: bool = False
 
     @property
     def all_nodes(self) -> tuple[str, ...]:
@@ -108,6 +113,13 @@ class LocalCluster:
         self.procs = ProcessManager(on_event=self._process_event)
         #: each node's libfaketime clock (``spec.fake_clocks``)
         self.clocks: dict[str, FakeClock] = {}
+        #: each node's fault-injecting file system (``spec.disk_faults``)
+        self.disks: dict[str, DiskMount] = {}
+        #: nodes out of the cluster by design (removed, or refusing a corrupted disk): not
+        #: expected to answer, not restarted by a heal
+        self.retired: set[str] = set()
+        #: joiners that were started
+        self.joined: list[str] = []
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> Self:
@@ -133,7 +145,10 @@ class LocalCluster:
         """Stop every process we started, then the proxies and the Toxiproxy server."""
         for clock in self.clocks.values():
             clock.stop_strobe()
-        self.procs.stop_all()
+        try:
+            self.procs.stop_all()
+        finally:
+            self._unmount_disks()
         if self.network is not None:
             self.network.close()
             self.network = None
@@ -151,6 +166,24 @@ class LocalCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _unmount_disks(self) -> None:
+        """Unmount every disk (cleanly: what the stopped nodes wrote is kept) and put its
+        durable content where the data dir was, for the storage replay."""
+        disks, self.disks = self.disks, {}
+        for node, disk in disks.items():
+            disk.stop()
+            data = self.data_dir(node)
+            if data.is_dir() and not any(data.iterdir()):
+                data.rmdir()
+                disk.backing.rename(data)
+            shutil.rmtree(disk.state_dir / "graveyard", ignore_errors=True)
+
+    @property
+    def members(self) -> list[str]:
+        """The nodes expected in the cluster now: the initial ones and the joined, less the
+        retired."""
+        return [n for n in (*self.spec.nodes, *self.joined) if n not in self.retired]
 
     def _allocate_ports(self) -> None:
         for node in self.spec.all_nodes:
@@ -184,6 +217,7 @@ class LocalCluster:
             "election_ticks": spec.election_ticks,
             "heartbeat_ticks": spec.heartbeat_ticks,
             "snapshot_entries": spec.snapshot_entries,
+            "snapshot_chunk_bytes": spec.snapshot_chunk_bytes,
             "max_uncommitted": spec.max_uncommitted,
             "lease_read": spec.lease_read,
             "lease_drift": spec.lease_drift,
@@ -211,6 +245,11 @@ class LocalCluster:
 
     def _start_node(self, node: str) -> ManagedProcess:
         self.node_dir(node).mkdir(parents=True, exist_ok=True)
+        if self.spec.disk_faults and node not in self.disks:
+            disk = DiskMount(
+                self.node_dir(node) / "disk", self.data_dir(node), self.node_dir(node) / "disk.fs"
+            )
+            self.disks[node] = disk.start()
         proc = self.procs.start(
             node, self._argv(node), self.node_dir(node) / "node.log", env=self._env(node)
         )
@@ -223,6 +262,7 @@ class LocalCluster:
         if node not in self.spec.joiners:
             raise ClusterError(f"{node} is not a joiner of this cluster")
         self._start_node(node)
+        self.joined.append(node)
 
     # ---- addresses ------------------------------------------------------------------------
     def client_addresses(self, source: str = CLIENT) -> dict[str, str]:

@@ -151,13 +151,18 @@ def say(text: str) -> None:
 
 def cluster_spec(scenario: Scenario) -> ClusterSpec:
     t = scenario.timing
+    kinds = {n.kind for n in scenario.nemesis}
     return ClusterSpec(
         nodes=tuple(scenario.nodes),
+        joiners=tuple(scenario.spares),
         tick_ms=t.tick_ms,
         election_ticks=t.election_ticks,
         heartbeat_ticks=t.heartbeat_ticks,
         client_sources=tuple(scenario.client_sources()),
         seed=scenario.seed,
+        fake_clocks="clock" in kinds,
+        disk_faults="disk" in kinds,
+        **t.raft_knobs(),
     )
 
 
@@ -235,7 +240,9 @@ async def drive(
     sources = {s: cluster.client_addresses(s) for s in sc.client_sources()}
     workers = ClientWorkers(sc.workload, sc.seed, history, sources, sc.client_sources())
     groups = {s: sc.source_group(s) for s in sources}
-    nemesis = NemesisExecutor(cluster, ctx.schedule, on_fault=sink, client_groups=groups)
+    nemesis = NemesisExecutor(
+        cluster, ctx.schedule, on_fault=sink, client_groups=groups, spares=sc.spares
+    )
     try:
         await _main_phase(ctx, monitor, workers, nemesis, progress)
         observed.heal_ns = time.monotonic_ns()
@@ -388,9 +395,12 @@ def _stats_json(workers: ClientWorkers) -> dict[str, Any]:
 def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
     """Steps 5-6 of the module docstring; fills ``ctx.results`` and returns the exit code."""
     say("nodes stopped; replaying storage, checking the history, writing the report")
-    nodes = list(ctx.scenario.nodes)
+    nodes = [*ctx.scenario.nodes, *cluster.joined]
     roles = {n: fix_roles(ctx, cluster.node_dir(n) / "roles.jsonl", n) for n in nodes}
-    replay = replay_json(cluster, nodes)
+    corrupted = {  # their storage was damaged on purpose: they refuse it, replay skips it
+        f.node for f in observed.applied if f.kind == "disk" and f.params.get("disk") == "corrupt"
+    }
+    replay = replay_json(cluster, [n for n in nodes if n not in corrupted])
     history = read_history_safe(ctx.run_dir / "history.jsonl")
     lin = linearizability_json(history)
     checks = check_expectations(ctx, observed, history, roles)

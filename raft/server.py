@@ -16,6 +16,7 @@ Cluster file::
     election_ticks = 15
     heartbeat_ticks = 3
     snapshot_entries = 10000     # compact after this many applied entries (0: never)
+    snapshot_chunk_bytes = 1048576   # InstallSnapshot sends the snapshot in chunks this big
     lease_read = false           # serve reads on a leader lease (no heartbeat round): safe
     lease_drift = 0.1            #   only while clock rates differ by at most this fraction
 
@@ -143,6 +144,7 @@ class ClusterConfig(BaseModel):
     election_ticks: int = Field(default=15, ge=2)
     heartbeat_ticks: int = Field(default=3, ge=1)
     snapshot_entries: int = Field(default=10_000, ge=0)
+    snapshot_chunk_bytes: int = Field(default=1 << 20, ge=1)
     max_uncommitted: int = Field(default=20_000, ge=1)
     lease_read: bool = False  # reads on a leader lease: safe only within lease_drift
     lease_drift: float = Field(default=0.1, ge=0, lt=1)
@@ -176,6 +178,7 @@ class ClusterConfig(BaseModel):
             election_ticks=self.election_ticks,
             heartbeat_ticks=self.heartbeat_ticks,
             snapshot_entries=self.snapshot_entries,
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
             max_uncommitted=self.max_uncommitted,
             lease_read=self.lease_read,
             lease_drift=self.lease_drift,
