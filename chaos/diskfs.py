@@ -198,6 +198,8 @@ class DiskFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ships no type
         self.slow_until: float | None = None
         self.full_until: float | None = None
         self.full = False
+        #: counts crashes: an fsync that a crash overtook (while it was slowed) fails
+        self._crashes = 0
 
     # ---- paths and inodes -------------------------------------------------------------------
     def _b(self, path: str) -> str:
@@ -246,13 +248,18 @@ class DiskFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ships no type
                 raise mfusepy.FuseOSError(rule.code)
 
     def _slow(self) -> None:
+        """Delay an fsync (slow-fsync); EIO if the machine crashed meanwhile (the fsync
+        never finished, so what it was to sync is lost)."""
         with self._mutex:
             now = time.monotonic()
             if self.slow_until is not None and now >= self.slow_until:
                 self.slow_fsync_s, self.slow_until = 0.0, None
-            delay = self.slow_fsync_s
+            delay, crashes = self.slow_fsync_s, self._crashes
         if delay > 0:
             time.sleep(delay)  # outside the lock: other operations and commands go on
+            with self._mutex:
+                if self._crashes != crashes:
+                    raise mfusepy.FuseOSError(errno.EIO)
 
     # ---- namespace durability ---------------------------------------------------------------
     def _before_change(self, parent: str) -> None:
@@ -460,6 +467,7 @@ class DiskFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ships no type
 
     def lose_unsynced(self) -> dict[str, Any]:
         """The crash: drop every unsynced operation, put every directory back as durable."""
+        self._crashes += 1
         lost = []
         for node in list(self._inodes.values()):
             if node.ops:
@@ -523,6 +531,7 @@ class DiskFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy ships no type
         ]
         if not candidates:
             raise DiskFSError("no unsynced write to tear" + (f" in {path}" if path else ""))
+        self._crashes += 1
         _, node, last = max(candidates, key=lambda c: c[0])
         assert last.data is not None
         end = last.offset + len(last.data)

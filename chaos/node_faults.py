@@ -6,13 +6,14 @@ returns a detail for ``faults.jsonl``; ``stop_*`` undoes it. Blocking work (kill
 process, a control call to the disk file system, a membership change through a client) is
 meant to run in a worker thread (the nemesis does ``asyncio.to_thread``).
 
-- disk (``docs/disk-faults.md``): ``lose-unsynced`` and ``torn-write`` SIGKILL the node and
-  crash its file system (its unsynced writes are lost, or the last one torn), and the end of
-  the fault restarts it; ``corrupt`` kills it, flips a bit of its durable data (a record in
-  the middle of its log, the last record, the hard state or the snapshot, chosen from the
-  seed), and the restart must be refused (the node is *retired*: it stays down, naming file
-  and offset); ``io-error`` and ``disk-full`` make writes and fsyncs fail (the node stops
-  on its own; the end clears the fault and restarts it); ``slow-fsync`` delays every fsync.
+- disk (``docs/disk-faults.md``): ``lose-unsynced`` and ``torn-write`` slow the node's fsyncs
+  until a log write is in flight, SIGKILL the node and crash its file system (its unsynced
+  writes are lost, or that one torn), and the end of the fault restarts it; ``corrupt``
+  kills it, flips a bit of its durable data (a record in the middle of its log, the last
+  record, the hard state or the snapshot, chosen from the seed), and the restart must be
+  refused (the node is *retired*: it stays down, naming file and offset); ``io-error`` and
+  ``disk-full`` make writes and fsyncs fail (the node stops on its own; the end clears the
+  fault and restarts it); ``slow-fsync`` delays every fsync.
 - clock (libfaketime): ``skew`` sets the node's clock rate, ``jump`` moves it, ``strobe``
   flips it back and forth; the end resets it.
 - membership: ``add`` starts a spare node, adds it as a learner, waits until it caught up and
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 #: how long an added learner may take to catch up before the change is given up
 CATCH_UP_TIMEOUT_S = 20.0
+#: a crash fault waits this long for a write in flight (fsyncs slowed to CATCH_FSYNC_MS)
+CATCH_UNSYNCED_S = 2.0
+CATCH_FSYNC_MS = 300
 
 
 class FaultCluster(Protocol):
@@ -72,23 +76,43 @@ def _disk(cluster: FaultCluster, node: str) -> DiskMount:
     return disk
 
 
+def _catch_unsynced(disk: DiskMount) -> str | None:
+    """Slow the node's fsyncs down until one of its log segments has a write that is not yet
+    synced (a crash then loses, or tears, a write in flight: what this fault is for); the
+    segment, or None if none came within :data:`CATCH_UNSYNCED_S`."""
+    disk.call("slow-fsync", ms=CATCH_FSYNC_MS)
+    deadline = time.monotonic() + CATCH_UNSYNCED_S
+    while time.monotonic() < deadline:
+        unsynced = disk.call("status")["unsynced"]
+        wal = sorted(str(p) for p in unsynced if str(p).startswith("wal/"))
+        if wal:
+            return wal[-1]
+        time.sleep(0.005)
+    return None
+
+
 def start_disk(cluster: FaultCluster, params: dict[str, Any], node: str) -> dict[str, Any]:
     """Apply a disk fault to ``node``; the detail says exactly what it did."""
     disk, fault = _disk(cluster, node), str(params["disk"])
     detail: dict[str, Any] = {"node": node, "disk": fault}
     if fault in ("lose-unsynced", "torn-write", "corrupt"):
-        if cluster.alive(node):
-            cluster.kill(node)
+        pending = _catch_unsynced(disk) if fault != "corrupt" and cluster.alive(node) else None
+        detail["caught_unsynced"] = pending
+        # the crash: the disk first (an fsync in flight fails), the process right after; then
+        # once more, for anything the process wrote in between
         if fault == "torn-write":
             try:
-                detail["torn"] = disk.call("torn-write")["torn"]
+                detail.update(disk.call("torn-write", path=pending))
             except DiskFSError as exc:  # nothing unsynced to tear: a plain crash
                 detail["torn"] = None
                 detail["note"] = str(exc)
-                disk.call("lose-unsynced")
+                detail.update(disk.call("lose-unsynced"))
         else:
-            reply = disk.call("lose-unsynced")
-            detail["lost"] = reply["lost"]
+            detail.update(disk.call("lose-unsynced"))
+        if cluster.alive(node):
+            cluster.kill(node)
+        detail["lost_after"] = disk.call("lose-unsynced")["lost"]
+        disk.call("clear")
         if fault == "corrupt":
             spot = pick_corruption(
                 disk.backing, str(params["corrupt"]), random.Random(int(params["seed"]))

@@ -26,7 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "node": ("raft.server", "run one Raft node process"),
     "kv": ("raft.client", "talk to a running cluster: get, put, cas, transfer"),
     "cluster": ("harness.cluster", "run a local cluster in the foreground"),
-    "chaos": ("harness.runner", "run a chaos scenario against a local cluster"),
+    "chaos": ("harness.runner", "run a chaos scenario (or a matrix of them) on a local cluster"),
+    "serve": ("harness.store_index", "serve a store of chaos runs and its index over HTTP"),
 }
 
 

@@ -81,10 +81,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, metavar="S", help="seconds of workload")
     p.add_argument("--store", type=Path, default=Path("store"), help="store root (./store)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    from harness import matrix
+
+    matrix.configure(sub.add_parser("matrix", help="scenarios x seeds from a matrix file"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a scenario; the exit code is described in the module docstring."""
+    if args.action == "matrix":
+        from harness import matrix
+
+        return matrix.run(args)
     try:
         scenario, _ = load_scenario(args.config)
         if args.time_limit is not None and args.time_limit <= 0:
@@ -98,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"run directory: {ctx.run_dir}", file=sys.stderr)
     code = execute(ctx, progress=not args.no_progress)
     print_summary(Console(), ctx.results)
+    from harness.store_index import write_index
+
+    write_index(args.store)
     return code
 
 
