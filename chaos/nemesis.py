@@ -104,6 +104,7 @@ def _draw_params(entry: Nemesis, scenario: Scenario, rng: random.Random) -> dict
         p["duration"] = entry.duration
     if entry.kind == "membership":
         p["membership"] = entry.membership
+        p["seed"] = rng.randrange(2**31)  # a random target that is gone is drawn again
     return p
 
 
@@ -245,6 +246,12 @@ class NemesisExecutor:
 
     async def _node_fault(self, f: AppliedFault, target: str) -> None:
         """Disk, clock and membership faults (:mod:`chaos.node_faults`)."""
+        if (
+            f.kind == "membership"
+            and f.params.get("target") == "random"
+            and target not in self.cluster.members
+        ):  # removed or replaced before: draw among the members of now
+            target = random.Random(f.params["seed"]).choice(sorted(self.cluster.members))
         f.node = target
         if target in self.cluster.retired:
             f.skipped = f"{target} is out of the cluster"

@@ -16,9 +16,10 @@ meant to run in a worker thread (the nemesis does ``asyncio.to_thread``).
   fault and restarts it); ``slow-fsync`` delays every fsync.
 - clock (libfaketime): ``skew`` sets the node's clock rate, ``jump`` moves it, ``strobe``
   flips it back and forth; the end resets it.
-- membership: ``add`` starts a spare node, adds it as a learner, waits until it caught up and
-  promotes it; ``remove`` removes the target (the leader too: it steps down once the change
-  commits) and stops it; ``replace`` does both. Membership changes are not undone.
+- membership: ``add`` starts a spare node and adds it (as a learner that the leader promotes
+  once it has caught up), waiting for the promotion; ``remove`` removes the target (the
+  leader too: it steps down once the change commits) and stops it; ``replace`` does both.
+  Membership changes are not undone.
 """
 
 from __future__ import annotations
@@ -186,32 +187,30 @@ async def _client_call(cluster: FaultCluster, action: str, node: str) -> dict[st
             raise FaultError(f"membership {action} {node} refused: {exc}") from exc
 
 
-async def _caught_up(cluster: FaultCluster, node: str, timeout: float) -> None:
+async def _promoted(cluster: FaultCluster, node: str, timeout: float) -> None:
+    """Wait until the leader's configuration has ``node`` among its voters."""
     deadline = time.monotonic() + timeout
     async with KVClient(dict(cluster.client_addr), timeout=1.0) as client:
         while time.monotonic() < deadline:
-            try:
-                mine = await client.status(node)
-                leader = mine.get("leader")
-                if leader is not None:
-                    theirs = await client.status(str(leader))
-                    if mine.get("applied", -1) >= theirs.get("commit", 0) > 0:
-                        return
-            except KVError:
-                pass
+            for member in cluster.members:
+                try:
+                    st = await client.status(member)
+                except KVError:
+                    continue
+                if st.get("role") == "leader" and node in st.get("voters", []):
+                    return
             await asyncio.sleep(0.1)
-    raise FaultError(f"{node} did not catch up within {timeout:.0f}s")
+    raise FaultError(f"{node} was not promoted within {timeout:.0f}s")
 
 
 async def add_node(cluster: FaultCluster, node: str) -> dict[str, Any]:
-    """Start ``node`` (a spare), add it as a learner, wait until it caught up, promote it."""
+    """Start ``node`` (a spare) and add it: it joins as a learner, and the leader promotes it
+    once it has caught up (dissertation §4.2.1; ``add_voter``); wait for the promotion."""
     cluster.start_joiner(node)
-    await _client_call(cluster, "add_learner", node)
     t0 = time.monotonic()
-    await _caught_up(cluster, node, CATCH_UP_TIMEOUT_S)
-    caught = time.monotonic() - t0
     await _client_call(cluster, "add_voter", node)
-    return {"added": node, "catch_up_s": round(caught, 3)}
+    await _promoted(cluster, node, CATCH_UP_TIMEOUT_S)
+    return {"added": node, "promoted_after_s": round(time.monotonic() - t0, 3)}
 
 
 async def remove_node(cluster: FaultCluster, node: str) -> dict[str, Any]:
