@@ -21,6 +21,9 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     tick_ms = 20.0
     election_ticks = 15
     heartbeat_ticks = 3
+    snapshot_entries = 10000         # compact after this many applied entries
+    snapshot_chunk_bytes = 1048576   # InstallSnapshot chunk size
+    lease_read = false               # reads on a leader lease (lease_drift = 0.1)
     [setup]
     leader_in = "antarctic"          # move the leadership into this group before the workload
     [workload]
@@ -38,6 +41,24 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     groups = ["north", "antarctic"]
     at = 5.0
     duration = 14.0
+    [[nemesis]]
+    kind = "disk"                    # on the FUSE disk (docs/disk-faults.md)
+    disk = "corrupt"                 # lose-unsynced | torn-write | corrupt | io-error |
+                                     # disk-full | slow-fsync (fsync_ms = 200)
+    corrupt = "last-record"          # middle-record | last-record | hardstate | snapshot
+    target = "random"
+    at = 9.0
+    [[nemesis]]
+    kind = "clock"                   # libfaketime, per node process
+    clock = "strobe"                 # skew (rate = 2.0) | jump (jump_s = 5.0) |
+    strobe_s = 2.0                   # strobe (strobe_s every strobe_period_s)
+    strobe_period_s = 0.5
+    interval = 6.0
+    [[nemesis]]
+    kind = "membership"              # add (a spare) | remove (the target) | replace
+    membership = "replace"
+    at = 12.0
+    spares = ["n6"]                  # (a top-level key) nodes outside the configuration
     [final]
     settle = 3.0                     # seconds after healing before the final reads
     reads = true
