@@ -2,8 +2,8 @@
 
 The matrix file (TOML, validated; a bad field is named, exit 2)::
 
-    scenarios = ["*.toml"]   # globs relative to the matrix file (the matrix file itself and
-                             # files that are not scenarios are skipped); default: every .toml
+    scenarios = ["../*.toml"]  # globs relative to the matrix file (the matrix file itself and
+                               # files that are not scenarios are skipped); default: *.toml
     seeds = [1, 2, 3]
     time_limit = 15.0        # seconds of workload per run (--time-limit); default: each
                              # scenario's own duration
@@ -20,6 +20,7 @@ could not run, was undecided or timed out, else 0.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import signal
 import subprocess
@@ -83,7 +84,7 @@ def load_matrix(path: Path) -> tuple[MatrixFile, list[tuple[Path, str]]]:
         raise MatrixError(f"{path}: {loc}: {err['msg']}") from None
     found: list[tuple[Path, str]] = []
     for pattern in matrix.scenarios:
-        matches = sorted(path.parent.glob(pattern))
+        matches = sorted(Path(m) for m in glob.glob(str(path.parent / pattern)))
         if not matches:
             raise MatrixError(f"{path}: scenarios: {pattern!r} matches no file")
         for config in matches:
@@ -102,7 +103,7 @@ def load_matrix(path: Path) -> tuple[MatrixFile, list[tuple[Path, str]]]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("matrix", type=Path, help="matrix file (configs/matrix.toml)")
+    parser.add_argument("matrix", type=Path, help="matrix file (configs/matrices/nightly.toml)")
     parser.add_argument("--store", type=Path, default=Path("store"), help="store root (./store)")
     parser.add_argument("--seeds", help="override the seeds: a comma-separated list")
     parser.add_argument("--time-limit", type=float, metavar="S", help="seconds of workload")
