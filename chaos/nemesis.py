@@ -19,8 +19,11 @@ start chose. Blocking cluster calls (Toxiproxy's REST API, waiting for a SIGKILL
 in a worker thread so the clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
 ``cut``, are reported here as ``partition`` so that the heal closes them). :meth:`heal_all`
-is the final generator: heal the network, resume paused nodes, restart dead ones; it runs at the
-end whatever happened, including after a cancellation.
+is the final generator: heal the network, reset clocks, clear disk faults, resume paused nodes,
+restart dead ones (not the *retired*: removed members and nodes refusing a corrupted disk); it
+runs at the end whatever happened, including after a cancellation. Disk, clock and membership
+faults, and the link-shaped partitions (ring, bridge, majorities-ring, drawn here from the
+seed by :mod:`chaos.shapes`), are applied by :mod:`chaos.node_faults`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from chaos import node_faults
+from chaos.diskfs import DiskFSError
+from chaos.shapes import cut_links
 from harness.scenario import Nemesis, Scenario
 
 if TYPE_CHECKING:
@@ -88,8 +94,20 @@ def _draw_params(entry: Nemesis, scenario: Scenario, rng: random.Random) -> dict
             p["group_names"] = list(entry.groups)
         elif p["shape"] == "isolate-leader":
             p["target"] = "leader"
+        elif p["shape"] in ("ring", "bridge", "majorities-ring"):
+            p["links"] = [list(link) for link in cut_links(p["shape"], nodes, rng)]
     if entry.kind == "latency":
         p["ms"], p["jitter_ms"] = entry.latency_ms, entry.latency_jitter_ms
+    if entry.kind == "disk":
+        p.update(disk=entry.disk, corrupt=entry.corrupt, fsync_ms=entry.fsync_ms)
+        p["seed"] = rng.randrange(2**31)  # where a corruption lands
+    if entry.kind == "clock":
+        p.update(clock=entry.clock, rate=entry.rate, jump_s=entry.jump_s)
+        p.update(strobe_s=entry.strobe_s, strobe_period_s=entry.strobe_period_s)
+        p["duration"] = entry.duration
+    if entry.kind == "membership":
+        p["membership"] = entry.membership
+        p["seed"] = rng.randrange(2**31)  # a random target that is gone is drawn again
     return p
 
 
@@ -174,6 +192,7 @@ class NemesisExecutor:
         *,
         on_fault: Callable[[str, str, dict[str, Any]], None] | None = None,
         client_groups: dict[str, str | None] | None = None,
+        spares: Sequence[str] = (),
     ) -> None:
         self.cluster = cluster
         self.schedule = list(schedule)
@@ -181,6 +200,7 @@ class NemesisExecutor:
         self.active: dict[int, AppliedFault] = {}
         self._on_fault = on_fault
         self._client_groups = client_groups or {}
+        self._spares = list(spares)
 
     def describe_active(self) -> str:
         """A short text of the faults in force, for the progress display."""
@@ -222,8 +242,37 @@ class NemesisExecutor:
             await asyncio.to_thread(call, target)
         elif f.kind == "latency":
             await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
+        elif f.kind in ("disk", "clock", "membership"):
+            await self._node_fault(f, target)
         else:
             await self._partition(f, target)
+
+    async def _node_fault(self, f: AppliedFault, target: str) -> None:
+        """Disk, clock and membership faults (:mod:`chaos.node_faults`)."""
+        if (
+            f.kind == "membership"
+            and f.params.get("target") == "random"
+            and target not in self.cluster.members
+        ):  # removed or replaced before: draw among the members of now
+            target = random.Random(f.params["seed"]).choice(sorted(self.cluster.members))
+        f.node = target
+        if target in self.cluster.retired:
+            f.skipped = f"{target} is out of the cluster"
+            return
+        if f.kind == "disk":
+            detail = await asyncio.to_thread(node_faults.start_disk, self.cluster, f.params, target)
+        elif f.kind == "clock":
+            detail = node_faults.start_clock(self.cluster, f.params, target)
+        else:
+            detail = await asyncio.to_thread(
+                node_faults.start_membership, self.cluster, f.params, target, self._spares
+            )
+        f.params["applied"] = detail
+        self._report(f.kind, "start", detail)
+
+    def _report(self, kind: str, action: str, detail: dict[str, Any]) -> None:
+        if self._on_fault is not None:
+            self._on_fault(kind, action, detail)
 
     def _resolve_target(self, f: AppliedFault) -> str:
         target = str(f.params.get("target", "random"))
@@ -234,6 +283,10 @@ class NemesisExecutor:
 
     async def _partition(self, f: AppliedFault, target: str) -> None:
         shape = f.params["shape"]
+        if "links" in f.params:  # ring, bridge, majorities-ring: cut links, not groups
+            await asyncio.to_thread(node_faults.start_links, self.cluster, f.params["links"])
+            self._report("partition", "start", {"shape": shape, "links": f.params["links"]})
+            return
         if shape == "one-way":
             f.node = target
             await asyncio.to_thread(self._one_way, target)
@@ -280,6 +333,12 @@ class NemesisExecutor:
             self.cluster.resume(f.node)
         elif f.kind in ("partition", "latency") and self.cluster.network is not None:
             self.cluster.heal()
+        elif f.kind == "disk" and f.node is not None:
+            node_faults.stop_disk(self.cluster, f.params, f.node)
+            self._report("disk", "stop", {"node": f.node, "disk": f.params["disk"]})
+        elif f.kind == "clock" and f.node is not None:
+            node_faults.stop_clock(self.cluster, f.node)
+            self._report("clock", "stop", {"node": f.node})
 
     def heal_all(self) -> None:
         """The final generator: heal the network, resume paused nodes, restart dead ones."""
@@ -289,7 +348,14 @@ class NemesisExecutor:
         self.active.clear()
         if self.cluster.network is not None:
             self.cluster.heal()
-        for node in self.cluster.spec.nodes:
+        for clock in self.cluster.clocks.values():
+            clock.reset()
+        for disk in self.cluster.disks.values():
+            try:
+                disk.call("clear")
+            except DiskFSError as exc:  # noted, the heal goes on
+                self._report("disk", "stop", {"clear_failed": str(exc)})
+        for node in self.cluster.members:
             try:
                 proc = self.cluster.procs[node]
             except KeyError:
@@ -301,9 +367,12 @@ class NemesisExecutor:
 
 
 def _describe(f: AppliedFault) -> str:
+    if f.kind == "partition" and "links" in f.params:
+        return f"partition {f.params['shape']}"
     if f.kind == "partition":
         sides = " | ".join(",".join(g) for g in f.groups) if f.groups else f"{f.node} one-way"
         return f"partition {sides}"
     if f.kind == "latency":
         return f"latency {f.params.get('ms')}ms"
-    return f"{f.kind} {f.node}"
+    what = f.params.get("disk") or f.params.get("clock") or f.params.get("membership")
+    return f"{f.kind} {what} {f.node}" if what else f"{f.kind} {f.node}"

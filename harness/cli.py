@@ -39,8 +39,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kv": ("raft.client", "talk to a running cluster: get, put, cas, status, submit, ..."),
     "keys": ("raft.keys", "CURVE keys and a cluster file for a deployment"),
     "cluster": ("harness.cluster", "run a local cluster in the foreground"),
-    "chaos": ("harness.runner", "run or list chaos scenarios against a local cluster"),
+    "chaos": ("harness.runner", "run, list or matrix chaos scenarios on a local cluster"),
     "completion": ("harness.cli", "print the shell completion script (bash, zsh, fish)"),
+    "serve": ("harness.store_index", "serve a store of chaos runs and its index over HTTP"),
 }
 
 #: third-party modules of the ``chaos`` extra (pyproject.toml)

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -44,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import tomli_w
 
+from chaos.clock import FakeClock
+from chaos.diskfs import DiskMount
 from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
 from chaos.toxiproxy import (
     CLIENT,
@@ -81,11 +84,18 @@ class ClusterSpec:
     election_ticks: int = 15
     heartbeat_ticks: int = 3
     snapshot_entries: int = 10_000
+    snapshot_chunk_bytes: int = 1 << 20
     max_uncommitted: int = 20_000
     client_sources: tuple[str, ...] = (CLIENT,)
     toxiproxy: bool = True
     seed: int | None = None  #: seeds each node's election-timeout RNG (seed + node position)
     env: Mapping[str, str] = field(default_factory=dict)
+    lease_read: bool = False
+    lease_drift: float = 0.1
+    #: run every node on its own libfaketime clock (``clocks``), for clock faults
+    fake_clocks: bool = False
+    #: mount the fault-injecting file system (``disks``) under every node's data dir
+    disk_faults: bool = False
     curve: bool = True  #: CURVE keys on every socket (raft.security)
 
     @property
@@ -123,6 +133,15 @@ class LocalCluster:
         self.server: ToxiproxyServer | None = None
         self.network: ProxyNetwork | None = None
         self.procs = ProcessManager(on_event=self._process_event)
+        #: each node's libfaketime clock (``spec.fake_clocks``)
+        self.clocks: dict[str, FakeClock] = {}
+        #: each node's fault-injecting file system (``spec.disk_faults``)
+        self.disks: dict[str, DiskMount] = {}
+        #: nodes out of the cluster by design (removed, or refusing a corrupted disk): not
+        #: expected to answer, not restarted by a heal
+        self.retired: set[str] = set()
+        #: joiners that were started
+        self.joined: list[str] = []
         self.keys_dir = self.workdir / "keys"
         #: public keys: every node's by id, and the client's and admin's
         self.public_keys: dict[str, bytes] = {}
@@ -152,7 +171,12 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every process we started, then the proxies and the Toxiproxy server."""
-        self.procs.stop_all()
+        for clock in self.clocks.values():
+            clock.stop_strobe()
+        try:
+            self.procs.stop_all()
+        finally:
+            self._unmount_disks()
         if self.network is not None:
             self.network.close()
             self.network = None
@@ -170,6 +194,24 @@ class LocalCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _unmount_disks(self) -> None:
+        """Unmount every disk (cleanly: what the stopped nodes wrote is kept) and put its
+        durable content where the data dir was, for the storage replay."""
+        disks, self.disks = self.disks, {}
+        for node, disk in disks.items():
+            disk.stop()
+            data = self.data_dir(node)
+            if data.is_dir() and not any(data.iterdir()):
+                data.rmdir()
+                disk.backing.rename(data)
+            shutil.rmtree(disk.state_dir / "graveyard", ignore_errors=True)
+
+    @property
+    def members(self) -> list[str]:
+        """The nodes expected in the cluster now: the initial ones and the joined, less the
+        retired."""
+        return [n for n in (*self.spec.nodes, *self.joined) if n not in self.retired]
 
     def _allocate_ports(self) -> None:
         for node in self.spec.all_nodes:
@@ -234,7 +276,10 @@ class LocalCluster:
             "election_ticks": spec.election_ticks,
             "heartbeat_ticks": spec.heartbeat_ticks,
             "snapshot_entries": spec.snapshot_entries,
+            "snapshot_chunk_bytes": spec.snapshot_chunk_bytes,
             "max_uncommitted": spec.max_uncommitted,
+            "lease_read": spec.lease_read,
+            "lease_drift": spec.lease_drift,
             "nodes": nodes,
         }
         if spec.curve:
@@ -252,24 +297,36 @@ class LocalCluster:
             argv += ["--seed", str(self.spec.seed * 1000 + self.spec.all_nodes.index(node))]
         return argv
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, node: str) -> dict[str, str]:
         env = dict(os.environ)
         env["ORBITAL_RUN_START_NS"] = str(self.run_start_ns)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.spec.env)
+        if self.spec.fake_clocks:
+            clock = self.clocks.setdefault(node, FakeClock(self.node_dir(node) / "clock.rc"))
+            env.update(clock.env())
         return env
 
     def _start_node(self, node: str) -> ManagedProcess:
         self.node_dir(node).mkdir(parents=True, exist_ok=True)
-        return self.procs.start(
-            node, self._argv(node), self.node_dir(node) / "node.log", env=self._env()
+        if self.spec.disk_faults and node not in self.disks:
+            disk = DiskMount(
+                self.node_dir(node) / "disk", self.data_dir(node), self.node_dir(node) / "disk.fs"
+            )
+            self.disks[node] = disk.start()
+        proc = self.procs.start(
+            node, self._argv(node), self.node_dir(node) / "node.log", env=self._env(node)
         )
+        if node in self.clocks:
+            self.clocks[node].process_started()
+        return proc
 
     def start_joiner(self, node: str) -> None:
         """Start a node listed in ``joiners`` (it waits to be added by a membership change)."""
         if node not in self.spec.joiners:
             raise ClusterError(f"{node} is not a joiner of this cluster")
         self._start_node(node)
+        self.joined.append(node)
 
     # ---- addresses ------------------------------------------------------------------------
     def client_addresses(self, source: str = CLIENT) -> dict[str, str]:
@@ -290,6 +347,8 @@ class LocalCluster:
 
     def restart(self, node: str) -> None:
         self.procs[node].restart()
+        if node in self.clocks:
+            self.clocks[node].process_started()
 
     def alive(self, node: str) -> bool:
         try:
@@ -345,6 +404,25 @@ class LocalCluster:
             self._fault("partition", "stop", {"healed": state["cuts"]})
         if state["latency"]:
             self._fault("latency", "stop", {})
+
+    # ---- clock faults (libfaketime: ``spec.fake_clocks``) ------------------------------------
+    def clock(self, node: str) -> FakeClock:
+        if node not in self.clocks:
+            raise ClusterError(f"{node} runs on the real clock: set ClusterSpec.fake_clocks")
+        return self.clocks[node]
+
+    def clock_jump(self, node: str, seconds: float) -> None:
+        self._fault("clock", "start", {"node": node, **self.clock(node).jump(seconds)})
+
+    def clock_skew(self, node: str, rate: float) -> None:
+        self._fault("clock", "start", {"node": node, **self.clock(node).skew(rate)})
+
+    def clock_strobe(self, node: str, delta_s: float, period_s: float, duration_s: float) -> None:
+        detail = self.clock(node).strobe(delta_s, period_s, duration_s)
+        self._fault("clock", "start", {"node": node, "strobe": detail})
+
+    def clock_reset(self, node: str) -> None:
+        self._fault("clock", "stop", {"node": node, **self.clock(node).reset()})
 
     def _fault(self, kind: str, action: str, detail: dict[str, Any]) -> None:
         if self._on_fault is not None:

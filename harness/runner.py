@@ -88,7 +88,7 @@ SCRAPE_TIMEOUT_S = 2.0
 
 # ---- the command line --------------------------------------------------------------------------
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add ``chaos run`` and ``chaos list`` arguments."""
+    """Add ``chaos run``, ``chaos list`` and ``chaos matrix`` arguments."""
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = sub.add_parser("run", help="run one scenario and store the result")
     p.add_argument("config", metavar="SCENARIO", help="a bundled scenario's name, or a file")
@@ -99,6 +99,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print results.json instead of a table")
     p = sub.add_parser("list", help="name the bundled scenarios")
     p.add_argument("--json", action="store_true", help="print JSON")
+    from harness import matrix
+
+    matrix.configure(sub.add_parser("matrix", help="scenarios x seeds from a matrix file"))
 
 
 def list_scenarios(as_json: bool) -> int:
@@ -125,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     """Run a scenario; the exit code is described in the module docstring."""
     if args.action == "list":
         return list_scenarios(args.json)
+    if args.action == "matrix":
+        from harness import matrix
+
+        return matrix.run(args)
     try:
         scenario, _ = load_scenario(resolve_scenario(args.config))
         if args.time_limit is not None and args.time_limit <= 0:
@@ -141,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(ctx.results, indent=2, default=str))
     else:
         print_summary(Console(), ctx.results)
+    from harness.store_index import write_index
+
+    write_index(args.store)
     return code
 
 
@@ -194,13 +204,18 @@ def say(text: str) -> None:
 
 def cluster_spec(scenario: Scenario) -> ClusterSpec:
     t = scenario.timing
+    kinds = {n.kind for n in scenario.nemesis}
     return ClusterSpec(
         nodes=tuple(scenario.nodes),
+        joiners=tuple(scenario.spares),
         tick_ms=t.tick_ms,
         election_ticks=t.election_ticks,
         heartbeat_ticks=t.heartbeat_ticks,
         client_sources=tuple(scenario.client_sources()),
         seed=scenario.seed,
+        fake_clocks="clock" in kinds,
+        disk_faults="disk" in kinds,
+        **t.raft_knobs(),
     )
 
 
@@ -309,7 +324,9 @@ async def drive(
         sc.workload, sc.seed, history, sources, sc.client_sources(), keys=cluster.keys()
     )
     groups = {s: sc.source_group(s) for s in sources}
-    nemesis = NemesisExecutor(cluster, ctx.schedule, on_fault=sink, client_groups=groups)
+    nemesis = NemesisExecutor(
+        cluster, ctx.schedule, on_fault=sink, client_groups=groups, spares=sc.spares
+    )
     try:
         await _main_phase(ctx, monitor, workers, nemesis, progress)
         observed.heal_ns = time.monotonic_ns()
@@ -463,9 +480,12 @@ def _stats_json(workers: ClientWorkers) -> dict[str, Any]:
 def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
     """Steps 5-6 of the module docstring; fills ``ctx.results`` and returns the exit code."""
     say("nodes stopped; replaying storage, checking the history, writing the report")
-    nodes = list(ctx.scenario.nodes)
+    nodes = [*ctx.scenario.nodes, *cluster.joined]
     roles = {n: fix_roles(ctx, cluster.node_dir(n) / "roles.jsonl", n) for n in nodes}
-    replay = replay_json(cluster, nodes)
+    corrupted = {  # their storage was damaged on purpose: they refuse it, replay skips it
+        f.node for f in observed.applied if f.kind == "disk" and f.params.get("disk") == "corrupt"
+    }
+    replay = replay_json(cluster, [n for n in nodes if n not in corrupted])
     history = read_history_safe(ctx.run_dir / "history.jsonl")
     lin = linearizability_json(history)
     checks = check_expectations(ctx, observed, history, roles)

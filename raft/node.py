@@ -66,12 +66,14 @@ with ``node``, ``term`` and ``event`` attributes on each record) unless a ``time
 callback is given. With ``metrics_address`` (``"127.0.0.1:9100"``; port 0 picks one) the node
 serves Prometheus metrics over HTTP while it runs (:mod:`raft.metrics`); off by default.
 
-Time: a tick task reads the node's clock (``SkewedClock`` in a chaos run) and enqueues one
-tick per ``tick_ms`` of clock time that passed (capped, so a paused process wakes with at most
-two election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
+Time: a tick task reads the node's clock (``clock``, the OS's monotonic clock by default; a
+chaos run may fake it for the whole process with libfaketime) and enqueues one tick per
+``tick_ms`` of clock time that passed (capped, so a paused process wakes with at most two
+election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
 from the core's event callback; role and term changes are also appended to ``roles_path`` as
-JSON lines ``{"time": monotonic ns, "node", "role", "term"}`` (system-wide CLOCK_MONOTONIC,
-the clock of ``history.jsonl`` and ``faults.jsonl``).
+JSON lines ``{"time": ns, "node", "role", "term"}``, timed by ``record_clock`` (system-wide
+CLOCK_MONOTONIC, the clock of ``history.jsonl`` and ``faults.jsonl``: the server reads it with
+a raw system call, so that it stays true when the node's own clock is faked).
 """
 
 from __future__ import annotations
@@ -223,6 +225,7 @@ class RaftNode(Generic[SM]):
         tick_ms: float = 10.0,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        record_clock: Callable[[], int] = time.monotonic_ns,
         epoch: float | None = None,
         timeline: Callable[[str], None] | None = None,
         roles_path: Path | None = None,
@@ -237,6 +240,7 @@ class RaftNode(Generic[SM]):
         self.sm = state_machine
         self.tick_s = tick_ms / 1000.0
         self._clock = clock
+        self._record_clock = record_clock
         self._epoch = time.monotonic() if epoch is None else epoch
         self._timeline = timeline
         self._roles: TextIO | None = None
@@ -837,7 +841,7 @@ class RaftNode(Generic[SM]):
         if self.metrics is not None:
             self.metrics.role_entered(now[0])
         if self._roles is not None:
-            line = {"time": time.monotonic_ns(), "node": self.id, "role": now[0], "term": now[1]}
+            line = {"time": self._record_clock(), "node": self.id, "role": now[0], "term": now[1]}
             self._roles.write(json.dumps(line) + "\n")
 
 
