@@ -143,7 +143,7 @@ def test_cluster_across_namespaces_elects_serves_and_refuses_a_stranger(
         leader = _wait_for_leader(network, config, procs)
         code, out = orbital_in(network, "c", "kv", "--config", str(config), "put", "x", "42")
         assert code == 0, out
-        code, out = orbital_in(network, "c", "kv", "--config", str(config), "get", "x")
+        code, out = orbital_in(network, "c", "kv", "--config", str(config), "--json", "get", "x")
         assert code == 0, out
         assert json.loads(out)["value"] == 42
         stranger = str(tmp_path / "strangers" / "stranger.key_secret")
@@ -151,7 +151,7 @@ def test_cluster_across_namespaces_elects_serves_and_refuses_a_stranger(
         code, out = orbital_in(network, "c", *kv, "put", "y", "1")
         assert code == 1, out
         assert "unavailable" in out
-        code, out = orbital_in(network, "c", "kv", "--config", str(config), "get", "y")
+        code, out = orbital_in(network, "c", "kv", "--config", str(config), "--json", "get", "y")
         assert code == 0, out
         assert json.loads(out)["value"] is None
         assert all(p.poll() is None for p in procs.values()), "a node exited"
@@ -178,7 +178,9 @@ def _wait_for_leader(net: Network, config: Path, procs: dict[str, subprocess.Pop
     while time.monotonic() < deadline:
         for node, p in procs.items():
             assert p.poll() is None, f"{node} exited with {p.returncode}"
-        code, out = orbital_in(net, "c", "kv", "--config", str(config), "--timeout", "1", "status")
+        code, out = orbital_in(
+            net, "c", "kv", "--config", str(config), "--timeout", "1", "--json", "status"
+        )
         last = out
         if code == 0:
             sts = [s for s in json.loads(out) if "role" in s]
