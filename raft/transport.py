@@ -214,7 +214,7 @@ class ZmqReader:
     docstring). Call :meth:`recheck` after sending on the same socket: a send can consume the
     descriptor's edge, leaving received frames unannounced.
 
-    ``authenticated``: the socket is a CURVE server; each message is handed over with the
+    ``authenticated``: the socket is a CURVE ROUTER; each message is handed over with the
     name its connection authenticated as (the ZAP ``User-Id``) as an extra first part."""
 
     def __init__(
@@ -283,13 +283,21 @@ class ZmqReader:
 
 
 def _recv_authenticated(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """One multipart message, with its connection's ``User-Id`` as an extra first part.
-    (Only the parts after the first are received as frames, the metadata's carriers:
-    measured at 1.5 us a message, against 14-18 us for ``recv_multipart(copy=False)``.)"""
-    parts = [b"", sock.recv(zmq.NOBLOCK)]
-    while sock.rcvmore:
+    """One message of a CURVE ROUTER (its routing id, then at least one part), with its
+    connection's ``User-Id`` as an extra first part. Only the parts after the routing id are
+    received as frames, the metadata's carriers, and a frame's own ``more`` flag replaces the
+    socket's ``RCVMORE`` (a pyzmq attribute lookup per call): 1.4 us a message, measured
+    against 2.0-2.6 us for a plain ``recv_multipart`` (and 5-6 us for a first version that
+    asked the socket for ``RCVMORE``)."""
+    rid = sock.recv(zmq.NOBLOCK)
+    frame = sock.recv(zmq.NOBLOCK, copy=False)
+    try:
+        name = frame.get("User-Id")
+    except zmq.ZMQError:  # no ZAP answer on this connection: no name, and no message passes
+        name = ""
+    parts = [name.encode() if isinstance(name, str) else b"", rid, frame.bytes]
+    while frame.more:  # more parts than a peer of ours sends: the receiver drops the message
         frame = sock.recv(zmq.NOBLOCK, copy=False)
-        parts[0] = str(frame.get("User-Id") or "").encode()
         parts.append(frame.bytes)
     return parts
 

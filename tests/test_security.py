@@ -755,3 +755,43 @@ def test_fuzz_has_teeth_without_the_guard(cluster_factory: Callable[..., LocalCl
         problems, _ = run(lambda: fuzz_cluster(cluster))
     assert problems, "the fuzz found nothing wrong with an unguarded cluster"
     print(f"unguarded: {problems}")
+
+
+@pytest.mark.integration
+def test_an_authenticated_transport_names_senders_and_drops_extra_parts(tmp_path: Path) -> None:
+    """In process, two transports with keys: a member's two-part message is dropped (our
+    peers send one part), its one-part message arrives, named; a message claiming another
+    sender is dropped. (The receive path reads each message's User-Id from its frame.)"""
+    from raft.security import NodeKeys
+    from raft.transport import ZmqTransport
+
+    pairs = {n: create_key_pair(tmp_path, n) for n in ("a", "b", "c")}
+    publics = {n: p.public for n, p in pairs.items()}
+    a = ZmqTransport(NodeId("a"), "t", "127.0.0.1:0", {}, keys=NodeKeys(pairs["a"], publics))
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    ClientKeys(pairs["b"], publics).apply(raw, "a")
+    raw.connect(f"tcp://{a.address}")
+
+    async def scenario() -> list[Message]:
+        got: list[Message] = []
+        a.set_receiver(got.append)
+        good = encode_frame(Heartbeat(NodeId("b"), NodeId("a"), 1, 0), "t")
+        forged = encode_frame(Heartbeat(NodeId("c"), NodeId("a"), 1, 0), "t")
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            raw.send_multipart([good, good])
+            raw.send(forged)
+            raw.send(good)
+            await asyncio.sleep(0.05)
+        return got
+
+    try:
+        got = run(scenario)
+    finally:
+        raw.close(linger=0)
+        ctx.term()
+        a.close()
+    assert got
+    assert all(m.src == "b" for m in got)
+    assert a.dropped_frames >= 2  # the two-part message and the forged sender
