@@ -231,7 +231,12 @@ async def etcd_window(binary: str, workdir: Path, level: int, seconds: float) ->
 
 
 async def paired_throughput(
-    workdir: Path, seconds: float, rounds: int, etcd_binary: str | None, systems: list[str]
+    workdir: Path,
+    seconds: float,
+    rounds: int,
+    etcd_binary: str | None,
+    systems: list[str],
+    levels: tuple[int, ...] = LEVELS,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per level, ``rounds`` windows of each system on fresh clusters, alternating which goes
     first (orbital, etcd, etcd, orbital, ...): all see the same machine conditions, so the
@@ -239,9 +244,9 @@ async def paired_throughput(
     its window with the median writes/s; every window's figures are kept beside it."""
     systems = [s for s in systems if s != "etcd" or etcd_binary]
     windows: dict[str, dict[int, list[dict[str, Any]]]] = {
-        s: {n: [] for n in LEVELS} for s in systems
+        s: {n: [] for n in levels} for s in systems
     }
-    for level in LEVELS:
+    for level in levels:
         for r in range(rounds):
             for system in systems if r % 2 == 0 else systems[::-1]:
                 where = workdir / f"{system}-{level}-{r}"
@@ -255,7 +260,7 @@ async def paired_throughput(
     out: dict[str, list[dict[str, Any]]] = {}
     for system, by_level in windows.items():
         out[system] = []
-        for level in LEVELS:
+        for level in levels:
             ws = sorted(by_level[level], key=lambda w: float(w["writes_per_s"]))
             median = dict(ws[(len(ws) - 1) // 2])
             median["windows_writes_per_s"] = [w["writes_per_s"] for w in by_level[level]]
@@ -665,7 +670,7 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     }
     binary = shutil.which("etcd") if "etcd" in args.systems else None
     paired = await paired_throughput(
-        root / "throughput", args.seconds, args.rounds, binary, args.systems
+        root / "throughput", args.seconds, args.rounds, binary, args.systems, args.levels
     )
     throughput = paired["orbital"]
     result["throughput"] = throughput
@@ -735,8 +740,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--throughput-only", action="store_true", help="skip failover, overload, etcd failover"
     )
+    p.add_argument(
+        "--levels", default="1,16,64", help="clients per level, with --throughput-only (1,16,64)"
+    )
     args = p.parse_args(argv)
     args.systems = [x.strip() for x in args.systems.split(",") if x.strip()]
+    try:
+        args.levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+    except ValueError:
+        p.error(f"--levels: comma-separated client counts, got {args.levels!r}")
+    if args.levels != LEVELS and not args.throughput_only:
+        p.error("--levels needs --throughput-only (the other parts judge levels 1 and 64)")
     unknown = set(args.systems) - {"orbital", "orbital-nocurve", "etcd"}
     if unknown or "orbital" not in args.systems:
         p.error(f"--systems: must include orbital; unknown {sorted(unknown)}")
