@@ -6,17 +6,22 @@ As in Jepsen, the generator is pure and the side effects live elsewhere.
 :func:`make_schedule` turns a scenario's ``[[nemesis]]`` entries, a seed and a duration into a
 list of :class:`FaultOp` (``start``/``stop`` pairs sharing an ``id``), sorted by time. The same
 inputs give the same list, byte for byte (:func:`schedule_json`): every random choice (jitter,
-the node of ``target = "random"``, the sides of ``halves``, the fallback of ``"leader"``) is
-drawn from a ``random.Random`` seeded with the seed and the entry's position, never from global
-state. Faults never overlap: an occurrence that would overlap one already accepted is dropped
+the node of ``target = "random"``, the nodes of ``"minority"`` and ``"majority"``, the order in
+which ``"follower"`` picks, the sides of ``halves``, the fallback of ``"leader"``) is drawn from
+a ``random.Random`` seeded with the seed and the entry's position, never from global state.
+Faults never overlap: an occurrence that would overlap one already accepted is dropped
 (scheduled ``at`` entries are placed first), so a heal always ends exactly one fault, and every
 stop lies within the duration.
 
 :class:`NemesisExecutor` follows a schedule in real time against a
 :class:`~harness.cluster.LocalCluster`. A ``"leader"`` target is resolved when its fault starts
-(``cluster.leader()``; the drawn fallback if there is none), and the stop acts on the node the
-start chose. Blocking cluster calls (Toxiproxy's REST API, waiting for a SIGKILLed process) run
-in a worker thread so the clients' event loop keeps going. Every fault is reported to
+(``cluster.leader()``; the drawn fallback if there is none), so is ``"follower"`` (the first
+node of the drawn order that is not the leader), and the stop acts on the nodes the start chose:
+a kill's stop restarts each killed node on its own data directory, a pause's resumes it. A
+target that is down or paused when its fault starts is left out; one still starting up (or
+recovering its storage) is killed like any other: any node, any time. Blocking cluster calls
+(Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
+clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
 ``cut``, are reported here as ``partition`` so that the heal closes them). :meth:`heal_all`
 is the final generator: heal the network, resume paused nodes, restart dead ones; it runs at the
@@ -33,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.scenario import Nemesis, Scenario
+from harness.scenario import GROUP_TARGETS, Nemesis, Scenario
 
 if TYPE_CHECKING:
     from harness.cluster import LocalCluster
@@ -90,6 +95,13 @@ def _draw_params(entry: Nemesis, scenario: Scenario, rng: random.Random) -> dict
             p["target"] = "leader"
     if entry.kind == "latency":
         p["ms"], p["jitter_ms"] = entry.latency_ms, entry.latency_jitter_ms
+    # drawn last, and only for these targets, so the older targets' schedules stay as they were
+    if entry.target == "follower":
+        p["order"] = rng.sample(nodes, len(nodes))
+    elif entry.target in GROUP_TARGETS:
+        size = {"minority": (len(nodes) - 1) // 2, "majority": len(nodes) // 2 + 1}
+        count = size.get(entry.target, len(nodes))
+        p["nodes"] = sorted(rng.sample(nodes, count))
     return p
 
 
@@ -138,7 +150,8 @@ class AppliedFault:
     id: int
     kind: str
     params: dict[str, Any]
-    node: str | None = None  #: the node acted on (kill, pause, isolate)
+    node: str | None = None  #: the node acted on (kill, pause, isolate), if there is one
+    nodes: list[str] = field(default_factory=list)  #: every node a kill or pause acted on
     groups: list[list[str]] = field(default_factory=list)  #: partition sides as applied
     leader_before: tuple[str, int] | None = None
     started_ns: int = 0  #: monotonic, just before the fault was applied
@@ -155,6 +168,7 @@ class AppliedFault:
             "kind": self.kind,
             "params": self.params,
             "node": self.node,
+            "nodes": self.nodes,
             "groups": self.groups,
             "leader_before": None if self.leader_before is None else list(self.leader_before),
             "start": rel(self.started_ns),
@@ -212,24 +226,45 @@ class NemesisExecutor:
             self.active[op.id] = fault
 
     async def _apply_start(self, f: AppliedFault) -> None:
-        target = self._resolve_target(f)
         if f.kind in ("kill", "pause"):
-            f.node = target
-            if not self.cluster.alive(target) or self.cluster.procs[target].paused:
-                f.skipped = f"{target} is not running"
-                return
-            call = self.cluster.kill if f.kind == "kill" else self.cluster.pause
-            await asyncio.to_thread(call, target)
-        elif f.kind == "latency":
+            await self._process_fault(f, self._resolve_targets(f))
+            return
+        target = self._resolve_target(f)
+        if f.kind == "latency":
             await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
         else:
             await self._partition(f, target)
+
+    async def _process_fault(self, f: AppliedFault, targets: list[str]) -> None:
+        """SIGKILL or SIGSTOP every target that is running; skipped if none is."""
+        running = [n for n in targets if self.cluster.alive(n) and not self.cluster.paused(n)]
+        f.nodes = running
+        f.node = running[0] if len(running) == 1 else None
+        if not running:
+            f.skipped = f"{', '.join(targets)}: not running"
+            return
+        call = self.cluster.kill if f.kind == "kill" else self.cluster.pause
+        for node in running:
+            await asyncio.to_thread(call, node)
+
+    def _resolve_targets(self, f: AppliedFault) -> list[str]:
+        """The nodes a kill or pause acts on (see the module docstring)."""
+        target = str(f.params.get("target", "random"))
+        if target in GROUP_TARGETS:
+            return list(f.params["nodes"])
+        if target == "follower":
+            leader = None if f.leader_before is None else f.leader_before[0]
+            order = [str(n) for n in f.params["order"]]
+            return [next((n for n in order if n != leader), order[0])]
+        return [self._resolve_target(f)]
 
     def _resolve_target(self, f: AppliedFault) -> str:
         target = str(f.params.get("target", "random"))
         if target == "leader":
             found = f.leader_before
             return found[0] if found is not None else str(f.params["fallback"])
+        if target == "follower":
+            return self._resolve_targets(f)[0]
         return str(f.params["fallback"]) if target == "random" else target
 
     async def _partition(self, f: AppliedFault, target: str) -> None:
@@ -274,10 +309,12 @@ class NemesisExecutor:
         fault.stopped_ns = time.monotonic_ns()
 
     def _undo(self, f: AppliedFault) -> None:
-        if f.kind == "kill" and f.node is not None and not self.cluster.alive(f.node):
-            self.cluster.restart(f.node)
-        elif f.kind == "pause" and f.node is not None and self.cluster.procs[f.node].paused:
-            self.cluster.resume(f.node)
+        if f.kind in ("kill", "pause"):
+            for node in f.nodes:
+                if f.kind == "kill" and not self.cluster.alive(node):
+                    self.cluster.restart(node)  # on its own data directory
+                elif f.kind == "pause" and self.cluster.paused(node):
+                    self.cluster.resume(node)
         elif f.kind in ("partition", "latency") and self.cluster.network is not None:
             self.cluster.heal()
 
@@ -306,4 +343,4 @@ def _describe(f: AppliedFault) -> str:
         return f"partition {sides}"
     if f.kind == "latency":
         return f"latency {f.params.get('ms')}ms"
-    return f"{f.kind} {f.node}"
+    return f"{f.kind} {','.join(f.nodes) or f.node}"

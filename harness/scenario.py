@@ -46,9 +46,14 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     majority_keeps_serving = true
     converge_after_heal = true
 
-Nemesis ``target``: ``"leader"`` (resolved when the fault starts), ``"random"`` (drawn from the
-seed when the schedule is made) or a node id. Client sources are ``client`` when clients are not
-placed, else ``client-<group>`` per placed group.
+Nemesis ``target`` (whom a kill or pause acts on; partitions ``isolate-node`` and ``one-way``
+take a single node): ``"leader"`` (resolved when the fault starts), ``"follower"`` (a node that
+is not the leader when the fault starts), ``"random"`` (drawn from the seed when the schedule is
+made), ``"minority"`` / ``"majority"`` (that many nodes, drawn from the seed: 2 / 3 of 5),
+``"all"``, or a node id. A killed node is restarted on its own data directory when its fault
+ends; a recurring kill with a sub-second ``interval`` and ``duration`` is a *kill storm* (see
+``configs/crash-storm.toml``). Client sources are ``client`` when clients are not placed, else
+``client-<group>`` per placed group.
 """
 
 from __future__ import annotations
@@ -57,11 +62,22 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 FaultKind = Literal["kill", "pause", "partition", "latency"]
 Shape = Literal["halves", "isolate-leader", "isolate-node", "groups", "one-way"]
 OpKind = Literal["read", "write", "cas"]
+#: targets that name a set of nodes (kills and pauses only)
+GROUP_TARGETS = ("minority", "majority", "all")
+#: every target word besides a node id
+TARGET_WORDS = ("leader", "follower", "random", *GROUP_TARGETS)
 
 
 class ScenarioError(ValueError):
@@ -131,7 +147,7 @@ class Nemesis(_Model):
     kind: FaultKind
     shape: Shape | None = None  #: partitions only (default: halves)
     groups: list[str] = Field(default_factory=list)  #: shape "groups": group names
-    target: str = "random"  #: "leader", "random" or a node id
+    target: str = "random"  #: "leader", "follower", "random", "minority", "majority", "all", id
     at: float | None = Field(default=None, ge=0)
     interval: float | None = Field(default=None, gt=0)
     jitter: float = Field(default=0.0, ge=0, le=1)  #: fraction of interval, drawn per fault
@@ -151,6 +167,8 @@ class Nemesis(_Model):
             raise ValueError("shape 'groups' needs groups = [names]")
         if self.latency_jitter_ms > self.latency_ms:
             raise ValueError("latency_jitter_ms must not exceed latency_ms")
+        if self.target in GROUP_TARGETS and self.kind not in ("kill", "pause"):
+            raise ValueError(f"target {self.target!r} applies to kill and pause only")
         return self
 
     @property
@@ -174,6 +192,18 @@ class Expect(_Model):
     majority_keeps_serving: bool = False
     converge_after_heal: bool = True
     min_ok_ops: int = Field(default=1, ge=0)
+    #: a leader cut off on a minority side steps down within this many election timeouts of
+    #: the cut (checked from the nodes' roles.jsonl, for every partition); ``false``: off
+    minority_leader_steps_down_within: float | Literal[False] = 3.0
+
+    @field_validator("minority_leader_steps_down_within", mode="before")
+    @classmethod
+    def _bound_or_false(cls, v: object) -> object:
+        if v is False:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            raise ValueError("give a number of election timeouts > 0, or false")
+        return float(v)
 
 
 class Scenario(_Model):
@@ -217,8 +247,9 @@ class Scenario(_Model):
             for name in nem.groups:
                 if name not in self.groups:
                     raise ValueError(f"nemesis.{i}.groups: unknown group {name!r}")
-            if nem.target not in ("leader", "random", *self.nodes):
-                raise ValueError(f"nemesis.{i}.target: not 'leader', 'random' or a node id")
+            if nem.target not in (*TARGET_WORDS, *self.nodes):
+                words = ", ".join(repr(w) for w in TARGET_WORDS)
+                raise ValueError(f"nemesis.{i}.target: not one of {words} or a node id")
 
     def client_sources(self) -> dict[str, int]:
         """Client source name -> number of processes on it."""

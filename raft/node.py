@@ -76,7 +76,7 @@ from typing import Any, Generic, TextIO, TypeVar
 
 from raft.core.errors import RaftError
 from raft.core.messages import Message
-from raft.core.raft import RaftConfig, RaftCore, ReadState, Ready
+from raft.core.raft import RaftConfig, RaftCore, ReadState, Ready, Role
 from raft.core.types import (
     ConfChange,
     ConfChangeType,
@@ -224,6 +224,12 @@ class RaftNode(Generic[SM]):
         self._read_requests: dict[int, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._running = False
+        #: the commit audit (``FileStorage.note_commit``), if the storage keeps one; the last
+        #: commit index noted while leading
+        self._note_commit: Callable[[int, int, int], None] | None = getattr(
+            storage, "note_commit", None
+        )
+        self._commit_noted = 0
         self.core = self._load(peers, config or DEFAULT_CONFIG, seed)
         self._record_role()
 
@@ -509,6 +515,8 @@ class RaftNode(Generic[SM]):
             return False
         if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
             self.transport.send_batch(rd.messages)
+        if self._note_commit is not None and self.core.role is Role.LEADER:
+            self._audit_commit(self._note_commit)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._persist, rd)
         self._after_persist(rd)
         return True
@@ -517,9 +525,21 @@ class RaftNode(Generic[SM]):
         """The Ready contract for a Ready persisted on this thread."""
         if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
             self.transport.send_batch(rd.messages)
+        if self._note_commit is not None and self.core.role is Role.LEADER:
+            self._audit_commit(self._note_commit)
         if rd.hard_state is not None or rd.entries:
             self._persist(rd)  # small: inline beats two thread handoffs (see module doc)
         self._after_persist(rd)
+
+    def _audit_commit(self, note: Callable[[int, int, int], None]) -> None:
+        """Hand a leader's new commit index (and its entry's term) to the storage's audit,
+        which writes it with this or the next append: a checker can then tell whether a
+        leader ever committed by counting replicas of an entry of an earlier term."""
+        log = self.core.log
+        if log.committed > self._commit_noted:
+            self._commit_noted = log.committed
+            term = log.term(log.committed)
+            note(log.committed, -1 if term is None else term, self.core.term)
 
     def _after_persist(self, rd: Ready) -> None:
         """Steps 4 and 5 of the contract."""
@@ -666,6 +686,8 @@ class RaftNode(Generic[SM]):
         if now == self._last_role:
             return
         self._last_role = now
+        if self.core.role is Role.LEADER:  # what it learned as a follower is not its decision
+            self._commit_noted = self.core.log.committed
         if self._roles is not None:
             line = {"time": time.monotonic_ns(), "node": self.id, "role": now[0], "term": now[1]}
             self._roles.write(json.dumps(line) + "\n")
