@@ -59,6 +59,7 @@ from harness.report_plots import (
     plot_timeline,
     process_rows,
 )
+from harness.report_raft import section_raft
 
 __all__ = [
     "ANOMALY_COLOR",
@@ -122,6 +123,7 @@ SECTIONS = (
     ("roles", "Node roles"),
     ("faults", "Faults"),
     ("invariants", "Invariants"),
+    ("raft", "Raft rules"),
     ("expectations", "Expectations"),
     ("config", "Configuration"),
 )
@@ -350,7 +352,7 @@ def section_expectations(run: Run) -> str:
     rows = [
         (
             c.get("name", "?"),
-            "met" if c.get("ok") else "NOT MET",
+            "met" if c.get("ok") else "not applicable" if c.get("ok") is None else "NOT MET",
             c.get("expected"),
             c.get("observed"),
         )
@@ -393,6 +395,7 @@ RENDERERS: dict[str, Callable[[Run], str]] = {
     "roles": section_roles,
     "faults": section_faults,
     "invariants": section_invariants,
+    "raft": section_raft,
     "expectations": section_expectations,
     "config": section_config,
 }

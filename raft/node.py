@@ -101,6 +101,7 @@ __all__ = [
 ]
 
 SM = TypeVar("SM", bound=StateMachine)
+_LEADER = Role.LEADER
 
 #: 10 ms ticks: heartbeats every 30 ms, election timeouts drawn from [150, 300) ms
 DEFAULT_CONFIG = RaftConfig(election_ticks=15, heartbeat_ticks=3)
@@ -444,6 +445,7 @@ class RaftNode(Generic[SM]):
         """Step queued items into the core, Raft traffic first; False once a stop was asked
         for."""
         raft, core = self._raft_inbox, self.core
+        audit = self._note_commit is not None
         for _ in range(min(len(raft), MAX_BATCH_ITEMS)):
             item = raft.popleft()
             if isinstance(item, _Tick):
@@ -453,6 +455,8 @@ class RaftNode(Generic[SM]):
                 core.step(item)
             except RaftError as exc:
                 self._line(f"dropped {type(item).__name__} from {item.src}: {exc}")
+            if audit and core.role is _LEADER and core.log.committed > self._commit_noted:
+                self._audit_commit()
         calls = self._client_inbox
         for _ in range(min(len(calls), MAX_CALLS_PER_BATCH)):
             call = calls.popleft()
@@ -515,8 +519,6 @@ class RaftNode(Generic[SM]):
             return False
         if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
             self.transport.send_batch(rd.messages)
-        if self._note_commit is not None and self.core.role is Role.LEADER:
-            self._audit_commit(self._note_commit)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._persist, rd)
         self._after_persist(rd)
         return True
@@ -525,21 +527,21 @@ class RaftNode(Generic[SM]):
         """The Ready contract for a Ready persisted on this thread."""
         if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
             self.transport.send_batch(rd.messages)
-        if self._note_commit is not None and self.core.role is Role.LEADER:
-            self._audit_commit(self._note_commit)
         if rd.hard_state is not None or rd.entries:
             self._persist(rd)  # small: inline beats two thread handoffs (see module doc)
         self._after_persist(rd)
 
-    def _audit_commit(self, note: Callable[[int, int, int], None]) -> None:
+    def _audit_commit(self) -> None:
         """Hand a leader's new commit index (and its entry's term) to the storage's audit,
-        which writes it with this or the next append: a checker can then tell whether a
+        which writes it with the next append. Called after every step that can advance a
+        leader's commit index (a reply stepped, ``advance``), so a checker can tell whether a
         leader ever committed by counting replicas of an entry of an earlier term."""
-        log = self.core.log
-        if log.committed > self._commit_noted:
+        core = self.core
+        log = core.log
+        if log.committed > self._commit_noted and self._note_commit is not None:
             self._commit_noted = log.committed
             term = log.term(log.committed)
-            note(log.committed, -1 if term is None else term, self.core.term)
+            self._note_commit(log.committed, -1 if term is None else term, core.term)
 
     def _after_persist(self, rd: Ready) -> None:
         """Steps 4 and 5 of the contract."""
@@ -548,6 +550,8 @@ class RaftNode(Generic[SM]):
         self._apply(rd.committed_entries)
         self._serve_reads(rd.read_states)
         self.core.advance(rd)
+        if self.core.role is _LEADER and self.core.log.committed > self._commit_noted:
+            self._audit_commit()  # a leader's own entries count once durable
         self._wake_applied_waiters()
         if self.core.should_compact():
             self.core.compact(self.core.log.applied, self.sm.snapshot())
