@@ -123,6 +123,73 @@ def test_vote_grant_is_held_until_the_vote_is_persisted() -> None:
     assert not b.has_ready()
 
 
+def test_vote_in_a_term_persisted_without_a_vote_is_held_until_persisted() -> None:
+    """Raft §5.2 / Figure 2, the double vote found by seeds 3787 and 6057: the voter already
+    holds the candidate's term on disk with no vote, so granting changes only ``voted_for``.
+    The grant must still wait for that persist; if it left at once, a crash before the persist
+    would let the voter come back without the vote and grant a second one in this term."""
+    b = make(B, hard_state=HardState(1, None))
+    b.step(RequestVote(A, B, 1, 0, 0))
+    rd = b.ready()
+    assert rd.hard_state == HardState(1, A)
+    assert not of_type(rd.messages, RequestVoteResponse), "vote sent before it was persisted"
+    b.advance(rd)
+    rd2 = b.ready()
+    assert rd2.hard_state is None
+    assert of_type(rd2.messages, RequestVoteResponse) == [RequestVoteResponse(B, A, 1, True)]
+    b.advance(rd2)
+
+
+def test_vote_reply_held_across_a_crash_is_never_sent() -> None:
+    """The same voter crashes after ``ready()`` but before the persist: the grant was never
+    handed out, and after the restart (term 1, no vote) it may vote once, for anyone."""
+    disk = MemoryStorage()
+    disk.save_state(HardState(1, None))
+    b = restart_from(B, disk)
+    b.step(RequestVote(A, B, 1, 0, 0))
+    rd = b.ready()
+    assert not of_type(rd.messages, RequestVoteResponse)
+    # crash: rd is dropped, nothing persisted
+    b = restart_from(B, disk)
+    b.step(RequestVote(C, B, 1, 0, 0))
+    replies = of_type(run_with_disk(b, disk), RequestVoteResponse)
+    assert replies == [RequestVoteResponse(B, C, 1, True)]
+    assert disk.load_state() == HardState(1, C)
+
+
+def test_reply_created_before_a_later_step_dirties_state_is_still_held() -> None:
+    """The hold is decided at ``ready()`` for everything stepped since the last Ready, not at
+    the moment a reply is built: a heartbeat reply built while nothing was undurable, followed
+    in the same batch by a step that changes the hard state, leaves only after the persist."""
+    b = make(B, hard_state=HardState(1, A))
+    b.step(Heartbeat(A, B, 1, 0, 7))
+    b.step(RequestVote(C, B, 2, 0, 0, transfer=True))  # a new term: term and vote change
+    rd = b.ready()
+    assert rd.hard_state == HardState(2, C)
+    assert rd.messages == []
+    b.advance(rd)
+    sent = flush(b)
+    assert of_type(sent, HeartbeatResponse) == [HeartbeatResponse(B, A, 1, 7)]
+    assert of_type(sent, RequestVoteResponse) == [RequestVoteResponse(B, C, 2, True)]
+
+
+def test_released_replies_are_not_held_again_by_the_next_batch() -> None:
+    """Replies released by ``advance`` leave with the next Ready even when new undurable state
+    arrived in between (a follower under steady load would otherwise delay them forever)."""
+    b = make(B, hard_state=HardState(1, A))
+    b.step(AppendEntries(A, B, 1, 0, 0, (LogEntry(1, 1, b"x"),), 0))
+    rd = b.ready()
+    assert not rd.messages
+    b.advance(rd)
+    b.step(AppendEntries(A, B, 1, 1, 1, (LogEntry(2, 1, b"y"),), 0))
+    rd = b.ready()
+    assert [e.index for e in rd.entries] == [2]
+    acks = of_type(rd.messages, AppendEntriesResponse)
+    assert [m.match_index for m in acks] == [1], "the released ack for 1 must go now"
+    b.advance(rd)
+    assert [m.match_index for m in of_type(flush(b), AppendEntriesResponse)] == [2]
+
+
 def test_vote_rejection_in_a_new_term_waits_for_the_term() -> None:
     """Raft §5.1: the higher term the rejection carries must be durable before it is sent."""
     b = make(B, entries=(LogEntry(1, 1, b"x"),), hard_state=HardState(1, None))
@@ -148,6 +215,21 @@ def test_append_success_is_held_until_the_entries_are_persisted() -> None:
     assert len(acks) == 1
     assert acks[0].success
     assert acks[0].match_index == 2
+
+
+def test_append_reply_after_a_truncation_is_held_until_persisted() -> None:
+    """Raft §5.3: a follower whose durable log conflicts with the leader's truncates it and
+    appends; its acknowledgement (the leader counts it toward a commit) must wait until the
+    rewritten suffix is durable, or a crash would bring back the old entry it replaced."""
+    stored = (LogEntry(1, 1, b"x"), LogEntry(2, 1, b"old"))
+    b = make(B, hard_state=HardState(2, A), entries=stored)
+    b.step(AppendEntries(A, B, 2, 1, 1, (LogEntry(2, 2, b"new"),), 1))
+    rd = b.ready()
+    assert [(e.index, e.term) for e in rd.entries] == [(2, 2)]
+    assert not of_type(rd.messages, AppendEntriesResponse), "ack sent before the rewrite persisted"
+    b.advance(rd)
+    acks = of_type(flush(b), AppendEntriesResponse)
+    assert [(m.success, m.match_index) for m in acks] == [(True, 2)]
 
 
 def test_heartbeat_response_without_new_state_goes_at_once() -> None:

@@ -20,12 +20,15 @@ one place it is written down; every driver follows it):
 
 No ``tick``/``step``/``propose`` between 1 and 5 (``RaftUsageError``). Persist-before-send
 (Raft §5, Figure 2: "respond to RPCs only after updating stable storage") is enforced here,
-not trusted to drivers: a reply or vote request created while this node has state not yet
-durable is *held* and only released into a Ready after ``advance`` confirms the persist.
-Every message a Ready carries is therefore safe to send at once. Only a leader's replication
-messages are never held (dissertation §10.2.1): they depend on nothing undurable, and a leader
-counts its own log toward a commit only once it is durable, so its fsync runs in parallel
-with its followers'.
+not trusted to drivers, and decided in one place, ``ready()``, never where a message is
+created: the messages produced since the last Ready are *held* when the Ready that is being
+built carries state to persist, and released into a later Ready once ``advance`` confirms the
+persist. So no handler's order of statements matters (a reply built a line before the vote it
+grants is recorded is still held), and every message a Ready carries is safe to send at once.
+Only a leader's replication messages are not held for its own unpersisted *entries*
+(dissertation §10.2.1): they depend on nothing else undurable, and a leader counts its own log
+toward a commit only once it is durable, so its fsync runs in parallel with its followers'.
+They are held, like everything else, while the hard state (term, vote) is not durable.
 
 Roles follow etcd's ``raft.go``: ``become_*`` switch the role; ``step_leader``,
 ``step_candidate`` and ``step_follower`` handle what a role receives; ``tick_election`` and
@@ -201,6 +204,9 @@ class RaftCore:
         self.votes: dict[NodeId, bool] = {}
         self.prs: dict[NodeId, Progress] = {}
         self.msgs: list[Message] = []
+        #: ``msgs[:_msgs_cleared]`` were released by ``advance`` (or created by it, with
+        #: nothing undurable): ``ready()`` never holds them again
+        self._msgs_cleared = 0
         self._held: list[Message] = []
         self._in_ready = False
         self._needs_bcast = False
@@ -404,19 +410,42 @@ class RaftCore:
         log = self.log
         p = self._persisted_hs
         term, vote = self.term, self.vote
+        hs = HardState(term, vote) if term != p.term or vote != p.voted_for else None
+        unstable = log.unstable_from <= log.snap_index + len(log.entries)
+        msgs = self.msgs
+        if len(msgs) > self._msgs_cleared and (
+            hs is not None or unstable or self._pending_snapshot is not None
+        ):
+            msgs = self._hold(msgs, leader_ok=hs is None and self._pending_snapshot is None)
         rd = Ready(
-            HardState(term, vote) if term != p.term or vote != p.voted_for else None,
-            log.unstable() if log.unstable_from <= log.snap_index + len(log.entries) else [],
+            hs,
+            log.unstable() if unstable else [],
             self._pending_snapshot,
             self._pending_compacted,
-            self.msgs,
+            msgs,
             log.next_committed(self.cfg.max_apply_bytes) if log.committed > log.applied else [],
             self._read_states,
         )
         self.msgs = []
+        self._msgs_cleared = 0
         self._read_states = []
         self._in_ready = True
         return rd
+
+    def _hold(self, msgs: list[Message], leader_ok: bool) -> list[Message]:
+        """Persist-before-send, the one place it is decided: of ``msgs``, those produced since
+        the last Ready wait in ``_held`` for the ``advance`` of the Ready being built (which
+        persists everything they may depend on); returns what may leave now. ``leader_ok``:
+        only entries are undurable, so a leader's replication messages may go (§10.2.1)."""
+        cleared = self._msgs_cleared
+        out = msgs[:cleared]
+        held = self._held
+        for m in msgs[cleared:]:
+            if leader_ok and isinstance(m, LEADER_MESSAGES):
+                out.append(m)
+            else:
+                held.append(m)
+        return out
 
     def advance(self, rd: Ready) -> None:
         """The driver has done everything ``rd`` asked (persisted, sent, applied)."""
@@ -433,13 +462,17 @@ class RaftCore:
             self._pending_compacted = None
         if rd.committed_entries:
             self._applied(rd.committed_entries)
-        if self._held and not self._has_unpersisted():
+        # Everything the held messages may depend on was in ``rd`` (nothing can be stepped
+        # between ready() and advance()), and is durable now.
+        assert not self._has_unpersisted(), "a Ready left state unpersisted"
+        if self._held:
             self.msgs.extend(self._held)
             self._held = []
         if self.role is _LEADER:
             me = self.prs.get(self.id)
             if me is not None and me.maybe_update(self.log.unstable_from - 1):
                 self.maybe_commit()
+        self._msgs_cleared = len(self.msgs)
 
     # ==== roles ===========================================================================
     def become_follower(self, term: int, lead: NodeId | None) -> None:
@@ -777,21 +810,9 @@ class RaftCore:
 
     # ==== leader side of replication ========================================================
     def send(self, m: Message) -> None:
-        if isinstance(m, LEADER_MESSAGES):
-            self.msgs.append(m)
-            return
-        # _has_unpersisted(), inlined: every reply passes here
-        log = self.log
-        p = self._persisted_hs
-        if (
-            self.term != p.term
-            or self.vote != p.voted_for
-            or log.unstable_from <= log.snap_index + len(log.entries)
-            or self._pending_snapshot is not None
-        ):
-            self._held.append(m)
-        else:
-            self.msgs.append(m)
+        """Queue ``m`` for the next Ready; whether it may leave then is ``ready()``'s decision
+        (``_hold``), whatever this node does after this call."""
+        self.msgs.append(m)
 
     def _has_unpersisted(self) -> bool:
         log = self.log
