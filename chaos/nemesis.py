@@ -13,13 +13,15 @@ Faults never overlap: an occurrence that would overlap one already accepted is d
 (scheduled ``at`` entries are placed first), so a heal always ends exactly one fault, and every
 stop lies within the duration.
 
-:class:`NemesisExecutor` follows a schedule in real time against a
-:class:`~harness.cluster.LocalCluster`. A ``"leader"`` target is resolved when its fault starts
-(``cluster.leader()``; the drawn fallback if there is none), so is ``"follower"`` (the first
-node of the drawn order that is not the leader), and the stop acts on the nodes the start chose:
-a kill's stop restarts each killed node on its own data directory, a pause's resumes it. A
-target that is down or paused when its fault starts is left out; one still starting up (or
-recovering its storage) is killed like any other: any node, any time. Blocking cluster calls
+:class:`NemesisExecutor` follows a schedule in real time against a cluster (a
+:class:`ClusterLike`, i.e. ``harness.cluster.LocalCluster``; ``chaos`` never imports
+``harness``). A ``"leader"`` target is resolved when its fault starts (``cluster.leader()``;
+the drawn fallback if there is none), so is ``"follower"`` (the first node of the drawn order
+that is not the leader), and the stop acts on the nodes the start chose: a kill's stop
+restarts each killed node on its own data directory, a pause's resumes it. A target that is
+down or paused when its fault starts is left out; one still starting up (or recovering its
+storage) is killed like any other: any node, any time. A ``transfer`` asks the leader (on its
+direct client port) to transfer to each of its targets at once. Blocking cluster calls
 (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
 clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
@@ -36,14 +38,95 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-from harness.scenario import GROUP_TARGETS, Nemesis, Scenario
-
-if TYPE_CHECKING:
-    from harness.cluster import LocalCluster
+from raft.client import KVClient
 
 Action = Literal["start", "stop"]
+#: targets that name a set of nodes (kills, pauses and transfers)
+GROUP_TARGETS = ("minority", "majority", "all")
+#: every target word besides a node id
+TARGET_WORDS = ("leader", "follower", "random", *GROUP_TARGETS)
+
+
+# ---- what the nemesis needs of a scenario and a cluster (``chaos`` never imports ``harness``:
+# ``harness.scenario.Scenario`` and ``harness.cluster.LocalCluster`` are these) ---------------
+class NemesisSpec(Protocol):
+    """One ``[[nemesis]]`` entry (``harness.scenario.Nemesis``)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def groups(self) -> list[str]: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def at(self) -> float | None: ...
+    @property
+    def interval(self) -> float | None: ...
+    @property
+    def jitter(self) -> float: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def stop(self) -> float | None: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def latency_ms(self) -> int: ...
+    @property
+    def latency_jitter_ms(self) -> int: ...
+    @property
+    def partition_shape(self) -> str: ...
+
+
+class ScenarioSpec(Protocol):
+    """What a schedule is made from (``harness.scenario.Scenario``)."""
+
+    @property
+    def nodes(self) -> list[str]: ...
+    @property
+    def groups(self) -> dict[str, list[str]]: ...
+    @property
+    def nemesis(self) -> Sequence[NemesisSpec]: ...
+
+
+class _Proc(Protocol):
+    @property
+    def paused(self) -> bool: ...
+    def alive(self) -> bool: ...
+
+
+class _Net(Protocol):
+    def cut(self, src: str, dst: str) -> None: ...
+
+
+class _Spec(Protocol):
+    @property
+    def nodes(self) -> tuple[str, ...]: ...
+
+
+class ClusterLike(Protocol):
+    """The cluster the executor acts on (``harness.cluster.LocalCluster``)."""
+
+    @property
+    def spec(self) -> _Spec: ...
+    @property
+    def network(self) -> _Net | None: ...
+    @property
+    def procs(self) -> Any: ...  # node -> _Proc (``procs[node]`` raises KeyError if unknown)
+    @property
+    def client_addr(self) -> dict[str, str]: ...
+    async def leader(self) -> tuple[str, int] | None: ...
+    def alive(self, node: str) -> bool: ...
+    def paused(self, node: str) -> bool: ...
+    def kill(self, node: str) -> None: ...
+    def pause(self, node: str) -> None: ...
+    def resume(self, node: str) -> None: ...
+    def restart(self, node: str) -> None: ...
+    def partition(self, groups: Any, clients: Any = None) -> None: ...
+    def heal(self) -> None: ...
+    def latency(self, ms: int, jitter_ms: int = 0, links: Any = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +144,7 @@ class FaultOp:
 
 
 # ---- the pure generator ------------------------------------------------------------------------
-def _occurrences(entry: Nemesis, rng: random.Random, duration: float) -> list[float]:
+def _occurrences(entry: NemesisSpec, rng: random.Random, duration: float) -> list[float]:
     """Start times of an entry's faults within ``duration``."""
     if entry.at is not None:
         return [entry.at]
@@ -77,7 +160,7 @@ def _occurrences(entry: Nemesis, rng: random.Random, duration: float) -> list[fl
         t += entry.interval
 
 
-def _draw_params(entry: Nemesis, scenario: Scenario, rng: random.Random) -> dict[str, Any]:
+def _draw_params(entry: NemesisSpec, scenario: ScenarioSpec, rng: random.Random) -> dict[str, Any]:
     """What a fault acts on, drawn now (pure), resolved further at run time for "leader"."""
     nodes = list(scenario.nodes)
     p: dict[str, Any] = {"target": entry.target, "fallback": rng.choice(nodes)}
@@ -109,9 +192,9 @@ def _overlaps(a: tuple[float, float], taken: Sequence[tuple[float, float]]) -> b
     return any(a[0] < b[1] and b[0] < a[1] for b in taken)
 
 
-def make_schedule(scenario: Scenario, seed: int, duration: float) -> list[FaultOp]:
+def make_schedule(scenario: ScenarioSpec, seed: int, duration: float) -> list[FaultOp]:
     """The fault schedule of ``scenario`` for ``seed`` and ``duration`` (pure)."""
-    candidates: list[tuple[int, float, float, Nemesis, dict[str, Any]]] = []
+    candidates: list[tuple[int, float, float, NemesisSpec, dict[str, Any]]] = []
     for number, entry in enumerate(scenario.nemesis):
         rng = random.Random(f"orbital-nemesis:{seed}:{number}")
         for start in _occurrences(entry, rng, duration):
@@ -183,7 +266,7 @@ class NemesisExecutor:
 
     def __init__(
         self,
-        cluster: LocalCluster,
+        cluster: ClusterLike,
         schedule: Sequence[FaultOp],
         *,
         on_fault: Callable[[str, str, dict[str, Any]], None] | None = None,
@@ -229,6 +312,9 @@ class NemesisExecutor:
         if f.kind in ("kill", "pause"):
             await self._process_fault(f, self._resolve_targets(f))
             return
+        if f.kind == "transfer":
+            await self._transfer(f, self._resolve_targets(f))
+            return
         target = self._resolve_target(f)
         if f.kind == "latency":
             await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
@@ -246,6 +332,33 @@ class NemesisExecutor:
         call = self.cluster.kill if f.kind == "kill" else self.cluster.pause
         for node in running:
             await asyncio.to_thread(call, node)
+
+    async def _transfer(self, f: AppliedFault, targets: list[str]) -> None:
+        """Ask the leader, on its direct client port, to transfer to every target at once."""
+        if f.leader_before is None:
+            f.skipped = "no leader to transfer from"
+            return
+        leader = f.leader_before[0]
+        f.nodes = [n for n in targets if n != leader]
+        if not f.nodes:
+            f.skipped = f"the only target is the leader {leader}"
+            return
+        addr = {leader: self.cluster.client_addr[leader]}
+        clients = [KVClient(addr, timeout=1.0, attempt_timeout=0.5) for _ in f.nodes]
+        try:
+            found = await asyncio.gather(
+                *(c.transfer(n) for c, n in zip(clients, f.nodes, strict=True)),
+                return_exceptions=True,
+            )
+        finally:
+            for c in clients:
+                c.close()
+        failed = [f"{n}: {r}" for n, r in zip(f.nodes, found, strict=True) if r is not None]
+        if len(failed) == len(f.nodes):
+            f.skipped = "; ".join(failed)
+            return
+        if self._on_fault is not None:
+            self._on_fault("transfer", "start", {"leader": leader, "to": f.nodes})
 
     def _resolve_targets(self, f: AppliedFault) -> list[str]:
         """The nodes a kill or pause acts on (see the module docstring)."""
@@ -317,6 +430,8 @@ class NemesisExecutor:
                     self.cluster.resume(node)
         elif f.kind in ("partition", "latency") and self.cluster.network is not None:
             self.cluster.heal()
+        elif f.kind == "transfer" and self._on_fault is not None:
+            self._on_fault("transfer", "stop", {"to": f.nodes})
 
     def heal_all(self) -> None:
         """The final generator: heal the network, resume paused nodes, restart dead ones."""
@@ -328,7 +443,7 @@ class NemesisExecutor:
             self.cluster.heal()
         for node in self.cluster.spec.nodes:
             try:
-                proc = self.cluster.procs[node]
+                proc: _Proc = self.cluster.procs[node]
             except KeyError:
                 continue
             if proc.paused:
@@ -343,4 +458,6 @@ def _describe(f: AppliedFault) -> str:
         return f"partition {sides}"
     if f.kind == "latency":
         return f"latency {f.params.get('ms')}ms"
+    if f.kind == "transfer":
+        return f"transfer to {','.join(f.nodes)}"
     return f"{f.kind} {','.join(f.nodes) or f.node}"

@@ -31,7 +31,7 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     mix = {read = 0.4, write = 0.4, cas = 0.2}
     timeout = 1.5                    # seconds per operation before it is "info"
     [[nemesis]]                      # a fault: scheduled (``at``) or recurring (``interval``)
-    kind = "partition"               # kill | pause | partition | latency
+    kind = "partition"               # kill | pause | partition | latency | transfer
     shape = "groups"                 # halves | isolate-leader | isolate-node | groups | one-way
     groups = ["north", "antarctic"]
     at = 5.0
@@ -46,14 +46,19 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     majority_keeps_serving = true
     converge_after_heal = true
 
-Nemesis ``target`` (whom a kill or pause acts on; partitions ``isolate-node`` and ``one-way``
-take a single node): ``"leader"`` (resolved when the fault starts), ``"follower"`` (a node that
-is not the leader when the fault starts), ``"random"`` (drawn from the seed when the schedule is
-made), ``"minority"`` / ``"majority"`` (that many nodes, drawn from the seed: 2 / 3 of 5),
-``"all"``, or a node id. A killed node is restarted on its own data directory when its fault
-ends; a recurring kill with a sub-second ``interval`` and ``duration`` is a *kill storm* (see
-``configs/crash-storm.toml``). Client sources are ``client`` when clients are not placed, else
-``client-<group>`` per placed group.
+A ``transfer`` fault asks the leader to hand its leadership to each node of its target (not
+itself) at once, as two operators might: several TimeoutNow in one term make several
+candidates of one term (``target = "all"``: every follower), which a node that votes twice in
+a term turns into two leaders.
+
+Nemesis ``target`` (whom a kill, pause or transfer acts on; partitions ``isolate-node`` and
+``one-way`` take a single node): ``"leader"`` (resolved when the fault starts), ``"follower"``
+(a node that is not the leader when the fault starts), ``"random"`` (drawn from the seed
+when the schedule is made), ``"minority"`` / ``"majority"`` (that many nodes, drawn from the
+seed: 2 / 3 of 5), ``"all"``, or a node id. A killed node is restarted on its own data
+directory when its fault ends; a recurring kill with a sub-second ``interval`` and
+``duration`` is a *kill storm* (see ``configs/crash-storm.toml``). Client sources are
+``client`` when clients are not placed, else ``client-<group>`` per placed group.
 """
 
 from __future__ import annotations
@@ -71,13 +76,11 @@ from pydantic import (
     model_validator,
 )
 
-FaultKind = Literal["kill", "pause", "partition", "latency"]
+from chaos.nemesis import GROUP_TARGETS, TARGET_WORDS
+
+FaultKind = Literal["kill", "pause", "partition", "latency", "transfer"]
 Shape = Literal["halves", "isolate-leader", "isolate-node", "groups", "one-way"]
 OpKind = Literal["read", "write", "cas"]
-#: targets that name a set of nodes (kills and pauses only)
-GROUP_TARGETS = ("minority", "majority", "all")
-#: every target word besides a node id
-TARGET_WORDS = ("leader", "follower", "random", *GROUP_TARGETS)
 
 
 class ScenarioError(ValueError):
@@ -167,8 +170,8 @@ class Nemesis(_Model):
             raise ValueError("shape 'groups' needs groups = [names]")
         if self.latency_jitter_ms > self.latency_ms:
             raise ValueError("latency_jitter_ms must not exceed latency_ms")
-        if self.target in GROUP_TARGETS and self.kind not in ("kill", "pause"):
-            raise ValueError(f"target {self.target!r} applies to kill and pause only")
+        if self.target in GROUP_TARGETS and self.kind not in ("kill", "pause", "transfer"):
+            raise ValueError(f"target {self.target!r} applies to kill, pause and transfer only")
         return self
 
     @property

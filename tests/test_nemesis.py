@@ -118,6 +118,7 @@ class FakeSpec:
 class FakeCluster:
     def __init__(self, leader: str | None) -> None:
         self.spec = FakeSpec()
+        self.client_addr = {n: f"127.0.0.1:{9000 + k}" for k, n in enumerate(self.spec.nodes)}
         self.procs = {n: FakeProc() for n in self.spec.nodes}
         self.network = object()
         self.calls: list[tuple[Any, ...]] = []
@@ -253,5 +254,29 @@ def test_kill_storm_is_many_short_kills() -> None:
 
 
 def test_group_targets_are_for_process_faults_only() -> None:
-    with pytest.raises(ScenarioError, match="applies to kill and pause only"):
+    with pytest.raises(ScenarioError, match="applies to kill, pause and transfer only"):
         scenario({"kind": "partition", "target": "majority", "at": 1.0})
+
+
+def test_transfer_asks_the_leader_for_every_target_at_once() -> None:
+    cluster = FakeCluster(leader="n2")
+    sc = scenario({"kind": "transfer", "target": "all", "at": 0.0, "duration": 0.05})
+    asked: list[tuple[str, str]] = []
+
+    class Client:
+        def __init__(self, addr: dict[str, str], **_: Any) -> None:
+            self.addr = addr
+
+        async def transfer(self, to: str) -> None:
+            asked.append((next(iter(self.addr)), to))
+
+        def close(self) -> None:
+            pass
+
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("chaos.nemesis.KVClient", Client)
+        ex = run_executor(cluster, sc, 1.0, on_fault=lambda *e: events.append(e))
+    assert sorted(asked) == [("n2", "n1"), ("n2", "n3"), ("n2", "n4"), ("n2", "n5")]
+    assert ex.applied[0].nodes == ["n1", "n3", "n4", "n5"]
+    assert [(k, a) for k, a, _ in events] == [("transfer", "start"), ("transfer", "stop")]
