@@ -27,7 +27,8 @@ directory without a running node (``orbital inspect``, the chaos run's storage r
     hardstate   term and vote; replaced atomically (temp file, fsync, rename, fsync dir)
     snapshot    snapshot metadata and data in one file; replaced atomically
     wal/        the log: segments of checksummed records (:mod:`raft.wal`)
-    votes       the vote log: one JSON line per vote granted (audit, never read back)
+    votes       the vote log: one JSON line per vote granted (audit, never read back;
+                created when the store is opened, so an empty one says "no vote")
 
 Two audit trails, for checkers that judge a node from the outside (the chaos run's), cost
 nothing on the hot path: every vote this node grants (``save_state`` with a new
@@ -434,15 +435,29 @@ class FileStorage:
         self._repair_vote_log()
 
     def _repair_vote_log(self) -> None:
-        """A crash between the hard state and the vote log leaves the hard state's vote off
-        the log (its reply never left): append it, so the log holds every vote the node
-        may still act on."""
+        """Create the vote log if it is missing (its presence says votes are recorded here,
+        so an empty one is evidence). A crash between the hard state and the vote log
+        leaves the hard state's vote off the log (its reply never left): append it, so the
+        log holds every vote the node may still act on."""
         hs = self._state
+        votes = read_votes(self.directory)
+        if votes is None:
+            self._open_vote_log()
+            votes = []
         if hs.voted_for is None:
             return
-        votes = read_votes(self.directory) or []
         if not votes or (votes[-1].term, votes[-1].candidate) != (hs.term, hs.voted_for):
             self._append_vote(hs)
+
+    def _open_vote_log(self) -> int:
+        path = self.directory / VOTES_NAME
+        if self._votes_fd < 0:
+            with io_errors("open", path):
+                created = not path.exists()
+                self._votes_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                if created:
+                    fsync_dir(self.directory)
+        return self._votes_fd
 
     def __enter__(self) -> FileStorage:
         return self
@@ -469,15 +484,10 @@ class FileStorage:
     def _append_vote(self, state: HardState) -> None:
         """Append the vote to the vote log and sync it (after the hard state: a vote on the
         log is always durable in ``hardstate`` too)."""
-        path = self.directory / VOTES_NAME
-        with io_errors("append to", path):
-            if self._votes_fd < 0:
-                created = not path.exists()
-                self._votes_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                if created:
-                    fsync_dir(self.directory)
-            os.write(self._votes_fd, encode_vote(state, time.monotonic_ns()))
-            datasync(self._votes_fd)
+        fd = self._open_vote_log()
+        with io_errors("append to", self.directory / VOTES_NAME):
+            os.write(fd, encode_vote(state, time.monotonic_ns()))
+            datasync(fd)
 
     def note_commit(self, index: int, term: int, leader_term: int) -> None:
         """Audit a leader's commit decision (index, the term of its entry, the leader's term):
