@@ -164,7 +164,7 @@ def _draw_params(entry: NemesisSpec, scenario: ScenarioSpec, rng: random.Random)
     """What a fault acts on, drawn now (pure), resolved further at run time for "leader"."""
     nodes = list(scenario.nodes)
     p: dict[str, Any] = {"target": entry.target, "fallback": rng.choice(nodes)}
-    if entry.target not in ("leader", "random"):
+    if entry.target not in TARGET_WORDS:  # a node id
         p["fallback"] = entry.target
     if entry.kind == "partition":
         p["shape"] = entry.partition_shape
