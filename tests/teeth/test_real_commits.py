@@ -1,13 +1,13 @@
 """Teeth on real processes: commits on the record (the WAL's COMMIT records).
 
-Four nodes, split 2 | 2 with the leader's pair (and every client) on one side: no side has a
-majority, so the leader's pair keeps entries of its term that nobody commits, and after the heal one of the
-pair leads again (the other pair's logs are shorter). It appends its no-op and replicates the
-older entries to the other pair; with ``tiny_append_batches`` (an amplifier, not a bug: one
-entry per AppendEntries) they are acknowledged one by one, before the no-op. Planted
-``commit_earlier_term_by_counting`` (``tests/teeth/bugs.py``: Figure 8's rule forgotten), the
-new leader commits them by counting replicas, and ``commit_current_term`` must say so. With
-the amplifier alone the run passes.
+Four nodes, split 2 | 2 with the leader's pair (and every client) on one side: no side has
+a majority, so the leader's pair keeps entries of its term that nobody commits, and after
+the heal one of the pair leads again (the other pair's logs are shorter). It appends its
+no-op and replicates the older entries to the other pair; with ``tiny_append_batches`` (an
+amplifier, not a bug: one entry per AppendEntries) they are acknowledged one by one, before
+the no-op. Planted ``commit_earlier_term_by_counting`` (``tests/teeth/bugs.py``: Figure 8's
+rule forgotten), the new leader commits them by counting replicas, and
+``commit_current_term`` must say so. With the amplifier alone the run passes.
 """
 
 from __future__ import annotations
