@@ -31,7 +31,8 @@ Each anomaly names the operation (history index, process, client, seq), the log 
 the nodes whose final logs hold them. ``info`` operations constrain nothing. When every
 node's log starts after a snapshot, the model starts from the newest such snapshot's image
 (sessions included) and operations it may hide are not judged. A log whose commands carry no
-session of this run's clients (another system, another workload) is not applicable.
+session of this run's clients (another system, another workload) is not applicable; an
+empty log under acknowledged writes is judged (they were all lost).
 """
 
 from __future__ import annotations
@@ -270,13 +271,14 @@ def check_exactly_once(replay: ReplayResult, history: Sequence[Op], *, seed: int
     model = _seed_model(base)
     if model is None:
         return _row(name, None, "the snapshot under the committed log could not be read")
-    for e in entries:
-        if e.kind is EntryKind.NORMAL:
-            model.apply(e.index, e.command)
+    normal = [e for e in entries if e.kind is EntryKind.NORMAL]
+    for e in normal:
+        model.apply(e.index, e.command)
     operations = pair_operations(history)
     sessions = sessions_of(operations, seed)
-    ours = [s for s in model.effects if s in sessions]
-    if not ours:
+    acked = any(op.outcome == "ok" for op in sessions.values())
+    if not any(s in sessions for s in model.effects) and (normal or not acked):
+        # commands in another form, or nothing to hold against them: no data for this check
         return _row(name, None, f"no command of this run's clients in {len(entries)} committed "
                     "entries (no sessions to check)")  # fmt: skip
     judge = _Judge(model, replay, entries)
