@@ -410,7 +410,8 @@ class FileStorage:
         self._lock_fd = _lock_directory(self.directory)
         self._closed = False
         self._votes_fd = -1
-        self._marks: list[bytes] = []  #: COMMIT records waiting for the next append
+        #: commit decisions waiting for the next append: (index, term, leader term, time)
+        self._marks: list[tuple[int, int, int, int]] = []
         try:
             self._open(segment_size)
         except BaseException:
@@ -492,8 +493,15 @@ class FileStorage:
     def note_commit(self, index: int, term: int, leader_term: int) -> None:
         """Audit a leader's commit decision (index, the term of its entry, the leader's term):
         a ``COMMIT`` record written with the next :meth:`append_log`, in the same sync (none
-        of its own), or at :meth:`close`."""
-        self._marks.append(encode_commit(CommitMark(index, term, leader_term, time.monotonic_ns())))
+        of its own), or at :meth:`close`. Of consecutive decisions that commit an entry of
+        the leader's own term only the latest is kept (it implies the others, by Log
+        Matching); one that commits an earlier term's entry is always kept."""
+        mark = (index, term, leader_term, time.monotonic_ns())
+        marks = self._marks
+        if marks and term == leader_term and marks[-1][1] == marks[-1][2]:
+            marks[-1] = mark
+        else:
+            marks.append(mark)
 
     def load_state(self) -> HardState:
         return self._state
@@ -513,12 +521,15 @@ class FileStorage:
         if reset:
             records = encode_truncate(0) + records
         if self._marks:
-            records = b"".join(self._marks) + records
-            self._marks = []
+            records = self._take_marks() + records
         seg = self._wal.append(records)
         if reset:
             shape.cut_after(0)
         shape.add(seg, first, terms)
+
+    def _take_marks(self) -> bytes:
+        marks, self._marks = self._marks, []
+        return b"".join(encode_commit(CommitMark(*m)) for m in marks)
 
     def _continues_snapshot(self) -> bool:
         """Whether the stored log holds the snapshot's last entry or starts right after it."""
@@ -568,8 +579,7 @@ class FileStorage:
         try:
             if self._marks:
                 with contextlib.suppress(StorageError):  # an audit record is not worth a failure
-                    self._wal.append(b"".join(self._marks))
-                self._marks = []
+                    self._wal.append(self._take_marks())
             self._wal.close()
         finally:
             if self._votes_fd >= 0:

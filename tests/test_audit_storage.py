@@ -112,3 +112,17 @@ def test_a_leader_notes_its_commits_and_nothing_it_learned_as_a_follower(tmp_pat
     assert all(m.term == m.leader_term for m in mine)
     assert [m.index for m in mine] == sorted({m.index for m in mine})
     assert mine[-1].index >= 21  # the no-op and the 20 writes
+
+
+def test_consecutive_commits_of_the_leaders_term_keep_only_the_latest(tmp_path: Path) -> None:
+    """The latest implies the others (Log Matching); an earlier term's commit is always kept."""
+    with FileStorage(tmp_path) as s:
+        s.append_log(entries(1, 6, 2))
+        for index in (1, 2, 3):
+            s.note_commit(index, 2, 2)
+        s.note_commit(4, 1, 2)  # a leader of term 2 committing an entry of term 1: kept
+        s.note_commit(5, 2, 2)
+        s.note_commit(6, 2, 2)
+        s.append_log(entries(7, 7, 2))
+    marks = [(c.index, c.term, c.leader_term) for c in read_data_dir(tmp_path).commits]
+    assert marks == [(3, 2, 2), (4, 1, 2), (6, 2, 2)]
