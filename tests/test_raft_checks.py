@@ -241,3 +241,25 @@ def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path
         "election_safety", "votes_one_per_term", "leader_votes_durable", "commit_current_term",
         "committed_entries_agree", "exactly_once",
     }  # fmt: skip
+
+
+def test_the_report_has_a_row_per_check_and_never_calls_no_data_held() -> None:
+    from harness.report_data import Run
+    from harness.report_raft import section_raft
+
+    raft = {"valid": False, "checks": [
+        {"name": "election_safety", "ok": True, "saw": "3 terms with a leader",
+         "violations": []},
+        {"name": "exactly_once", "ok": False, "saw": "fail_took_effect: cas k1",
+         "violations": [{"kind": "fail_took_effect", "log_indexes": [852, 854]}],
+         "violation_count": 1},
+        {"name": "votes_one_per_term", "ok": None, "saw": "no vote log", "violations": []},
+    ]}  # fmt: skip
+    run = Run(Path("/x"), [], [], [], {"raft": raft}, {}, None, 0)
+    html = section_raft(run)
+    assert html.index("exactly_once") < html.index("election_safety"), "broken rows first"
+    assert "BROKEN" in html
+    assert "not applicable" in html
+    assert html.count("held") == 1
+    assert "852" in html
+    assert "No Raft checks" in section_raft(Run(Path("/x"), [], [], [], {}, {}, None, 0))
