@@ -78,7 +78,7 @@ from raft.wal import (
     WalWriter,
     atomic_write,
     datasync,
-    encode_commit,
+    encode_commit_fields,
     encode_entries,
     encode_truncate,
     fsync_dir,
@@ -529,7 +529,7 @@ class FileStorage:
 
     def _take_marks(self) -> bytes:
         marks, self._marks = self._marks, []
-        return b"".join(encode_commit(CommitMark(*m)) for m in marks)
+        return b"".join(encode_commit_fields(*m) for m in marks)
 
     def _continues_snapshot(self) -> bool:
         """Whether the stored log holds the snapshot's last entry or starts right after it."""

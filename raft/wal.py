@@ -245,8 +245,12 @@ class CommitMark:
 
 def encode_commit(mark: CommitMark) -> bytes:
     """The ``COMMIT`` record of ``mark`` (it changes no entry when replayed)."""
-    payload = _COMMIT.pack(mark.leader_term, mark.time_ns)
-    return _record(RT_COMMIT, mark.index, mark.term, 0, payload)
+    return encode_commit_fields(mark.index, mark.term, mark.leader_term, mark.time_ns)
+
+
+def encode_commit_fields(index: int, term: int, leader_term: int, time_ns: int) -> bytes:
+    """:func:`encode_commit` without building the mark (the writer's path: about 1 us)."""
+    return _record(RT_COMMIT, index, term, 0, _COMMIT.pack(leader_term, time_ns))
 
 
 @dataclass(frozen=True, slots=True)
