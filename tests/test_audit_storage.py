@@ -4,8 +4,10 @@ COMMIT records (a leader's commit decisions)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
+from raft.core.errors import RaftError
 from raft.core.types import HardState, LogEntry, NodeId
 from raft.kv import KVStore
 from raft.node import RaftNode
@@ -73,10 +75,11 @@ def test_commit_marks_ride_with_the_next_append_and_change_no_entry(tmp_path: Pa
 
 
 def test_a_leader_notes_its_commits_and_nothing_it_learned_as_a_follower(tmp_path: Path) -> None:
-    """Three nodes on memory transports, file storage: every mark is the leader's own
-    decision, of an entry of its own term."""
+    """Three nodes on memory transports, file storage: every mark is a leader's own decision,
+    of an entry of its own term (a leader change under load is allowed: each leader's marks
+    are its own), and the marks reach the last write."""
 
-    async def main() -> None:
+    async def main() -> int:
         net = MemoryNetwork()
         ids = ["n1", "n2", "n3"]
         nodes = [
@@ -86,32 +89,37 @@ def test_a_leader_notes_its_commits_and_nothing_it_learned_as_a_follower(tmp_pat
                 net.join(NodeId(n)),
                 FileStorage(tmp_path / n),
                 KVStore(),
-                tick_ms=2.0,
+                tick_ms=10.0,
                 seed=k,
                 timeline=None,
             )
             for k, n in enumerate(ids)
         ]
         tasks = [asyncio.create_task(n.run()) for n in nodes]
-        while not any(n.is_leader() for n in nodes):
-            await asyncio.sleep(0.01)
-        leader = next(n for n in nodes if n.is_leader())
-        for i in range(20):
-            await leader.submit(b'{"op":"write","key":"k","value":%d}' % i)
+        done = 0
+        while done < 20:
+            leader = next((n for n in nodes if n.is_leader()), None)
+            if leader is None:
+                await asyncio.sleep(0.01)
+                continue
+            with contextlib.suppress(RaftError):
+                await leader.submit(b'{"op":"write","key":"k","value":%d}' % done)
+                done += 1
+        last = max(n.core.log.committed for n in nodes)
         for n in nodes:
             n.stop()
         await asyncio.gather(*tasks)
         for n in nodes:
             n.storage.close()
+        return last
 
-    asyncio.run(main())
+    last = asyncio.run(main())
     marks = {n: read_data_dir(tmp_path / n).commits for n in ("n1", "n2", "n3")}
-    leaders = [n for n, m in marks.items() if m]
-    assert len(leaders) == 1, marks
-    (mine,) = (marks[n] for n in leaders)
-    assert all(m.term == m.leader_term for m in mine)
-    assert [m.index for m in mine] == sorted({m.index for m in mine})
-    assert mine[-1].index >= 21  # the no-op and the 20 writes
+    assert any(marks.values())
+    for node, mine in marks.items():
+        assert all(m.term == m.leader_term for m in mine), (node, mine)
+        assert [m.index for m in mine] == sorted(m.index for m in mine), (node, mine)
+    assert max(m.index for ms in marks.values() for m in ms) >= last >= 21
 
 
 def test_consecutive_commits_of_the_leaders_term_keep_only_the_latest(tmp_path: Path) -> None:
