@@ -1,8 +1,11 @@
 """Simulator throughput: 1000 seeded runs, 5 nodes, all faults, 10 simulated seconds each.
 
-Target: the whole sweep within 60 s wall on a 2-core machine. Prints one JSON object.
+The runs are what ``orbital sim`` runs by default (``sweep_config()``: swarm testing, KV
+clients whose histories are checked for linearizability); ``--classic`` measures the fixed-rate
+sweep without clients. Target: the whole sweep within 60 s wall on a 2-core machine. Prints one
+JSON object.
 
-    .venv/bin/python bench/sim.py [--seeds 1000] [--jobs N]
+    .venv/bin/python bench/sim.py [--seeds 1000] [--start-seed S] [--jobs N] [--classic]
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.sim.sweep import sweep
-from harness.sim.world import FAULTS, SimConfig
+from harness.sim.world import FAULTS, sweep_config
 
 
 def _cpu_s() -> float:
@@ -30,23 +33,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--start-seed", type=int, default=0)
     parser.add_argument("--target-s", type=float, default=60.0)
+    parser.add_argument("--classic", action="store_true", help="no swarm, no clients")
     args = parser.parse_args()
-    base = SimConfig(
-        nodes=5,
-        duration_us=10_000_000,
-        faults=frozenset(FAULTS),
-        snapshot_entries=25,
-        spare_nodes=2,
-    )
+    base = sweep_config(swarm=not args.classic, clients=0 if args.classic else 4)
     load_before = os.getloadavg()[0]
     cpu_before = _cpu_s()
-    summary = sweep(base, 0, args.seeds, args.jobs)
+    summary = sweep(base, args.start_seed, args.seeds, args.jobs)
     cpu_s = _cpu_s() - cpu_before
     out = summary.to_json()
     out.update(
         {
             "benchmark": "sim",
+            "sweep": "classic" if args.classic else "swarm + clients",
             "nodes": 5,
             "faults": sorted(FAULTS),
             "jobs": args.jobs,

@@ -10,10 +10,11 @@
   end of its written bytes, as above). Inside a record before the tail this is corruption
   the node must detect and refuse to start on (naming the file and offset).
 
-Not possible without privileges: a full disk (ENOSPC needs a small filesystem: a loop mount
-or tmpfs with a size, i.e. root), slow or failing fsync (needs a device-mapper target or a
-FUSE layer), and faults on a running node's writes. Those are left to the deterministic
-simulator's disk.
+Faults on a running node's writes (lost unsynced writes, torn writes, EIO, ENOSPC, slow
+fsync) are the FUSE file system's (:mod:`chaos.diskfs`). :func:`pick_corruption` chooses, from
+the durable bytes of a data directory, where a ``corrupt`` fault flips a bit: inside a middle
+record of the log, inside its last record (not its length field: see
+:func:`raft.wal.looks_torn`), in the hard state, or in the snapshot.
 
 The helpers refuse to touch a data directory whose `LOCK` file is locked (the node has the
 store open, or is only SIGSTOPped); they fsync what they change.
@@ -25,10 +26,13 @@ import contextlib
 import errno
 import fcntl
 import os
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from raft.wal import HEADER, list_segments, scan_segment
 
 # raft/wal.py names segments f"{seq:016x}.wal" under <data dir>/wal/, so the newest
 # segment is the greatest name.
@@ -129,3 +133,47 @@ def flip_byte(
             f.write(bytes([old ^ mask]))
             os.fsync(f.fileno())
     return DiskFault("flip", path, {"offset": at, "old": old, "new": old ^ mask})
+
+
+#: where :func:`pick_corruption` can flip a bit
+CORRUPTION_TARGETS: Final = ("middle-record", "last-record", "hardstate", "snapshot")
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptionSpot:
+    """A byte to damage: ``path`` relative to the data dir, ``offset`` in it, and the offset
+    of the record that holds it (WAL targets) or -1."""
+
+    target: str
+    path: str
+    offset: int
+    record: int = -1
+
+
+def pick_corruption(data_dir: Path, target: str, rng: random.Random) -> CorruptionSpot:
+    """A byte of durable data for ``target`` (one of :data:`CORRUPTION_TARGETS`), drawn with
+    ``rng``; :class:`DiskFaultError` if the data dir has no such thing yet."""
+    if target in ("hardstate", "snapshot"):
+        path = data_dir / target
+        size = path.stat().st_size if path.exists() else 0
+        if size == 0:
+            raise DiskFaultError(f"{data_dir} has no {target} to corrupt")
+        return CorruptionSpot(target, target, rng.randrange(size))
+    if target not in CORRUPTION_TARGETS:
+        raise DiskFaultError(f"unknown corruption target {target!r}: {CORRUPTION_TARGETS}")
+    spots: list[tuple[Path, int, int]] = []  # segment, record offset, record end
+    segments = list_segments(data_dir / "wal")
+    for i, seg in enumerate(segments):
+        records, _ = scan_segment(seg.path, seg.path.read_bytes(), last=i == len(segments) - 1)
+        spots += [(seg.path, r.offset, r.end) for r in records]
+    if target == "last-record":
+        spots = spots[-1:]
+    else:
+        spots = spots[:-1]
+    if not spots:
+        raise DiskFaultError(f"{data_dir} has no {target} to corrupt")
+    path, start, end = rng.choice(spots)
+    # past the length field: a flipped length pointing into the zero tail reads as torn
+    offset = rng.randrange(start + 4 if target == "last-record" else start, end)
+    assert start + HEADER.size <= end
+    return CorruptionSpot(target, str(path.relative_to(data_dir)), offset, start)

@@ -26,8 +26,11 @@ direct client port) to transfer to each of its targets at once. Blocking cluster
 clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
 ``cut``, are reported here as ``partition`` so that the heal closes them). :meth:`heal_all`
-is the final generator: heal the network, resume paused nodes, restart dead ones; it runs at the
-end whatever happened, including after a cancellation.
+is the final generator: heal the network, reset clocks, clear disk faults, resume paused nodes,
+restart dead ones (not the *retired*: removed members and nodes refusing a corrupted disk); it
+runs at the end whatever happened, including after a cancellation. Disk, clock and membership
+faults, and the link-shaped partitions (ring, bridge, majorities-ring, drawn here from the
+seed by :mod:`chaos.shapes`), are applied by :mod:`chaos.node_faults`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+from chaos import node_faults
+from chaos.diskfs import DiskFSError
+from chaos.node_faults import FaultCluster
+from chaos.shapes import cut_links
 from raft.client import KVClient
 
 Action = Literal["start", "stop"]
@@ -78,6 +85,25 @@ class NemesisSpec(Protocol):
     def latency_jitter_ms(self) -> int: ...
     @property
     def partition_shape(self) -> str: ...
+    # disk, clock and membership faults (see harness.scenario.Nemesis)
+    @property
+    def disk(self) -> Any: ...
+    @property
+    def corrupt(self) -> Any: ...
+    @property
+    def fsync_ms(self) -> Any: ...
+    @property
+    def clock(self) -> Any: ...
+    @property
+    def rate(self) -> Any: ...
+    @property
+    def jump_s(self) -> Any: ...
+    @property
+    def strobe_s(self) -> Any: ...
+    @property
+    def strobe_period_s(self) -> Any: ...
+    @property
+    def membership(self) -> Any: ...
 
 
 class ScenarioSpec(Protocol):
@@ -97,33 +123,21 @@ class _Proc(Protocol):
     def alive(self) -> bool: ...
 
 
-class _Net(Protocol):
-    def cut(self, src: str, dst: str) -> None: ...
-
-
 class _Spec(Protocol):
     @property
     def nodes(self) -> tuple[str, ...]: ...
 
 
-class ClusterLike(Protocol):
-    """The cluster the executor acts on (``harness.cluster.LocalCluster``)."""
+class ClusterLike(FaultCluster, Protocol):
+    """The cluster the executor acts on (``harness.cluster.LocalCluster``): what the node
+    faults need (:class:`chaos.node_faults.FaultCluster`), and process and network faults."""
 
     @property
     def spec(self) -> _Spec: ...
-    @property
-    def network(self) -> _Net | None: ...
-    @property
-    def procs(self) -> Any: ...  # node -> _Proc (``procs[node]`` raises KeyError if unknown)
-    @property
-    def client_addr(self) -> dict[str, str]: ...
     async def leader(self) -> tuple[str, int] | None: ...
-    def alive(self, node: str) -> bool: ...
     def paused(self, node: str) -> bool: ...
-    def kill(self, node: str) -> None: ...
     def pause(self, node: str) -> None: ...
     def resume(self, node: str) -> None: ...
-    def restart(self, node: str) -> None: ...
     def partition(self, groups: Any, clients: Any = None) -> None: ...
     def heal(self) -> None: ...
     def latency(self, ms: int, jitter_ms: int = 0, links: Any = None) -> None: ...
@@ -176,8 +190,20 @@ def _draw_params(entry: NemesisSpec, scenario: ScenarioSpec, rng: random.Random)
             p["group_names"] = list(entry.groups)
         elif p["shape"] == "isolate-leader":
             p["target"] = "leader"
+        elif p["shape"] in ("ring", "bridge", "majorities-ring"):
+            p["links"] = [list(link) for link in cut_links(p["shape"], nodes, rng)]
     if entry.kind == "latency":
         p["ms"], p["jitter_ms"] = entry.latency_ms, entry.latency_jitter_ms
+    if entry.kind == "disk":
+        p.update(disk=entry.disk, corrupt=entry.corrupt, fsync_ms=entry.fsync_ms)
+        p["seed"] = rng.randrange(2**31)  # where a corruption lands
+    if entry.kind == "clock":
+        p.update(clock=entry.clock, rate=entry.rate, jump_s=entry.jump_s)
+        p.update(strobe_s=entry.strobe_s, strobe_period_s=entry.strobe_period_s)
+        p["duration"] = entry.duration
+    if entry.kind == "membership":
+        p["membership"] = entry.membership
+        p["seed"] = rng.randrange(2**31)  # a random target that is gone is drawn again
     # drawn last, and only for these targets, so the older targets' schedules stay as they were
     if entry.target == "follower":
         p["order"] = rng.sample(nodes, len(nodes))
@@ -271,6 +297,7 @@ class NemesisExecutor:
         *,
         on_fault: Callable[[str, str, dict[str, Any]], None] | None = None,
         client_groups: dict[str, str | None] | None = None,
+        spares: Sequence[str] = (),
     ) -> None:
         self.cluster = cluster
         self.schedule = list(schedule)
@@ -278,6 +305,7 @@ class NemesisExecutor:
         self.active: dict[int, AppliedFault] = {}
         self._on_fault = on_fault
         self._client_groups = client_groups or {}
+        self._spares = list(spares)
 
     def describe_active(self) -> str:
         """A short text of the faults in force, for the progress display."""
@@ -318,6 +346,8 @@ class NemesisExecutor:
         target = self._resolve_target(f)
         if f.kind == "latency":
             await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
+        elif f.kind in ("disk", "clock", "membership"):
+            await self._node_fault(f, target)
         else:
             await self._partition(f, target)
 
@@ -371,6 +401,33 @@ class NemesisExecutor:
             return [next((n for n in order if n != leader), order[0])]
         return [self._resolve_target(f)]
 
+    async def _node_fault(self, f: AppliedFault, target: str) -> None:
+        """Disk, clock and membership faults (:mod:`chaos.node_faults`)."""
+        if (
+            f.kind == "membership"
+            and f.params.get("target") == "random"
+            and target not in self.cluster.members
+        ):  # removed or replaced before: draw among the members of now
+            target = random.Random(f.params["seed"]).choice(sorted(self.cluster.members))
+        f.node = target
+        if target in self.cluster.retired:
+            f.skipped = f"{target} is out of the cluster"
+            return
+        if f.kind == "disk":
+            detail = await asyncio.to_thread(node_faults.start_disk, self.cluster, f.params, target)
+        elif f.kind == "clock":
+            detail = node_faults.start_clock(self.cluster, f.params, target)
+        else:
+            detail = await asyncio.to_thread(
+                node_faults.start_membership, self.cluster, f.params, target, self._spares
+            )
+        f.params["applied"] = detail
+        self._report(f.kind, "start", detail)
+
+    def _report(self, kind: str, action: str, detail: dict[str, Any]) -> None:
+        if self._on_fault is not None:
+            self._on_fault(kind, action, detail)
+
     def _resolve_target(self, f: AppliedFault) -> str:
         target = str(f.params.get("target", "random"))
         if target == "leader":
@@ -382,6 +439,10 @@ class NemesisExecutor:
 
     async def _partition(self, f: AppliedFault, target: str) -> None:
         shape = f.params["shape"]
+        if "links" in f.params:  # ring, bridge, majorities-ring: cut links, not groups
+            await asyncio.to_thread(node_faults.start_links, self.cluster, f.params["links"])
+            self._report("partition", "start", {"shape": shape, "links": f.params["links"]})
+            return
         if shape == "one-way":
             f.node = target
             await asyncio.to_thread(self._one_way, target)
@@ -432,6 +493,12 @@ class NemesisExecutor:
             self.cluster.heal()
         elif f.kind == "transfer" and self._on_fault is not None:
             self._on_fault("transfer", "stop", {"to": f.nodes})
+        elif f.kind == "disk" and f.node is not None:
+            node_faults.stop_disk(self.cluster, f.params, f.node)
+            self._report("disk", "stop", {"node": f.node, "disk": f.params["disk"]})
+        elif f.kind == "clock" and f.node is not None:
+            node_faults.stop_clock(self.cluster, f.node)
+            self._report("clock", "stop", {"node": f.node})
 
     def heal_all(self) -> None:
         """The final generator: heal the network, resume paused nodes, restart dead ones."""
@@ -441,7 +508,14 @@ class NemesisExecutor:
         self.active.clear()
         if self.cluster.network is not None:
             self.cluster.heal()
-        for node in self.cluster.spec.nodes:
+        for clock in self.cluster.clocks.values():
+            clock.reset()
+        for disk in self.cluster.disks.values():
+            try:
+                disk.call("clear")
+            except DiskFSError as exc:  # noted, the heal goes on
+                self._report("disk", "stop", {"clear_failed": str(exc)})
+        for node in self.cluster.members:
             try:
                 proc: _Proc = self.cluster.procs[node]
             except KeyError:
@@ -453,6 +527,8 @@ class NemesisExecutor:
 
 
 def _describe(f: AppliedFault) -> str:
+    if f.kind == "partition" and "links" in f.params:
+        return f"partition {f.params['shape']}"
     if f.kind == "partition":
         sides = " | ".join(",".join(g) for g in f.groups) if f.groups else f"{f.node} one-way"
         return f"partition {sides}"
@@ -460,4 +536,7 @@ def _describe(f: AppliedFault) -> str:
         return f"latency {f.params.get('ms')}ms"
     if f.kind == "transfer":
         return f"transfer to {','.join(f.nodes)}"
+    what = f.params.get("disk") or f.params.get("clock") or f.params.get("membership")
+    if what:
+        return f"{f.kind} {what} {f.node}"
     return f"{f.kind} {','.join(f.nodes) or f.node}"

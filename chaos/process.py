@@ -12,18 +12,32 @@ the process is reaped, so its PID cannot be reused while we may still signal it.
 
 Orphans: children run in their own process group, so a Ctrl-C at the terminal reaches only us;
 `KeyboardInterrupt` unwinds the `with` blocks, and every live manager is also stopped at
-interpreter exit (atexit). SIGTERM/SIGHUP skip atexit by default: `install_signal_cleanup()`
-turns them into `SystemExit` so the same cleanup runs. A SIGKILL of the harness itself cannot
-be cleaned up after (Linux's PR_SET_PDEATHSIG is tied to the forking thread; not used).
+interpreter exit (atexit). SIGTERM/SIGHUP skip atexit by default: the `orbital` command turns
+them into a `KeyboardInterrupt` (`harness.signals`), and `install_signal_cleanup()` into
+`SystemExit`, so the same cleanup runs.
+
+A SIGKILL of the harness runs no cleanup at all, so every child we start (`spawn`: nodes and
+the Toxiproxy server) is also told by the kernel to die with us: `prctl(PR_SET_PDEATHSIG,
+SIGKILL)`, set in the child between fork and exec (`preexec_fn`; the setting survives exec).
+The kernel sends that signal when the *thread* that forked the child exits, not the process,
+and chaos runs start processes from worker threads (`asyncio.to_thread`) that come and go. So
+every fork happens on one daemon thread of ours (`_Spawner`) that lives until the process
+exits. SIGKILL, not SIGTERM: a node we paused (SIGSTOP) cannot act on SIGTERM. The child
+checks `getppid()` after the prctl, in case we died before it took effect.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
+import ctypes
 import os
+import queue
 import signal
 import subprocess
+import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +49,65 @@ from typing import Any, Self
 import psutil
 
 EventSink = Callable[["ProcessEvent"], None]
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_prctl: Any = None
+if sys.platform == "linux":  # resolved once here: the child between fork and exec only calls it
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """The ``preexec_fn`` of a child that must not outlive ``parent`` (module docstring)."""
+
+    def preexec() -> None:
+        if _prctl is not None:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os._exit(137)
+
+    return preexec
+
+
+class _Spawner:
+    """Forks every child on one daemon thread that lives as long as the process."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], subprocess.Popen[bytes]], concurrent.futures.Future[Any]]
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(argv, preexec_fn=_die_with(os.getpid()), **kwargs)
+
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="orbital-spawner", daemon=True
+                )
+                self._thread.start()
+        fut: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+        self._jobs.put((start, fut))
+        return fut.result()
+
+    def _serve(self) -> None:
+        while True:
+            start, fut = self._jobs.get()
+            try:
+                fut.set_result(start())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+
+_spawner = _Spawner()
+
+
+def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, **kwargs)`` for a child that dies with this process, even by
+    SIGKILL (module docstring)."""
+    return _spawner.popen(argv, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +239,7 @@ class ManagedProcess:
             )
             log.flush()
             self._ended_by_us = False
-            self._popen = subprocess.Popen(
+            self._popen = spawn(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.env, cwd=self.cwd, start_new_session=True,
             )  # fmt: skip

@@ -75,14 +75,21 @@ import requests
 from toxiproxy import Proxy, Toxiproxy
 from toxiproxy.api import APIConsumer
 
+from chaos.process import spawn
+
 LOOPBACK: Final = "127.0.0.1"
 CLIENT: Final = "client"
 BINARY_NAME: Final = "toxiproxy-server"
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+RELEASE_HINT: Final = (
+    "download a v2.12.0 release from https://github.com/Shopify/toxiproxy/releases and put it "
+    "on PATH as toxiproxy-server, or set TOXIPROXY_SERVER=/path/to/it"
+)
+#: a source checkout has the setup script; an installed wheel does not
 INSTALL_HINT: Final = (
-    "run ./scripts/setup.sh (builds .venv/bin/toxiproxy-server with Go), or download a release "
-    "from https://github.com/Shopify/toxiproxy/releases and put it on PATH as "
-    "toxiproxy-server or set TOXIPROXY_SERVER=/path/to/it"
+    "run ./scripts/setup.sh (builds .venv/bin/toxiproxy-server with Go), or " + RELEASE_HINT
+    if (REPO_ROOT / "scripts" / "setup.sh").is_file()
+    else RELEASE_HINT
 )
 HTTP_TIMEOUT_S: Final = 10.0
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -245,7 +252,7 @@ class ToxiproxyServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self.log_path.open("ab")
         try:
-            return subprocess.Popen(
+            return spawn(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True,
             )  # fmt: skip

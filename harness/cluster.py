@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -36,8 +38,19 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import tomli_w
 
+from chaos.clock import FakeClock
+from chaos.diskfs import DiskMount
 from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
-from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
+from chaos.toxiproxy import (
+    CLIENT,
+    LOOPBACK,
+    Link,
+    ProxyNetwork,
+    ToxiproxyError,
+    ToxiproxyServer,
+    free_port,
+)
+from harness import signals
 
 if TYPE_CHECKING:
     from raft.client import KVClient
@@ -62,11 +75,18 @@ class ClusterSpec:
     election_ticks: int = 15
     heartbeat_ticks: int = 3
     snapshot_entries: int = 10_000
+    snapshot_chunk_bytes: int = 1 << 20
     max_uncommitted: int = 20_000
     client_sources: tuple[str, ...] = (CLIENT,)
     toxiproxy: bool = True
     seed: int | None = None  #: seeds each node's election-timeout RNG (seed + node position)
     env: Mapping[str, str] = field(default_factory=dict)
+    lease_read: bool = False
+    lease_drift: float = 0.1
+    #: run every node on its own libfaketime clock (``clocks``), for clock faults
+    fake_clocks: bool = False
+    #: mount the fault-injecting file system (``disks``) under every node's data dir
+    disk_faults: bool = False
 
     @property
     def all_nodes(self) -> tuple[str, ...]:
@@ -98,9 +118,20 @@ class LocalCluster:
         self._on_fault = on_fault
         self.raft_addr: dict[str, str] = {}
         self.client_addr: dict[str, str] = {}
+        #: each node's Prometheus metrics (HTTP, direct: never through a proxy)
+        self.metrics_addr: dict[str, str] = {}
         self.server: ToxiproxyServer | None = None
         self.network: ProxyNetwork | None = None
         self.procs = ProcessManager(on_event=self._process_event)
+        #: each node's libfaketime clock (``spec.fake_clocks``)
+        self.clocks: dict[str, FakeClock] = {}
+        #: each node's fault-injecting file system (``spec.disk_faults``)
+        self.disks: dict[str, DiskMount] = {}
+        #: nodes out of the cluster by design (removed, or refusing a corrupted disk): not
+        #: expected to answer, not restarted by a heal
+        self.retired: set[str] = set()
+        #: joiners that were started
+        self.joined: list[str] = []
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> Self:
@@ -124,7 +155,12 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every process we started, then the proxies and the Toxiproxy server."""
-        self.procs.stop_all()
+        for clock in self.clocks.values():
+            clock.stop_strobe()
+        try:
+            self.procs.stop_all()
+        finally:
+            self._unmount_disks()
         if self.network is not None:
             self.network.close()
             self.network = None
@@ -143,10 +179,29 @@ class LocalCluster:
     ) -> None:
         self.stop()
 
+    def _unmount_disks(self) -> None:
+        """Unmount every disk (cleanly: what the stopped nodes wrote is kept) and put its
+        durable content where the data dir was, for the storage replay."""
+        disks, self.disks = self.disks, {}
+        for node, disk in disks.items():
+            disk.stop()
+            data = self.data_dir(node)
+            if data.is_dir() and not any(data.iterdir()):
+                data.rmdir()
+                disk.backing.rename(data)
+            shutil.rmtree(disk.state_dir / "graveyard", ignore_errors=True)
+
+    @property
+    def members(self) -> list[str]:
+        """The nodes expected in the cluster now: the initial ones and the joined, less the
+        retired."""
+        return [n for n in (*self.spec.nodes, *self.joined) if n not in self.retired]
+
     def _allocate_ports(self) -> None:
         for node in self.spec.all_nodes:
             self.raft_addr[node] = f"{LOOPBACK}:{free_port()}"
             self.client_addr[node] = f"{LOOPBACK}:{free_port()}"
+            self.metrics_addr[node] = f"{LOOPBACK}:{free_port()}"
 
     def node_dir(self, node: str) -> Path:
         return self.workdir / "nodes" / node
@@ -161,6 +216,7 @@ class LocalCluster:
             entry: dict[str, Any] = {
                 "raft": self.raft_addr[node],
                 "client": self.client_addr[node],
+                "metrics": self.metrics_addr[node],
                 "data_dir": str(self.data_dir(node)),
                 "initial": node in spec.nodes,
             }
@@ -175,7 +231,10 @@ class LocalCluster:
             "election_ticks": spec.election_ticks,
             "heartbeat_ticks": spec.heartbeat_ticks,
             "snapshot_entries": spec.snapshot_entries,
+            "snapshot_chunk_bytes": spec.snapshot_chunk_bytes,
             "max_uncommitted": spec.max_uncommitted,
+            "lease_read": spec.lease_read,
+            "lease_drift": spec.lease_drift,
             "nodes": nodes,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -188,24 +247,36 @@ class LocalCluster:
             argv += ["--seed", str(self.spec.seed * 1000 + self.spec.all_nodes.index(node))]
         return argv
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, node: str) -> dict[str, str]:
         env = dict(os.environ)
         env["ORBITAL_RUN_START_NS"] = str(self.run_start_ns)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.spec.env)
+        if self.spec.fake_clocks:
+            clock = self.clocks.setdefault(node, FakeClock(self.node_dir(node) / "clock.rc"))
+            env.update(clock.env())
         return env
 
     def _start_node(self, node: str) -> ManagedProcess:
         self.node_dir(node).mkdir(parents=True, exist_ok=True)
-        return self.procs.start(
-            node, self._argv(node), self.node_dir(node) / "node.log", env=self._env()
+        if self.spec.disk_faults and node not in self.disks:
+            disk = DiskMount(
+                self.node_dir(node) / "disk", self.data_dir(node), self.node_dir(node) / "disk.fs"
+            )
+            self.disks[node] = disk.start()
+        proc = self.procs.start(
+            node, self._argv(node), self.node_dir(node) / "node.log", env=self._env(node)
         )
+        if node in self.clocks:
+            self.clocks[node].process_started()
+        return proc
 
     def start_joiner(self, node: str) -> None:
         """Start a node listed in ``joiners`` (it waits to be added by a membership change)."""
         if node not in self.spec.joiners:
             raise ClusterError(f"{node} is not a joiner of this cluster")
         self._start_node(node)
+        self.joined.append(node)
 
     # ---- addresses ------------------------------------------------------------------------
     def client_addresses(self, source: str = CLIENT) -> dict[str, str]:
@@ -226,6 +297,8 @@ class LocalCluster:
 
     def restart(self, node: str) -> None:
         self.procs[node].restart()
+        if node in self.clocks:
+            self.clocks[node].process_started()
 
     def alive(self, node: str) -> bool:
         try:
@@ -281,6 +354,25 @@ class LocalCluster:
             self._fault("partition", "stop", {"healed": state["cuts"]})
         if state["latency"]:
             self._fault("latency", "stop", {})
+
+    # ---- clock faults (libfaketime: ``spec.fake_clocks``) ------------------------------------
+    def clock(self, node: str) -> FakeClock:
+        if node not in self.clocks:
+            raise ClusterError(f"{node} runs on the real clock: set ClusterSpec.fake_clocks")
+        return self.clocks[node]
+
+    def clock_jump(self, node: str, seconds: float) -> None:
+        self._fault("clock", "start", {"node": node, **self.clock(node).jump(seconds)})
+
+    def clock_skew(self, node: str, rate: float) -> None:
+        self._fault("clock", "start", {"node": node, **self.clock(node).skew(rate)})
+
+    def clock_strobe(self, node: str, delta_s: float, period_s: float, duration_s: float) -> None:
+        detail = self.clock(node).strobe(delta_s, period_s, duration_s)
+        self._fault("clock", "start", {"node": node, "strobe": detail})
+
+    def clock_reset(self, node: str) -> None:
+        self._fault("clock", "stop", {"node": node, **self.clock(node).reset()})
 
     def _fault(self, kind: str, action: str, detail: dict[str, Any]) -> None:
         if self._on_fault is not None:
@@ -409,9 +501,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--nodes", type=int, default=5, help="number of nodes (default 5)")
     up.add_argument("--dir", type=Path, help="work directory (default: a new temp dir)")
     up.add_argument("--no-toxiproxy", action="store_true", help="nodes talk directly")
+    up.add_argument(
+        "--json", action="store_true", help="once ready, print the cluster as one JSON line"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0 never (it runs until stopped), 1 a node exited, 2 could not start, 130/143/129
+    stopped by Ctrl-C/SIGTERM/SIGHUP (every process stopped first)."""
     if not 1 <= args.nodes <= 15:
         print("orbital cluster: --nodes must be between 1 and 15", file=sys.stderr)
         return 2
@@ -419,20 +516,47 @@ def run(args: argparse.Namespace) -> int:
     spec = ClusterSpec(
         nodes=tuple(f"n{i + 1}" for i in range(args.nodes)), toxiproxy=not args.no_toxiproxy
     )
-    with LocalCluster(spec, workdir) as cluster:
+    try:
+        with LocalCluster(spec, workdir) as cluster:
+            return _serve(cluster, args.json)
+    except KeyboardInterrupt:
+        print("orbital cluster: stopped", file=sys.stderr)
+        return signals.exit_code()
+    except (ClusterError, ToxiproxyError) as exc:
+        print(f"orbital cluster: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(cluster: LocalCluster, as_json: bool) -> int:
+    spec = cluster.spec
+    asyncio.run(cluster.wait_ready(READY_TIMEOUT_S))
+    found = asyncio.run(cluster.wait_for_leader(10 * spec.election_timeout_s))
+    nodes: dict[str, dict[str, Any]] = {
+        n: {
+            "raft": cluster.raft_addr[n],
+            "client": cluster.client_addr[n],
+            "metrics": f"http://{cluster.metrics_addr[n]}/metrics",
+            "pid": cluster.procs[n].pid,
+        }
+        for n in spec.nodes
+    }
+    info = {
+        "config": str(cluster.config_path),
+        "nodes": nodes,
+        "toxiproxy_pid": None if cluster.server is None else cluster.server.pid,
+        "leader": found[0],
+        "term": found[1],
+    }
+    if as_json:
+        print(json.dumps(info), flush=True)
+    else:
         print(f"cluster file: {cluster.config_path}")
-        for node in spec.nodes:
-            print(f"  {node}: raft {cluster.raft_addr[node]}  client {cluster.client_addr[node]}")
+        for n, d in nodes.items():
+            print(f"  {n}: raft {d['raft']}  client {d['client']}  metrics {d['metrics']}")
+        print(f"leader: {found[0]} (term {found[1]}) after {found[2]:.3f}s")
         print(f"try: orbital kv --config {cluster.config_path} put x 1")
-        print("Ctrl-C stops the cluster")
-        try:
-            asyncio.run(cluster.wait_ready(READY_TIMEOUT_S))
-            found = asyncio.run(cluster.wait_for_leader(10 * spec.election_timeout_s))
-            print(f"leader: {found[0]} (term {found[1]}) after {found[2]:.3f}s")
-            while all(cluster.alive(n) for n in spec.nodes):
-                time.sleep(0.5)
-            print("a node exited; see its node.log", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("stopping the cluster")
-    return 0
+        print("Ctrl-C stops the cluster", flush=True)
+    while all(cluster.alive(n) for n in spec.nodes):
+        time.sleep(0.5)
+    print("orbital cluster: a node exited; see its node.log", file=sys.stderr)
+    return 1

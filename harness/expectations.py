@@ -14,6 +14,7 @@ majority must keep answering; after the heal, every node must converge.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chaos.nemesis import AppliedFault
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from harness.runner import Observed, RunContext
 
 
+#: disk faults that crash the node at once (as a kill does)
+CRASH_DISK_FAULTS = ("lose-unsynced", "torn-write", "corrupt")
+
+
 def check(name: str, ok: bool | None, expected: Any, observed: Any, **more: Any) -> dict[str, Any]:
     """One expectation's outcome (``ok`` None: not applicable in this run)."""
     return {"name": name, "ok": ok, "expected": expected, "observed": observed, **more}
@@ -31,10 +36,15 @@ def check(name: str, ok: bool | None, expected: Any, observed: Any, **more: Any)
 
 def fault_sides(f: AppliedFault, nodes: list[str]) -> tuple[set[str] | None, list[set[str]]]:
     """The side that keeps a majority (if any) and the minority sides of a fault."""
-    if f.skipped is not None or f.kind == "latency":
+    if f.skipped is not None or f.kind in ("latency", "clock", "membership"):
         return None, []
-    if f.kind in ("kill", "pause"):
-        rest = set(nodes) - set(f.nodes or ([f.node] if f.node else []))
+    if f.kind == "disk" and f.params.get("disk") not in CRASH_DISK_FAULTS:
+        return None, []  # the node goes on, or stops on its own at a time of its choosing
+    if f.kind in ("kill", "pause", "disk"):  # the nodes it takes down
+        down = f.nodes or ([f.node] if f.node else [])
+        if not down:
+            return None, []
+        rest = set(nodes) - set(down)
         return (rest if len(rest) > len(nodes) // 2 else None), []
     if not f.groups:
         if f.node is None:
@@ -71,6 +81,8 @@ def check_expectations(
         checks += majority_checks(ctx, observed, history)
     if exp.minority_leader_steps_down_within is not False:
         checks += stepdown_checks(ctx, observed, roles, exp.minority_leader_steps_down_within)
+    if exp.disk_faults_handled:
+        checks += disk_checks(ctx, observed)
     if exp.converge_after_heal:
         final = {n: sample_json(s) for n, s in observed.final_status.items()}
         text = convergence_text(observed.final_status, observed.silent)
@@ -275,4 +287,43 @@ def majority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> l
             f"majority_serves[partition#{f.id}]", served > 0, ">= 1 ok", served,
             majority=sorted(majority),
         ))  # fmt: skip
+    return out
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def disk_checks(ctx: RunContext, observed: Observed) -> list[dict[str, Any]]:
+    """A node whose durable data was corrupted refused to start, naming the file and the byte
+    offset (it never voted or acknowledged with a damaged log); a node whose disk failed
+    (EIO, ENOSPC) stopped with that error, if it met it."""
+    out = []
+    for f in observed.applied:
+        if f.kind != "disk" or f.skipped is not None or f.node is None:
+            continue
+        fault = f.params.get("disk")
+        log = ctx.run_dir / "nodes" / f.node / "node.log"
+        last = _last_line(log)
+        if fault == "corrupt":
+            applied = f.params.get("applied", {}).get("corrupt", {})
+            where = f"{applied.get('path', '?')} at byte offset"
+            ok = f"orbital node {f.node}: " in last and "at byte offset" in last
+            out.append(check(
+                f"corrupt_refused[disk#{f.id}]", ok, f"refuses to start naming {where}", last,
+                node=f.node, corrupted=applied,
+            ))  # fmt: skip
+        elif fault in ("io-error", "disk-full"):
+            code = "[EIO]" if fault == "io-error" else "[ENOSPC]"
+            text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+            stopped = [ln for ln in text.splitlines() if ln.startswith(f"orbital node {f.node}: ")]
+            ok_: bool | None = any(code in ln for ln in stopped) if stopped else None
+            out.append(check(
+                f"disk_error_stops[disk#{f.id}]", ok_, f"stops with {code} (if it met it)",
+                stopped[-1] if stopped else "did not stop", node=f.node,
+            ))  # fmt: skip
     return out

@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 
 from raft.core.types import LogEntry, SnapshotMeta
-from raft.storage import DurableView, StorageCorrupted, StorageError, read_data_dir
+from raft.storage import (
+    HARDSTATE_NAME,
+    SNAPSHOT_NAME,
+    WAL_DIR,
+    DurableView,
+    StorageCorrupted,
+    StorageError,
+    read_data_dir,
+)
 
 PREVIEW = 40
 DEFAULT_LIMIT = 50
@@ -50,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 0 or (args.from_index is not None and args.from_index < 0):
         print("orbital inspect: --limit and --from must not be negative", file=sys.stderr)
         return 2
+    problem = not_a_data_dir(args.data_dir)
+    if problem is not None:
+        print(f"orbital inspect: {problem}", file=sys.stderr)
+        return 2
     try:
         view = read_data_dir(args.data_dir)
     except StorageCorrupted as exc:
@@ -66,6 +78,20 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `orbital inspect DIR | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def not_a_data_dir(path: Path) -> str | None:
+    """Why ``path`` is not a node's data directory (None if it looks like one)."""
+    if not path.exists():
+        return f"{path}: no such directory"
+    if not path.is_dir():
+        return f"{path}: a file, not a node's data directory"
+    if not any((path / name).exists() for name in (HARDSTATE_NAME, SNAPSHOT_NAME, WAL_DIR)):
+        return (
+            f"{path}: not a node's data directory (none of {HARDSTATE_NAME}, {SNAPSHOT_NAME}, "
+            f"{WAL_DIR}/ in it)"
+        )
+    return None
 
 
 def select(log: list[LogEntry], from_index: int | None, limit: int) -> list[LogEntry]:

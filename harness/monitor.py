@@ -47,7 +47,7 @@ class StatusMonitor:
 
     async def poll(self) -> dict[str, Sample | None]:
         """One concurrent round over the nodes; a paused, dead or silent node gives ``None``."""
-        nodes = list(self.cluster.spec.nodes)
+        nodes = self.cluster.members
         found = await asyncio.gather(*(self._poll_node(n) for n in nodes))
         out = dict(zip(nodes, found, strict=True))
         self.latest = out

@@ -92,7 +92,10 @@ def check_election_safety(roles: Roles) -> dict[str, Any]:
 
 
 def check_votes(
-    nodes: Mapping[str, NodeStorage], roles: Roles, cluster: Sequence[str]
+    nodes: Mapping[str, NodeStorage],
+    roles: Roles,
+    cluster: Sequence[str],
+    majority: int | None = None,
 ) -> list[dict[str, Any]]:
     """``votes_one_per_term`` and ``leader_votes_durable`` (see the module docstring)."""
     logs = {n: s.votes for n, s in nodes.items() if s.votes is not None}
@@ -118,13 +121,12 @@ def check_votes(
         d = double[0]
         saw = f"{d['node']} voted for {' and '.join(d['candidates'])} in term {d['term']}; {saw}"
     first = row("votes_one_per_term", not double, saw, double)
-    return [first, _leader_votes(logs, roles, cluster)]
+    return [first, _leader_votes(logs, roles, cluster, majority or len(cluster) // 2 + 1)]
 
 
 def _leader_votes(
-    logs: Mapping[str, Sequence[Any]], roles: Roles, cluster: Sequence[str]
+    logs: Mapping[str, Sequence[Any]], roles: Roles, cluster: Sequence[str], majority: int
 ) -> dict[str, Any]:
-    majority = len(cluster) // 2 + 1
     unlogged = [n for n in cluster if n not in logs]
     voted: dict[tuple[int, str], set[str]] = defaultdict(set)
     for node, votes in logs.items():
@@ -157,7 +159,9 @@ def _leader_votes(
     return row("leader_votes_durable", not bad, saw, bad)
 
 
-def check_commits(nodes: Mapping[str, NodeStorage], cluster: Sequence[str]) -> list[dict[str, Any]]:
+def check_commits(
+    nodes: Mapping[str, NodeStorage], cluster: Sequence[str], majority: int | None = None
+) -> list[dict[str, Any]]:
     """``commit_current_term`` and ``committed_entries_agree`` (see the module docstring)."""
     marks = [(n, m) for n, s in sorted(nodes.items()) for m in s.commits]
     if not marks:
@@ -185,13 +189,12 @@ def check_commits(nodes: Mapping[str, NodeStorage], cluster: Sequence[str]) -> l
             f"{e['node']} (leader of term {e['leader_term']}) committed index {e['index']} "
             f"of term {e['entry_term']} by counting; {saw}"
         )
-    return [first, _committed_agree(nodes, marks, cluster)]
+    return [first, _committed_agree(nodes, marks, majority or len(cluster) // 2 + 1)]
 
 
 def _committed_agree(
-    nodes: Mapping[str, NodeStorage], marks: Sequence[tuple[str, Any]], cluster: Sequence[str]
+    nodes: Mapping[str, NodeStorage], marks: Sequence[tuple[str, Any]], majority: int
 ) -> dict[str, Any]:
-    majority = len(cluster) // 2 + 1
     bad: list[dict[str, Any]] = []
     seen: set[tuple[int, int]] = set()
     for leader, m in marks:
@@ -246,8 +249,10 @@ def judge_record(
     history: Sequence[Op],
     *,
     seed: int,
+    majority: int | None = None,
 ) -> dict[str, Any]:
-    """Every check of this module, as results.json's ``raft``."""
+    """Every check of this module, as results.json's ``raft``. ``majority``: of the smallest
+    configuration the run had (default: a majority of ``cluster``)."""
     checks = [check_election_safety(roles)]
     if replay is None:
         gone = "the nodes' storage could not be read"
@@ -255,7 +260,7 @@ def judge_record(
                  "committed_entries_agree", "exactly_once")  # fmt: skip
         checks += [row(n, None, gone) for n in names]
     else:
-        checks += check_votes(replay.nodes, roles, cluster)
-        checks += check_commits(replay.nodes, cluster)
+        checks += check_votes(replay.nodes, roles, cluster, majority)
+        checks += check_commits(replay.nodes, cluster, majority)
         checks.append(check_exactly_once(replay, history, seed=seed))
     return {"valid": all(c["ok"] is not False for c in checks), "checks": checks}

@@ -22,14 +22,20 @@ Raft invariants from the nodes' storage, and the scenario's expectations). The s
    raw ``CLOCK_MONOTONIC``) and add ``down`` spans for kills and pauses; replay every node's
    storage from disk (:mod:`harness.replay`); check linearizability; check expectations
    (:mod:`harness.expectations`); judge Raft's own rules from the record: roles, votes,
-   commit decisions and the replayed log (:mod:`harness.raft_checks`);
+   commit decisions and the replayed log (:mod:`harness.raft_checks`).
+   Just before the processes stop, every live node's Prometheus metrics are scraped into
+   ``nodes/<id>/metrics.prom`` (the last scrape of the run);
 6. write ``results.json`` (the shape of :mod:`harness.report_data` plus ``expectations`` and
-   ``raft``) and ``report.html``; print a summary table.
+   ``raft``) and ``report.html``; print a summary table (``--json``: results.json on stdout
+   instead).
 
 Exit: 0 valid and every expectation met, 1 an anomaly, an invariant violation or a failed
 expectation, 2 could not run (bad config, Toxiproxy missing, no leader) or undecided (checker
-"unknown"), 130 interrupted (Ctrl-C: every process is stopped, what was recorded is kept and
-judged as far as it can be).
+"unknown"), 130 interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (every process is
+stopped, what was recorded is kept and judged as far as it can be; see :mod:`harness.signals`).
+
+``orbital chaos list`` names the bundled scenarios; ``orbital chaos run NAME`` runs one by name
+(:func:`harness.scenario.resolve_scenario`), ``orbital chaos run PATH`` any file.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import contextlib
 import json
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +62,7 @@ from rich.table import Table
 from chaos.nemesis import AppliedFault, FaultOp, NemesisExecutor, make_schedule
 from chaos.process import ProcessError
 from chaos.toxiproxy import ToxiproxyError, find_server_binary
+from harness import signals
 from harness.cluster import (
     READY_TIMEOUT_S,
     ClusterError,
@@ -65,30 +73,69 @@ from harness.expectations import check_expectations
 from harness.history import FaultWriter, HistoryWriter, Op, read_history
 from harness.monitor import Sample, StatusMonitor, sample_json
 from harness.replay import ReplayResult
-from harness.scenario import Scenario, ScenarioError, load_scenario
+from harness.scenario import (
+    Scenario,
+    ScenarioError,
+    bundled_scenarios,
+    load_scenario,
+    resolve_scenario,
+)
 from harness.workload import ClientWorkers
 from raft.client import KVClient, KVError
 
 DRAIN_GRACE_S = 2.0
 CHECK_TIME_LIMIT_S = 60.0
+SCRAPE_TIMEOUT_S = 2.0
 
 
 # ---- the command line --------------------------------------------------------------------------
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add ``chaos run`` arguments."""
-    sub = parser.add_subparsers(dest="action", required=True)
+    """Add ``chaos run``, ``chaos list`` and ``chaos matrix`` arguments."""
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = sub.add_parser("run", help="run one scenario and store the result")
-    p.add_argument("config", type=Path, help="scenario file (configs/*.toml)")
+    p.add_argument("config", metavar="SCENARIO", help="a bundled scenario's name, or a file")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--time-limit", type=float, metavar="S", help="seconds of workload")
     p.add_argument("--store", type=Path, default=Path("store"), help="store root (./store)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("--json", action="store_true", help="print results.json instead of a table")
+    p = sub.add_parser("list", help="name the bundled scenarios")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    from harness import matrix
+
+    matrix.configure(sub.add_parser("matrix", help="scenarios x seeds from a matrix file"))
+
+
+def list_scenarios(as_json: bool) -> int:
+    """``orbital chaos list``: each bundled scenario's name and description."""
+    rows = []
+    for name, path in bundled_scenarios().items():
+        try:
+            scenario, _ = load_scenario(path)
+        except ScenarioError as exc:
+            rows.append({"name": name, "path": str(path), "error": str(exc)})
+            continue
+        rows.append({"name": name, "path": str(path), "description": scenario.description})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max((len(r["name"]) for r in rows), default=0)
+    for r in rows:
+        text = r.get("description") or r.get("error") or ""
+        print(f"{r['name']:<{width}}  {' '.join(str(text).split())}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a scenario; the exit code is described in the module docstring."""
+    if args.action == "list":
+        return list_scenarios(args.json)
+    if args.action == "matrix":
+        from harness import matrix
+
+        return matrix.run(args)
     try:
-        scenario, _ = load_scenario(args.config)
+        scenario, _ = load_scenario(resolve_scenario(args.config))
         if args.time_limit is not None and args.time_limit <= 0:
             raise ScenarioError("--time-limit: must be greater than 0")
         scenario = scenario.with_overrides(seed=args.seed, duration=args.time_limit)
@@ -98,8 +145,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     ctx = RunContext.create(scenario, args.store)
     print(f"run directory: {ctx.run_dir}", file=sys.stderr)
-    code = execute(ctx, progress=not args.no_progress)
-    print_summary(Console(), ctx.results)
+    code = execute(ctx, progress=not args.no_progress and not args.json)
+    if args.json:
+        print(json.dumps(ctx.results, indent=2, default=str))
+    else:
+        print_summary(Console(), ctx.results)
+    from harness.store_index import write_index
+
+    write_index(args.store)
     return code
 
 
@@ -153,13 +206,18 @@ def say(text: str) -> None:
 
 def cluster_spec(scenario: Scenario) -> ClusterSpec:
     t = scenario.timing
+    kinds = {n.kind for n in scenario.nemesis}
     return ClusterSpec(
         nodes=tuple(scenario.nodes),
+        joiners=tuple(scenario.spares),
         tick_ms=t.tick_ms,
         election_ticks=t.election_ticks,
         heartbeat_ticks=t.heartbeat_ticks,
         client_sources=tuple(scenario.client_sources()),
         seed=scenario.seed,
+        fake_clocks="clock" in kinds,
+        disk_faults="disk" in kinds,
+        **t.raft_knobs(),
     )
 
 
@@ -178,6 +236,8 @@ class Observed:
     stats: dict[str, Any] = field(default_factory=dict)
     setup_leader: tuple[str, int] | None = None
     heal_ns: int = 0
+    #: node -> "ok" (nodes/<id>/metrics.prom written) or why not
+    metrics: dict[str, str] = field(default_factory=dict)
 
 
 def execute(ctx: RunContext, *, progress: bool) -> int:
@@ -197,14 +257,41 @@ def execute(ctx: RunContext, *, progress: bool) -> int:
     except (ClusterError, ToxiproxyError, ProcessError, OSError) as exc:
         ctx.error = f"{type(exc).__name__}: {exc}"
     finally:
-        cluster.stop()
-        history.close()
-        faults.close()
-    for node in observed.silent:  # why a node went silent
-        proc = cluster.procs[node]
-        say(f"{node} did not answer; the end of {proc.log_path}:")
-        print("\n".join(f"    {line}" for line in proc.log_tail(40)), file=sys.stderr, flush=True)
-    return judge(ctx, cluster, observed)
+        with signals.deferred():  # a SIGTERM now must not cut the stop (and heal) short
+            try:
+                observed.metrics = scrape_metrics(cluster)
+            finally:
+                cluster.stop()
+                history.close()
+                faults.close()
+    with signals.deferred():  # keep and judge what was recorded, whatever arrives meanwhile
+        if signals.received() is not None:
+            ctx.interrupted = True
+        for node in observed.silent:  # why a node went silent
+            proc = cluster.procs[node]
+            say(f"{node} did not answer; the end of {proc.log_path}:")
+            tail = "\n".join(f"    {line}" for line in proc.log_tail(40))
+            print(tail, file=sys.stderr, flush=True)
+        return judge(ctx, cluster, observed)
+
+
+def scrape_metrics(cluster: LocalCluster) -> dict[str, str]:
+    """Each live node's Prometheus metrics into ``nodes/<id>/metrics.prom``; per node "ok" or
+    why not (a node that is down, paused or silent keeps no scrape)."""
+    out: dict[str, str] = {}
+    for node, address in sorted(cluster.metrics_addr.items()):
+        if not cluster.alive(node) or cluster.paused(node):
+            out[node] = "not running"
+            continue
+        try:
+            url = f"http://{address}/metrics"
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as reply:
+                text = reply.read()
+            (cluster.node_dir(node) / "metrics.prom").write_bytes(text)
+            out[node] = "ok"
+        except OSError as exc:
+            out[node] = f"scrape failed: {exc}"
+    return out
 
 
 def _fault_sink(ctx: RunContext, faults: FaultWriter) -> Any:
@@ -237,7 +324,9 @@ async def drive(
     sources = {s: cluster.client_addresses(s) for s in sc.client_sources()}
     workers = ClientWorkers(sc.workload, sc.seed, history, sources, sc.client_sources())
     groups = {s: sc.source_group(s) for s in sources}
-    nemesis = NemesisExecutor(cluster, ctx.schedule, on_fault=sink, client_groups=groups)
+    nemesis = NemesisExecutor(
+        cluster, ctx.schedule, on_fault=sink, client_groups=groups, spares=sc.spares
+    )
     try:
         await _main_phase(ctx, monitor, workers, nemesis, progress)
         observed.heal_ns = time.monotonic_ns()
@@ -390,13 +479,16 @@ def _stats_json(workers: ClientWorkers) -> dict[str, Any]:
 def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
     """Steps 5-6 of the module docstring; fills ``ctx.results`` and returns the exit code."""
     say("nodes stopped; replaying storage, checking the history, writing the report")
-    nodes = list(ctx.scenario.nodes)
+    nodes = [*ctx.scenario.nodes, *cluster.joined]
     roles = {n: fix_roles(ctx, cluster.node_dir(n) / "roles.jsonl", n) for n in nodes}
-    stored, replay = replay_storage(cluster, nodes)
+    corrupted = {  # their storage was damaged on purpose: they refuse it, replay skips it
+        f.node for f in observed.applied if f.kind == "disk" and f.params.get("disk") == "corrupt"
+    }
+    stored, replay = replay_storage(cluster, [n for n in nodes if n not in corrupted])
     history = read_history_safe(ctx.run_dir / "history.jsonl")
     lin = linearizability_json(history)
     checks = check_expectations(ctx, observed, history, roles)
-    raft = raft_json(stored, roles, nodes, history, ctx.scenario.seed)
+    raft = raft_json(stored, roles, nodes, history, ctx.scenario.seed, smallest_majority(ctx))
     valid, code = verdict(ctx, lin, replay, checks, raft)
     ctx.results = {
         "scenario": ctx.scenario.name,
@@ -418,6 +510,7 @@ def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
         "setup_leader": observed.setup_leader,
         "error": ctx.error,
         "interrupted": ctx.interrupted,
+        "metrics": observed.metrics,
         "run_dir": str(ctx.run_dir),
     }
     write_results(ctx)
@@ -452,7 +545,7 @@ def verdict(
     failed = failed or (raft is not None and raft.get("valid") is False)
     valid: bool | str = False if failed else (lin.get("valid") is True or "unknown")
     if ctx.interrupted:
-        return valid, 130
+        return valid, signals.exit_code()
     if valid is True:
         return valid, 0
     return valid, 1 if valid is False else 2
@@ -508,19 +601,30 @@ def replay_storage(
     return result, result.to_dict()
 
 
+def smallest_majority(ctx: RunContext) -> int:
+    """A majority of the smallest configuration the run can have had: the scenario's voters
+    less one per membership remove or replace (a spare added later only makes majorities
+    larger, so counting without it never flags a correct election)."""
+    sc = ctx.scenario
+    removes = sum(1 for op in ctx.schedule if op.action == "start" and op.params.get(
+        "membership") in ("remove", "replace"))  # fmt: skip
+    return max(1, len(sc.nodes) - removes) // 2 + 1
+
+
 def raft_json(
     stored: ReplayResult | None,
     roles: dict[str, list[dict[str, Any]]],
     nodes: list[str],
     history: list[Op],
     seed: int,
+    majority: int | None = None,
 ) -> dict[str, Any]:
     """Raft's own rules judged from the record (:mod:`harness.raft_checks`), as results.json's
     ``raft``; a crash of the checks makes them unknown, never met."""
     from harness.raft_checks import judge_record
 
     try:
-        return judge_record(stored, roles, nodes, history, seed=seed)
+        return judge_record(stored, roles, nodes, history, seed=seed, majority=majority)
     except Exception as exc:  # a crashing checker gives unknown
         reason = f"checks failed: {type(exc).__name__}: {exc}"
         return {"valid": "unknown", "reason": reason, "checks": []}

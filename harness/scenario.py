@@ -21,6 +21,9 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     tick_ms = 20.0
     election_ticks = 15
     heartbeat_ticks = 3
+    snapshot_entries = 10000         # compact after this many applied entries
+    snapshot_chunk_bytes = 1048576   # InstallSnapshot chunk size
+    lease_read = false               # reads on a leader lease (lease_drift = 0.1)
     [setup]
     leader_in = "antarctic"          # move the leadership into this group before the workload
     [workload]
@@ -31,11 +34,31 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     mix = {read = 0.4, write = 0.4, cas = 0.2}
     timeout = 1.5                    # seconds per operation before it is "info"
     [[nemesis]]                      # a fault: scheduled (``at``) or recurring (``interval``)
-    kind = "partition"               # kill | pause | partition | latency | transfer
-    shape = "groups"                 # halves | isolate-leader | isolate-node | groups | one-way
+    kind = "partition"               # kill | pause | partition | latency | transfer | disk |
+                                     # clock | membership
+    shape = "groups"                 # halves | isolate-leader | isolate-node | groups | one-way |
+                                     # ring | bridge | majorities-ring
     groups = ["north", "antarctic"]
     at = 5.0
     duration = 14.0
+    [[nemesis]]
+    kind = "disk"                    # on the FUSE disk (docs/disk-faults.md)
+    disk = "corrupt"                 # lose-unsynced | torn-write | corrupt | io-error |
+                                     # disk-full | slow-fsync (fsync_ms = 200)
+    corrupt = "last-record"          # middle-record | last-record | hardstate | snapshot
+    target = "random"
+    at = 9.0
+    [[nemesis]]
+    kind = "clock"                   # libfaketime, per node process
+    clock = "strobe"                 # skew (rate = 2.0) | jump (jump_s = 5.0) |
+    strobe_s = 2.0                   # strobe (strobe_s every strobe_period_s)
+    strobe_period_s = 0.5
+    interval = 6.0
+    [[nemesis]]
+    kind = "membership"              # add (a spare) | remove (the target) | replace
+    membership = "replace"
+    at = 12.0
+    spares = ["n6"]                  # (a top-level key) nodes outside the configuration
     [final]
     settle = 3.0                     # seconds after healing before the final reads
     reads = true
@@ -59,11 +82,17 @@ seed: 2 / 3 of 5), ``"all"``, or a node id. A killed node is restarted on its ow
 directory when its fault ends; a recurring kill with a sub-second ``interval`` and
 ``duration`` is a *kill storm* (see ``configs/crash-storm.toml``). Client sources are
 ``client`` when clients are not placed, else ``client-<group>`` per placed group.
+
+Bundled scenarios: the repository's ``configs/*.toml`` ship in the wheel as the package data
+of ``harness.scenarios`` (pyproject.toml maps that package onto ``configs/``). They are named
+by file stem (:func:`bundled_scenarios`): ``orbital chaos run antarctic-split-brain`` works
+from any directory, in a source checkout or an installed wheel (:func:`resolve_scenario`).
 """
 
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,8 +107,17 @@ from pydantic import (
 
 from chaos.nemesis import GROUP_TARGETS, TARGET_WORDS
 
-FaultKind = Literal["kill", "pause", "partition", "latency", "transfer"]
-Shape = Literal["halves", "isolate-leader", "isolate-node", "groups", "one-way"]
+FaultKind = Literal[
+    "kill", "pause", "partition", "latency", "transfer", "disk", "clock", "membership"
+]  # fmt: skip
+Shape = Literal[
+    "halves", "isolate-leader", "isolate-node", "groups", "one-way",
+    "ring", "bridge", "majorities-ring",
+]  # fmt: skip
+DiskFault = Literal["lose-unsynced", "torn-write", "corrupt", "io-error", "disk-full", "slow-fsync"]
+CorruptTarget = Literal["middle-record", "last-record", "hardstate", "snapshot"]
+ClockFault = Literal["skew", "jump", "strobe"]
+MembershipChange = Literal["add", "remove", "replace"]
 OpKind = Literal["read", "write", "cas"]
 
 
@@ -97,6 +135,21 @@ class Timing(_Model):
     tick_ms: float = Field(default=10.0, gt=0, le=1000)
     election_ticks: int = Field(default=15, ge=2)
     heartbeat_ticks: int = Field(default=3, ge=1)
+    #: compact after this many applied entries (0: never); small values make real runs
+    #: snapshot, and lagging or new nodes receive InstallSnapshot
+    snapshot_entries: int = Field(default=10_000, ge=0)
+    snapshot_chunk_bytes: int = Field(default=1 << 20, ge=64)  #: InstallSnapshot chunk size
+    lease_read: bool = False  #: reads on a leader lease (see the README)
+    lease_drift: float = Field(default=0.1, ge=0, lt=1)
+
+    def raft_knobs(self) -> dict[str, Any]:
+        """The settings that go to every node's cluster file (beyond the timing)."""
+        return {
+            "snapshot_entries": self.snapshot_entries,
+            "snapshot_chunk_bytes": self.snapshot_chunk_bytes,
+            "lease_read": self.lease_read,
+            "lease_drift": self.lease_drift,
+        }
 
     @property
     def election_timeout_s(self) -> float:
@@ -159,6 +212,20 @@ class Nemesis(_Model):
     duration: float = Field(default=3.0, gt=0)
     latency_ms: int = Field(default=100, ge=0)
     latency_jitter_ms: int = Field(default=0, ge=0)
+    #: kind "disk" (docs/disk-faults.md): which fault, on ``target``
+    disk: DiskFault | None = None
+    corrupt: CorruptTarget = "last-record"
+    fsync_ms: int = Field(default=200, ge=1, le=60_000)
+    #: kind "clock" (libfaketime): skew (``rate``), jump (``jump_s``), strobe (``strobe_s``
+    #: every ``strobe_period_s``), on ``target``, undone at the fault's end
+    clock: ClockFault | None = None
+    rate: float = Field(default=2.0, ge=0.01, le=100)
+    jump_s: float = 5.0
+    strobe_s: float = 2.0
+    strobe_period_s: float = Field(default=0.5, gt=0)
+    #: kind "membership": add a spare node (learner, caught up, promoted), remove ``target``
+    #: (the leader too), or replace ``target`` by a spare
+    membership: MembershipChange | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Nemesis:
@@ -172,6 +239,9 @@ class Nemesis(_Model):
             raise ValueError("latency_jitter_ms must not exceed latency_ms")
         if self.target in GROUP_TARGETS and self.kind not in ("kill", "pause", "transfer"):
             raise ValueError(f"target {self.target!r} applies to kill, pause and transfer only")
+        for kind in ("disk", "clock", "membership"):
+            if (self.kind == kind) != (getattr(self, kind) is not None):
+                raise ValueError(f"kind {kind!r} and the field {kind!r} go together")
         return self
 
     @property
@@ -194,6 +264,7 @@ class Expect(_Model):
     minority_never_acknowledges: bool = False
     majority_keeps_serving: bool = False
     converge_after_heal: bool = True
+    disk_faults_handled: bool = True  #: corrupt data refused; EIO/ENOSPC stop the node
     min_ok_ops: int = Field(default=1, ge=0)
     #: a leader cut off on a minority side steps down within this many election timeouts of
     #: the cut (checked from the nodes' roles.jsonl, for every partition); ``false``: off
@@ -222,13 +293,18 @@ class Scenario(_Model):
     setup: Setup = Field(default_factory=Setup)
     workload: Workload = Field(default_factory=Workload)
     nemesis: list[Nemesis] = Field(default_factory=list)
+    #: nodes started outside the configuration, for membership faults to add
+    spares: list[str] = Field(default_factory=list, max_length=15)
     final: Final = Field(default_factory=Final)
     expect: Expect = Field(default_factory=Expect)
 
     @model_validator(mode="after")
     def _check_references(self) -> Scenario:
-        if len(set(self.nodes)) != len(self.nodes):
-            raise ValueError("nodes: ids must be unique")
+        if len(set(self.nodes) | set(self.spares)) != len(self.nodes) + len(self.spares):
+            raise ValueError("nodes and spares: ids must be unique")
+        adds = sum(n.membership in ("add", "replace") for n in self.nemesis)
+        if adds and not self.spares:
+            raise ValueError("spares: membership add or replace needs spare nodes")
         seen: set[str] = set()
         for name, members in self.groups.items():
             for node in members:
@@ -266,13 +342,23 @@ class Scenario(_Model):
         return group if group != source and group in self.groups else None
 
     def with_overrides(self, *, seed: int | None = None, duration: float | None = None) -> Scenario:
-        """A copy with the command line's ``--seed`` / ``--time-limit`` applied."""
+        """A copy with the command line's ``--seed`` / ``--time-limit`` applied, validated
+        like the file (raises :class:`ScenarioError` naming the option)."""
         changes: dict[str, Any] = {}
         if seed is not None:
             changes["seed"] = seed
         if duration is not None:
             changes["duration"] = duration
-        return self.model_copy(update=changes)
+        if not changes:
+            return self
+        try:
+            return Scenario.model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            option = {"seed": "--seed", "duration": "--time-limit"}
+            first = exc.errors()[0]
+            loc = str(first.get("loc", ("",))[0])
+            msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+            raise ScenarioError(f"{option.get(loc, loc)}: {msg}") from None
 
 
 def _format_error(path: str, exc: ValidationError) -> str:
@@ -297,8 +383,44 @@ def load_scenario(path: str | Path) -> tuple[Scenario, str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
     return parse_scenario(data, str(path)), text
+
+
+SOURCE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def bundled_scenarios() -> dict[str, Path]:
+    """Scenario name (file stem) -> file, from the installed package data, else from the
+    source tree's ``configs/`` (an editable install)."""
+    found: dict[str, Path] = {}
+    try:
+        root = resources.files("harness.scenarios")
+        for item in root.iterdir():
+            if item.name.endswith(".toml"):
+                found[item.name.removesuffix(".toml")] = Path(str(item))
+    except ModuleNotFoundError:
+        pass
+    if not found and SOURCE_CONFIGS.is_dir():
+        found = {p.stem: p for p in SOURCE_CONFIGS.glob("*.toml")}
+    return dict(sorted(found.items()))
+
+
+def resolve_scenario(arg: str | Path) -> Path:
+    """A scenario file's path: ``arg`` itself if it names a file, else the bundled scenario
+    of that name. Raises :class:`ScenarioError` naming the choices."""
+    path = Path(arg)
+    if path.is_file() or path.suffix == ".toml" or len(path.parts) > 1:
+        return path  # a path (a missing one is reported by load_scenario)
+    bundled = bundled_scenarios()
+    if str(arg) in bundled:
+        return bundled[str(arg)]
+    names = ", ".join(bundled) or "none installed"
+    raise ScenarioError(f"{arg}: no such file or bundled scenario (bundled: {names})")

@@ -1,9 +1,13 @@
-"""The KV client (:class:`KVClient`) and the ``orbital kv`` command.
+"""The clients (:class:`RaftClient`, :class:`KVClient`) and the ``orbital kv`` command.
 
 Theory of operation
 -------------------
-A :class:`KVClient` is one logical client in the history sense: it runs one operation at a
-time (a lock enforces it), under one session id, numbering its writes. It talks to the nodes'
+A :class:`RaftClient` is one logical client in the history sense: it runs one operation at a
+time (a lock enforces it), under one session id, numbering its writes. ``submit(bytes)``
+replicates a command for any state machine (``orbital node --state-machine``, wrapped in
+:class:`~raft.sessions.Sessions` by the server) and returns its result; ``query(bytes)`` is a
+linearizable read (ReadIndex on the leader, then the state machine's ``query``). A
+:class:`KVClient` adds ``get``/``put``/``cas`` for the built-in KV store. It talks to the nodes'
 client ROUTERs (``raft.server``) with one DEALER per node and guesses the leader: it starts
 with any node, follows ``not_leader`` hints, and moves on when a node does not answer.
 
@@ -29,18 +33,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
 import json
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
 from raft.transport import ZmqReader
 
-__all__ = ["CasMismatch", "KVClient", "KVError", "Rejected", "Unknown", "configure", "run"]
+__all__ = [
+    "CasMismatch",
+    "ClientError",
+    "KVClient",
+    "KVError",
+    "RaftClient",
+    "Rejected",
+    "Unknown",
+    "configure",
+    "run",
+]
 
 #: how long one node gets to answer before the client tries another
 ATTEMPT_TIMEOUT_S = 1.0
@@ -53,7 +68,7 @@ NOT_CONNECTED_PAUSE_S = 0.005
 _RETRY = {"not_leader", "busy", "lost", "read_failed", "unknown"}
 
 
-class KVError(Exception):
+class ClientError(Exception):
     """Base of the client's errors; ``error`` is the server's code."""
 
     def __init__(self, error: str, message: str = "") -> None:
@@ -61,7 +76,11 @@ class KVError(Exception):
         self.error = error
 
 
-class Rejected(KVError):
+#: the former name of :class:`ClientError`
+KVError = ClientError
+
+
+class Rejected(ClientError):
     """The operation certainly did not take effect."""
 
 
@@ -73,7 +92,7 @@ class CasMismatch(Rejected):
         self.current = current
 
 
-class Unknown(KVError):
+class Unknown(ClientError):
     """The operation may or may not take effect (a timeout after a possible delivery)."""
 
 
@@ -81,8 +100,11 @@ class _NotSent(Exception):
     """A request could not even be queued: no live connection to that node."""
 
 
-class KVClient:
-    """A client of the replicated KV store; ``nodes`` maps node ids to client addresses."""
+class RaftClient:
+    """A client of a replicated state machine; ``nodes`` maps node ids to client addresses.
+
+    ``timeout`` bounds each operation (retries included); ``attempt_timeout`` how long one
+    node gets before the client tries another."""
 
     def __init__(
         self,
@@ -109,17 +131,18 @@ class KVClient:
         self._lock = asyncio.Lock()
 
     # -- operations -----------------------------------------------------------------------------
-    async def get(self, key: str) -> int | None:
-        reply = await self.request({"op": "get", "key": key}, write=False)
-        value = reply.get("value")
-        return value if isinstance(value, int) else None
+    async def submit(self, command: bytes) -> bytes:
+        """Replicate ``command`` and return the state machine's result. Retried across
+        leaders under this client's session, it is applied at most once. Raises
+        :class:`Rejected` (certainly not applied) or :class:`Unknown`."""
+        body = {"op": "submit", "command": base64.b64encode(command).decode()}
+        return _result(await self.request(body, write=True))
 
-    async def put(self, key: str, value: int) -> None:
-        await self.request({"op": "put", "key": key, "value": value}, write=True)
-
-    async def cas(self, key: str, expected: int | None, new: int) -> None:
-        """Raises :class:`CasMismatch` if ``key`` did not hold ``expected``."""
-        await self.request({"op": "cas", "key": key, "expected": expected, "new": new}, write=True)
+    async def query(self, request: bytes) -> bytes:
+        """A linearizable read: the state machine's ``query(request)`` on the leader once it
+        has applied everything committed before the call (ReadIndex)."""
+        body = {"op": "query", "query": base64.b64encode(request).decode()}
+        return _result(await self.request(body, write=False))
 
     async def transfer(self, to: str) -> None:
         await self.request({"op": "transfer", "to": to}, write=False)
@@ -230,11 +253,34 @@ class KVClient:
             conn.close()
         self._socks.clear()
 
-    async def __aenter__(self) -> KVClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+class KVClient(RaftClient):
+    """A client of the built-in replicated KV store (:class:`~raft.kv.KVStore`)."""
+
+    async def get(self, key: str) -> int | None:
+        reply = await self.request({"op": "get", "key": key}, write=False)
+        value = reply.get("value")
+        return value if isinstance(value, int) else None
+
+    async def put(self, key: str, value: int) -> None:
+        await self.request({"op": "put", "key": key, "value": value}, write=True)
+
+    async def cas(self, key: str, expected: int | None, new: int) -> None:
+        """Raises :class:`CasMismatch` if ``key`` did not hold ``expected``."""
+        await self.request({"op": "cas", "key": key, "expected": expected, "new": new}, write=True)
+
+
+def _result(reply: dict[str, Any]) -> bytes:
+    raw = reply.get("result")
+    if not isinstance(raw, str):
+        raise Rejected("bad_reply", "no result in the reply")
+    return base64.b64decode(raw)
 
 
 class _Connection:
@@ -297,45 +343,149 @@ def _rejection(error: str, reply: dict[str, Any]) -> Rejected:
 
 
 # ==== orbital kv ==============================================================================
+def _common(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Options accepted before or after the action (``orbital kv get x --json``)."""
+    parser.add_argument("--config", default=default, help="the cluster file (TOML)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default if default is argparse.SUPPRESS else 5.0,
+        metavar="S",
+        help="seconds per operation (default 5)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="print the result as JSON",
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="the cluster file (TOML)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per operation")
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("get", help="read a key (linearizable)").add_argument("key")
-    p = sub.add_parser("put", help="write a key")
+    _common(parser, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=[common])
+
+    action("get", "read a key (linearizable)").add_argument("key")
+    p = action("put", "write a key")
     p.add_argument("key")
     p.add_argument("value", type=int)
-    p = sub.add_parser("cas", help="compare-and-set (EXPECTED may be 'null')")
+    p = action("cas", "compare-and-set (EXPECTED may be 'null')")
     p.add_argument("key")
     p.add_argument("expected")
     p.add_argument("new", type=int)
-    p = sub.add_parser("status", help="every node's status")
-    p.add_argument("--node", help="only this node")
-    sub.add_parser("transfer", help="hand leadership over").add_argument("--to", required=True)
+    p = action("status", "every node's status, with each peer's lag on the leader")
+    p.add_argument("node", nargs="?", help="only this node")
+    p.add_argument("--node", dest="node_opt", help=argparse.SUPPRESS)  # the former spelling
+    p = action("transfer", "hand leadership over to NODE")
+    p.add_argument("node", nargs="?", help="the new leader")
+    p.add_argument("--to", dest="node_opt", help=argparse.SUPPRESS)  # the former spelling
     for name in ("add", "remove"):
-        sub.add_parser(name, help=f"{name} a node (membership change)").add_argument("node")
+        action(name, f"{name} NODE (membership change)").add_argument("node")
+    p = action("submit", "submit TEXT as a command (nodes run with --state-machine)")
+    p.add_argument("command", metavar="TEXT", help="the command, UTF-8")
+    p = action("query", "linearizable query (nodes run with --state-machine)")
+    p.add_argument("query", metavar="TEXT", nargs="?", default="", help="the query, UTF-8")
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit codes: 0 done, 1 rejected (certainly no effect), 2 usage, 3 outcome unknown."""
     from raft.server import ConfigError, load_config
 
+    node = getattr(args, "node", None) or getattr(args, "node_opt", None)
+    args.node = node
+    if args.config is None:
+        print("orbital kv: --config CLUSTER.toml is required", file=sys.stderr)
+        return 2
+    if args.action == "transfer" and node is None:
+        print(
+            "orbital kv transfer: name the new leader (orbital kv transfer NODE)", file=sys.stderr
+        )
+        return 2
+    if args.timeout <= 0:
+        print("orbital kv: --timeout must be greater than 0", file=sys.stderr)
+        return 2
+    if args.action == "cas" and args.expected != "null":
+        try:
+            int(args.expected)
+        except ValueError:
+            print(f"orbital kv cas: EXPECTED must be an integer or null, got {args.expected!r}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     try:
         cfg, _ = load_config(args.config)
     except ConfigError as exc:
         print(f"orbital kv: {exc}", file=sys.stderr)
         return 2
+    if node is not None and args.action != "transfer" and node not in cfg.nodes:
+        print(f"orbital kv: no node {node!r} in {args.config}", file=sys.stderr)
+        return 2
     nodes = {n: c.client for n, c in cfg.nodes.items()}
     try:
         out = asyncio.run(_run_action(args, nodes))
     except Unknown as exc:
-        print(json.dumps({"ok": False, "outcome": "unknown", "error": str(exc)}))
+        _fail(args, "unknown", exc)
         return 3
-    except KVError as exc:
-        print(json.dumps({"ok": False, "outcome": "rejected", "error": str(exc)}))
+    except ClientError as exc:
+        _fail(args, "rejected", exc)
         return 1
-    print(json.dumps(out, indent=None if args.action != "status" else 2))
+    print(
+        json.dumps(out, indent=2 if args.action == "status" else None)
+        if args.json
+        else _text(args, out)
+    )
     return 0
+
+
+def _fail(args: argparse.Namespace, outcome: str, exc: ClientError) -> None:
+    if args.json:
+        print(json.dumps({"ok": False, "outcome": outcome, "error": str(exc)}))
+    else:
+        print(f"orbital kv {args.action}: {outcome}: {exc}", file=sys.stderr)
+
+
+def _text(args: argparse.Namespace, out: Any) -> str:
+    """The human form of a result."""
+    a = args.action
+    if a == "get":
+        return "null" if out["value"] is None else str(out["value"])
+    if a in ("submit", "query"):
+        return str(out["result"])
+    if a == "status":
+        return status_table(out)
+    if a in ("add", "remove"):
+        return f"ok: voters {', '.join(out.get('voters', []))}"
+    return f"ok ({out.get('node')})"
+
+
+def status_table(statuses: list[dict[str, Any]]) -> str:
+    """One line per node; the leader's line lists each peer's lag (entries it lacks)."""
+    head = ("node", "role", "term", "leader", "commit", "applied", "last", "peer lag", "metrics")
+    rows: list[tuple[str, ...]] = [head]
+    for st in statuses:
+        if "error" in st:
+            rows.append((str(st.get("id")), "unreachable", "", "", "", "", "", "", ""))
+            continue
+        peers = st.get("peers") or {}
+        lag = " ".join(f"{p}:{v['lag']}" for p, v in sorted(peers.items())) or "-"
+        rows.append(
+            tuple(
+                str(x)
+                for x in (
+                    st.get("id"), st.get("role"), st.get("term"), st.get("leader") or "-",
+                    st.get("commit"), st.get("applied"), st.get("last_index"), lag,
+                    st.get("metrics") or "-",
+                )
+            )
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 async def _run_action(args: argparse.Namespace, nodes: dict[str, str]) -> Any:
@@ -354,9 +504,14 @@ async def _run_action(args: argparse.Namespace, nodes: dict[str, str]) -> Any:
             expected = None if args.expected == "null" else int(args.expected)
             await c.cas(args.key, expected, args.new)
         elif a == "transfer":
-            await c.transfer(args.to)
+            await c.transfer(args.node)
         elif a in ("add", "remove"):
             return await c.membership("add_voter" if a == "add" else "remove", args.node)
+        elif a in ("submit", "query"):
+            text = args.command if a == "submit" else args.query
+            raw = await (c.submit if a == "submit" else c.query)(text.encode())
+            shown = raw.decode("utf-8", errors="backslashreplace")
+            return {"ok": True, "result": shown, "node": c.last_node}
         else:
             return await _statuses(c, [args.node] if args.node else list(nodes))
         return {"ok": True, "node": c.last_node}
@@ -367,6 +522,6 @@ async def _statuses(c: KVClient, nodes: list[str]) -> list[dict[str, Any]]:
     for n in nodes:
         try:
             out.append(await c.status(n))
-        except KVError as exc:
+        except ClientError as exc:
             out.append({"id": n, "error": str(exc)})
     return out

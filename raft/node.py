@@ -52,18 +52,35 @@ snapshot jumps over the index, :class:`OutcomeUnknown`. ``read()`` is ReadIndex
 has applied up to the read index, so the caller's local read of the state machine is
 linearizable.
 
-Time: a tick task reads the node's clock (``SkewedClock`` in a chaos run) and enqueues one
-tick per ``tick_ms`` of clock time that passed (capped, so a paused process wakes with at most
-two election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
+Lifecycle: a node is usable as soon as it is built. Work asked of it before :meth:`run` has
+started (a proposal, a read, :meth:`wait_applied`) is queued and served once it runs; only a
+node that has *stopped* raises :class:`NodeStopped`. When :meth:`run` returns (after
+:meth:`stop`, a cancellation or an error) it has released everything the node holds: the
+transport, the storage (its directory lock, so a new node can open it in the same process),
+the persist thread, the metrics HTTP server and the roles file. A node runs once; to restart
+it, build a new :class:`RaftNode` on the same data directory. ``async with node:`` runs it in
+a task and stops it (awaiting the release) on exit.
+
+Observability: events go to the standard :mod:`logging` module (logger ``raft.node``, INFO,
+with ``node``, ``term`` and ``event`` attributes on each record) unless a ``timeline``
+callback is given. With ``metrics_address`` (``"127.0.0.1:9100"``; port 0 picks one) the node
+serves Prometheus metrics over HTTP while it runs (:mod:`raft.metrics`); off by default.
+
+Time: a tick task reads the node's clock (``clock``, the OS's monotonic clock by default; a
+chaos run may fake it for the whole process with libfaketime) and enqueues one tick per
+``tick_ms`` of clock time that passed (capped, so a paused process wakes with at most two
+election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
 from the core's event callback; role and term changes are also appended to ``roles_path`` as
-JSON lines ``{"time": monotonic ns, "node", "role", "term"}`` (system-wide CLOCK_MONOTONIC,
-the clock of ``history.jsonl`` and ``faults.jsonl``).
+JSON lines ``{"time": ns, "node", "role", "term"}``, timed by ``record_clock`` (system-wide
+CLOCK_MONOTONIC, the clock of ``history.jsonl`` and ``faults.jsonl``: the server reads it with
+a raw system call, so that it stays true when the node's own clock is faked).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -72,7 +89,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from raft.core.errors import RaftError
 from raft.core.messages import Message
@@ -90,6 +107,9 @@ from raft.core.types import (
 from raft.kv import StateMachine
 from raft.storage import Storage
 from raft.transport import Transport
+
+if TYPE_CHECKING:
+    from raft.metrics import MetricsServer, NodeMetrics
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -120,6 +140,9 @@ PERSIST_INLINE_BYTES = int(os.environ.get("ORBITAL_PERSIST_INLINE_BYTES", 256 <<
 RECV_BURST = 64
 
 
+_log = logging.getLogger("raft.node")
+
+
 class ProposalLost(RaftError):
     """Another entry was committed at the proposal's index: the proposal did not take effect."""
 
@@ -133,7 +156,7 @@ class ReadFailed(RaftError):
 
 
 class NodeStopped(RaftError):
-    """The node is not running."""
+    """The node has stopped (or was asked to): it takes no more work."""
 
 
 @dataclass(slots=True)
@@ -166,10 +189,15 @@ _ClientItem = _Call | _Propose | _Stop
 class _Proposal:
     term: int
     future: asyncio.Future[bytes]
+    started: float = 0.0  #: perf_counter() at the proposal, when metrics are on
+
+
+#: the states of a node's life: built, running, stopped (for good)
+_NEW, _RUNNING, _STOPPED = "new", "running", "stopped"
 
 
 def print_timeline(line: str) -> None:
-    """The default timeline sink: stdout, flushed (a node process's log)."""
+    """A timeline sink printing to stdout, flushed."""
     print(line, flush=True)
 
 
@@ -179,6 +207,9 @@ class RaftNode(Generic[SM]):
     ``peers`` is the bootstrap configuration: every initial voter, this node included if it is
     one (a node joining later is started with the current voters, not itself). Storage and
     state are loaded here, so a node built on an existing store restarts from it.
+
+    ``timeline``: a callback for each event line (``[t=0.150s] n1: ...``); by default events
+    go to :mod:`logging`. ``metrics_address``: serve Prometheus metrics there while running.
     """
 
     def __init__(
@@ -193,10 +224,12 @@ class RaftNode(Generic[SM]):
         tick_ms: float = 10.0,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        record_clock: Callable[[], int] = time.monotonic_ns,
         epoch: float | None = None,
-        timeline: Callable[[str], None] | None = print_timeline,
+        timeline: Callable[[str], None] | None = None,
         roles_path: Path | None = None,
         persist_inline_bytes: int = PERSIST_INLINE_BYTES,
+        metrics_address: str | None = None,
     ) -> None:
         self.id = NodeId(node_id)
         self._inline_bytes = persist_inline_bytes
@@ -205,6 +238,7 @@ class RaftNode(Generic[SM]):
         self.sm = state_machine
         self.tick_s = tick_ms / 1000.0
         self._clock = clock
+        self._record_clock = record_clock
         self._epoch = time.monotonic() if epoch is None else epoch
         self._timeline = timeline
         self._roles: TextIO | None = None
@@ -224,13 +258,24 @@ class RaftNode(Generic[SM]):
         self._proposals: dict[int, _Proposal] = {}
         self._read_requests: dict[int, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._running = False
         #: the commit audit (``FileStorage.note_commit``), if the storage keeps one; the last
         #: commit index noted while leading
         self._note_commit: Callable[[int, int, int], None] | None = getattr(
             storage, "note_commit", None
         )
         self._commit_noted = 0
+        self._state = _NEW
+        self._run_task: asyncio.Task[None] | None = None
+        self._leader_waiters: list[asyncio.Future[str]] = []
+        #: counters and histograms for Prometheus (None: metrics off, nothing is counted)
+        self.metrics: NodeMetrics | None = None
+        self.metrics_address = metrics_address
+        self._metrics_server: MetricsServer | None = None
+        self._last_lead: str | None = None
+        if metrics_address is not None:
+            from raft.metrics import NodeMetrics
+
+            self.metrics = NodeMetrics(self)
         self.core = self._load(peers, config or DEFAULT_CONFIG, seed)
         self._record_role()
 
@@ -255,35 +300,94 @@ class RaftNode(Generic[SM]):
 
     # ==== public API ========================================================================
     async def run(self) -> None:
-        """Drive the node until :meth:`stop` (or cancellation); storage errors propagate."""
-        self._running = True
+        """Drive the node until :meth:`stop` (or cancellation); storage errors propagate.
+
+        On return everything the node holds is released (see the module docstring). A node
+        runs once: calling it again raises :class:`NodeStopped`.
+        """
+        if self._state != _NEW:
+            raise NodeStopped(f"{self.id} has already run; build a new RaftNode to restart it")
+        self._state = _RUNNING
         executor = self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-persist")
-        helpers = [asyncio.create_task(self._tick_loop(), name=f"{self.id}-tick")]
-        set_receiver = getattr(self.transport, "set_receiver", None)
-        if set_receiver is not None:  # messages go to the inbox from the socket's reader,
-            set_receiver(self._received, after_burst=self.kick)  # stepped after each burst
-        else:
-            helpers.append(asyncio.create_task(self._receive_loop(), name=f"{self.id}-recv"))
+        helpers: list[asyncio.Task[None]] = []
         try:
+            if self.metrics is not None and self.metrics_address is not None:
+                from raft.metrics import MetricsServer
+
+                self._metrics_server = MetricsServer.start(self.metrics, self.metrics_address)
+            helpers.append(asyncio.create_task(self._tick_loop(), name=f"{self.id}-tick"))
+            set_receiver = getattr(self.transport, "set_receiver", None)
+            if set_receiver is not None:  # messages go to the inbox from the socket's reader,
+                set_receiver(self._received, after_burst=self.kick)  # stepped after each burst
+            else:
+                helpers.append(asyncio.create_task(self._receive_loop(), name=f"{self.id}-recv"))
             await self._main_loop()
         finally:
-            self._running = False
+            self._state = _STOPPED
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             # a persist still running (cancelled while awaited) finishes before storage closes
             executor.shutdown(wait=True)
             self._executor = None
-            self.transport.close()
+            self._release()
+
+    def _release(self) -> None:
+        """Close everything the node holds (each step even if an earlier one failed)."""
+        try:
             self._fail_everything(NodeStopped(f"{self.id} stopped"))
-            if self._roles is not None:
-                self._roles.close()
-                self._roles = None
+            for f in self._leader_waiters:
+                _fail(f, NodeStopped(f"{self.id} stopped"))
+            self._leader_waiters.clear()
+        finally:
+            try:
+                if self._metrics_server is not None:
+                    self._metrics_server.close()
+                    self._metrics_server = None
+            finally:
+                try:
+                    self.transport.close()
+                finally:
+                    try:
+                        self.storage.close()
+                    finally:
+                        if self._roles is not None:
+                            self._roles.close()
+                            self._roles = None
 
     def stop(self) -> None:
-        """Ask the main loop to finish (after the batch in progress)."""
+        """Ask the main loop to finish (after the batch in progress); :meth:`run` returns
+        once everything is released. Work asked of the node afterwards raises
+        :class:`NodeStopped`."""
+        if self._state == _STOPPED:
+            return
         self._client_inbox.append(_Stop())
         self._wake()
+
+    async def __aenter__(self) -> RaftNode[SM]:
+        """Run the node in a task (``async with node: ...``)."""
+        if self._run_task is None:
+            self._run_task = asyncio.create_task(self.run(), name=f"{self.id}-run")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop the node and wait until it has released everything; its error, if any,
+        propagates."""
+        task = self._run_task
+        if task is None:
+            return
+        self.stop()
+        await task
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the metrics are served while the node runs (``None`` when off)."""
+        server = self._metrics_server
+        return None if server is None else server.url
+
+    def _check_open(self) -> None:
+        if self._state == _STOPPED or self._stopping:
+            raise NodeStopped(f"{self.id} is not running")
 
     async def submit(self, command: bytes) -> bytes:
         """Replicate ``command`` and return the state machine's result once applied.
@@ -296,14 +400,13 @@ class RaftNode(Generic[SM]):
     def propose(self, command: bytes, *, wake: bool = True) -> asyncio.Future[bytes]:
         """:meth:`submit` without a coroutine: the future of its outcome (for callbacks).
 
-        Raises :class:`NodeStopped` at once if the node is not running; every other outcome
+        Raises :class:`NodeStopped` at once if the node has stopped; every other outcome
         arrives through the future. Cancelling the future abandons the wait, not the command.
         ``wake=False``: only queue it; the caller calls :meth:`kick` once it has queued what
         it has (a server at the end of a receive burst: the burst is one batch, stepped in
         its callback).
         """
-        if not self._running:
-            raise NodeStopped(f"{self.id} is not running")
+        self._check_open()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._client_inbox.append(_Propose(command, fut))
         if wake:
@@ -346,11 +449,20 @@ class RaftNode(Generic[SM]):
         """Return once this node has applied every entry up to ``index``."""
         if self.core.log.applied >= index:
             return
-        if not self._running:
-            raise NodeStopped(f"{self.id} is not running")
+        self._check_open()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._applied_waiters.append((index, fut))
         await fut
+
+    async def wait_leader(self) -> str:
+        """Return the leader's id once this node knows one (at once if it already does)."""
+        lead = self.core.lead
+        if lead is not None:
+            return lead
+        self._check_open()
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._leader_waiters.append(fut)
+        return await fut
 
     def is_leader(self) -> bool:
         return self.core.is_leader()
@@ -376,6 +488,13 @@ class RaftNode(Generic[SM]):
             "snapshot_index": log.snap_index,
             "voters": sorted(conf.voters),
             "learners": sorted(conf.learners),
+            # leader only: how far each peer's log is known to reach, and what it lacks
+            "peers": {
+                p: {"match": pr.match, "lag": max(0, log.last_index() - pr.match)}
+                for p, pr in sorted(core.prs.items())
+                if p != self.id and core.is_leader()
+            },
+            "metrics": self.metrics_url,
         }
 
     # ==== the main loop =====================================================================
@@ -455,6 +574,8 @@ class RaftNode(Generic[SM]):
                 core.step(item)
             except RaftError as exc:
                 self._line(f"dropped {type(item).__name__} from {item.src}: {exc}")
+                if self.metrics is not None:
+                    self.metrics.count_dropped(item, "refused")
             if audit and core.role is _LEADER and core.log.committed > self._commit_noted:
                 self._audit_commit()
         calls = self._client_inbox
@@ -482,7 +603,11 @@ class RaftNode(Generic[SM]):
         old = self._proposals.pop(index, None)
         if old is not None:  # proposed here at an earlier term, overwritten since: undecided
             _fail(old.future, OutcomeUnknown(f"entry {index} was proposed again"))
-        self._proposals[index] = _Proposal(term, fut)
+        if self.metrics is None:
+            self._proposals[index] = _Proposal(term, fut)
+        else:
+            self.metrics.proposals += 1
+            self._proposals[index] = _Proposal(term, fut, time.perf_counter())
 
     @staticmethod
     def _run_call(call: _Call) -> None:
@@ -494,8 +619,7 @@ class RaftNode(Generic[SM]):
             call.future.set_exception(exc)
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
-        if not self._running:
-            raise NodeStopped(f"{self.id} is not running")
+        self._check_open()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._client_inbox.append(_Call(fn, fut))
         self._wake()
@@ -518,7 +642,7 @@ class RaftNode(Generic[SM]):
             self._finish_ready(rd)
             return False
         if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
-            self.transport.send_batch(rd.messages)
+            self._send(rd.messages)
         await asyncio.get_running_loop().run_in_executor(self._executor, self._persist, rd)
         self._after_persist(rd)
         return True
@@ -526,7 +650,7 @@ class RaftNode(Generic[SM]):
     def _finish_ready(self, rd: Ready) -> None:
         """The Ready contract for a Ready persisted on this thread."""
         if rd.messages:  # step 2 before step 3: the core held whatever needs the persist
-            self.transport.send_batch(rd.messages)
+            self._send(rd.messages)
         if rd.hard_state is not None or rd.entries:
             self._persist(rd)  # small: inline beats two thread handoffs (see module doc)
         self._after_persist(rd)
@@ -543,6 +667,11 @@ class RaftNode(Generic[SM]):
             term = log.term(log.committed)
             self._note_commit(log.committed, -1 if term is None else term, core.term)
 
+    def _send(self, messages: list[Message]) -> None:
+        self.transport.send_batch(messages)
+        if self.metrics is not None:
+            self.metrics.count_sent(messages)
+
     def _after_persist(self, rd: Ready) -> None:
         """Steps 4 and 5 of the contract."""
         if rd.snapshot is not None:
@@ -553,11 +682,34 @@ class RaftNode(Generic[SM]):
         if self.core.role is _LEADER and self.core.log.committed > self._commit_noted:
             self._audit_commit()  # a leader's own entries count once durable
         self._wake_applied_waiters()
+        if self.core.lead != self._last_lead:
+            self._leader_changed()
         if self.core.should_compact():
             self.core.compact(self.core.log.applied, self.sm.snapshot())
+            if self.metrics is not None:
+                self.metrics.snapshots_taken += 1
+
+    def _leader_changed(self) -> None:
+        lead = self._last_lead = self.core.lead
+        if lead is None:
+            return
+        if self.metrics is not None:
+            self.metrics.leader_changes += 1
+        waiters, self._leader_waiters = self._leader_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(lead)
 
     def _persist(self, rd: Ready) -> None:
-        """Step 3 of the contract, on the persist thread; each write is durable on return."""
+        """Step 3 of the contract; each write is durable on return (timed for the metrics)."""
+        if self.metrics is None:
+            self._write(rd)
+            return
+        started = time.perf_counter()
+        self._write(rd)
+        self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+
+    def _write(self, rd: Ready) -> None:
         s = self.storage
         if rd.hard_state is not None:
             s.save_state(rd.hard_state)
@@ -570,6 +722,8 @@ class RaftNode(Generic[SM]):
     def _restore(self, snap: Snapshot) -> None:
         self.sm.restore(snap.data)
         self.membership = snap.meta.conf
+        if self.metrics is not None:
+            self.metrics.snapshots_installed += 1
         for index in sorted(i for i in self._proposals if i <= snap.meta.index):
             p = self._proposals.pop(index)
             _fail(p.future, OutcomeUnknown(f"a snapshot at {snap.meta.index} covered {index}"))
@@ -587,6 +741,9 @@ class RaftNode(Generic[SM]):
                 continue
             if p.term == e.term:
                 p.future.set_result(result)
+                if p.started:
+                    assert self.metrics is not None
+                    self.metrics.proposal_seconds.observe(time.perf_counter() - p.started)
             else:
                 _fail(p.future, ProposalLost(f"entry {e.index} of term {e.term} replaced it"))
         if entries:
@@ -647,6 +804,8 @@ class RaftNode(Generic[SM]):
         """A message from the transport's reader, which calls :meth:`kick` after its burst."""
         if len(self._raft_inbox) < MAX_INBOX:
             self._raft_inbox.append(msg)
+        elif self.metrics is not None:
+            self.metrics.count_dropped(msg, "inbox_full")
 
     async def _receive_loop(self) -> None:
         inbox = self._raft_inbox
@@ -656,6 +815,8 @@ class RaftNode(Generic[SM]):
             if len(inbox) < MAX_INBOX:
                 inbox.append(msg)
                 self._wake()
+            elif self.metrics is not None:
+                self.metrics.count_dropped(msg, "inbox_full")
             burst += 1
             if burst >= RECV_BURST:  # a recv that is ready at once never yields by itself
                 burst = 0
@@ -684,6 +845,11 @@ class RaftNode(Generic[SM]):
     def _line(self, text: str) -> None:
         if self._timeline is not None:
             self._timeline(f"[t={time.monotonic() - self._epoch:.3f}s] {self.id}: {text}")
+        elif _log.isEnabledFor(logging.INFO):
+            core = getattr(self, "core", None)
+            term = None if core is None else core.term
+            extra = {"node": self.id, "term": term, "event": text}
+            _log.info("%s term=%s: %s", self.id, term, text, extra=extra)
 
     def _record_role(self) -> None:
         now = (self.core.role.value, self.core.term)
@@ -692,8 +858,10 @@ class RaftNode(Generic[SM]):
         self._last_role = now
         if self.core.role is Role.LEADER:  # what it learned as a follower is not its decision
             self._commit_noted = self.core.log.committed
+        if self.metrics is not None:
+            self.metrics.role_entered(now[0])
         if self._roles is not None:
-            line = {"time": time.monotonic_ns(), "node": self.id, "role": now[0], "term": now[1]}
+            line = {"time": self._record_clock(), "node": self.id, "role": now[0], "term": now[1]}
             self._roles.write(json.dumps(line) + "\n")
 
 

@@ -1,12 +1,26 @@
-"""``orbital node``: one Raft node process serving the replicated KV store.
+"""``orbital node``: one Raft node process serving the replicated KV store, or your own
+state machine (``--state-machine module:Class``).
 
 Theory of operation
 -------------------
 The process reads the cluster file (TOML, validated by :class:`ClusterConfig`; a bad file is
 reported naming the field, exit 2), opens :class:`~raft.storage.FileStorage` on the node's data
 directory, and runs one :class:`~raft.node.RaftNode` over a :class:`~raft.transport.ZmqTransport`
-with a :class:`~raft.kv.KVStore`, all on one asyncio loop. SIGTERM or SIGINT stop it cleanly
-(the batch in progress finishes, sockets close with linger 0, storage is closed).
+with a :class:`~raft.kv.KVStore`, all on one asyncio loop. SIGTERM, SIGINT or SIGHUP stop it
+cleanly (the batch in progress finishes, sockets close with linger 0, storage is closed).
+
+``--state-machine module:Class`` runs ``Class()`` instead (imported from the current
+directory or the installed packages), wrapped in :class:`~raft.sessions.Sessions` so that a
+client's retried command is applied once; clients use ``submit`` and ``query``
+(:class:`~raft.client.RaftClient`). The class implements :class:`~raft.kv.StateMachine`
+(``apply``, ``snapshot``, ``restore``) and, for linearizable reads, ``query(bytes) -> bytes``.
+
+Metrics: Prometheus text on ``http://<metrics>/metrics`` (the node's ``metrics`` address in
+the cluster file; without one, a free port on 127.0.0.1, printed in the log and shown by
+``status``); ``--no-metrics`` turns them off. Logs go through :mod:`logging` to stdout:
+``--log-level`` (default INFO: every Raft event), ``--log-format json`` for one JSON object
+per line (``time`` wall clock ISO 8601 UTC, ``level``, ``logger``, ``node``, ``term``,
+``event``).
 
 Cluster file::
 
@@ -16,10 +30,14 @@ Cluster file::
     election_ticks = 15
     heartbeat_ticks = 3
     snapshot_entries = 10000     # compact after this many applied entries (0: never)
+    snapshot_chunk_bytes = 1048576   # InstallSnapshot sends the snapshot in chunks this big
+    lease_read = false           # serve reads on a leader lease (no heartbeat round): safe
+    lease_drift = 0.1            #   only while clock rates differ by at most this fraction
 
     [nodes.n1]
     raft = "127.0.0.1:7001"      # the node's ROUTER for Raft messages
     client = "127.0.0.1:8001"    # the node's ROUTER for clients
+    metrics = "127.0.0.1:9101"   # optional: Prometheus metrics over HTTP
     [nodes.n1.peers]             # optional: where n1 reaches its peers (Toxiproxy proxies)
     n2 = "127.0.0.1:9012"
 
@@ -33,12 +51,16 @@ Client protocol (one JSON object per ZeroMQ frame, DEALER to the node's client R
     {"id": 9, "op": "cas", "key": "x", "expected": 3, "new": 4, "client": "w1", "seq": 13}
     {"id": 10, "op": "status"}   {"op": "transfer", "to": "n2"}
     {"op": "membership", "action": "add_voter" | "add_learner" | "remove", "node": "n4"}
+    {"id": 11, "op": "submit", "command": "<base64>", "client": "w1", "seq": 14}
+    {"id": 12, "op": "query", "query": "<base64>"}      # --state-machine nodes only
 
-Replies: ``{"id": 7, "ok": true, "value": 3, "node": "n1"}``, or ``"ok": false`` with an
+Replies: ``{"id": 7, "ok": true, "value": 3, "node": "n1"}`` (``"result": "<base64>"`` for
+submit and query), or ``"ok": false`` with an
 ``error`` code. Definite rejections (the command did not and will not take effect):
 ``not_leader`` (with ``leader`` and ``leader_client`` when known), ``busy`` (back-pressure),
 ``lost`` (overwritten by another leader), ``mismatch`` (cas; ``value`` is the current value),
-``stale``, ``read_failed``, ``bad_request``, ``refused`` (membership). Indefinite:
+``stale``, ``read_failed``, ``bad_request``, ``refused`` (membership), ``failed`` (the state
+machine's ``query`` raised). Indefinite:
 ``unknown`` (timed out or covered by a snapshot: it may take effect).
 
 Admission control: at most ``max_in_flight`` requests are being worked on at once. Beyond
@@ -56,14 +78,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
+import ctypes
 import faulthandler
+import importlib
 import json
 import logging
 import os
+import platform
 import signal
 import sys
+import time
 import tomllib
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -71,16 +101,26 @@ from typing import Any, Literal, TypeVar
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from chaos.clock import ClockFault, SkewedClock
 from raft.core.errors import ConfChangeError, NotLeader, ProposalDropped, RaftError
 from raft.core.raft import RaftConfig
 from raft.core.types import ConfChange, ConfChangeType, NodeId
 from raft.kv import Cas, KVStore, Write, decode_result, encode_command
 from raft.node import NodeStopped, OutcomeUnknown, ProposalLost, RaftNode, ReadFailed
+from raft.sessions import SessionError, Sessions
+from raft.sessions import decode_result as decode_session_result
+from raft.sessions import encode_command as encode_session_command
 from raft.storage import FileStorage, StorageError
 from raft.transport import ZmqReader, ZmqTransport
 
-__all__ = ["ClusterConfig", "ConfigError", "NodeConfig", "configure", "load_config", "run"]
+__all__ = [
+    "ClusterConfig",
+    "ConfigError",
+    "NodeConfig",
+    "configure",
+    "load_config",
+    "load_state_machine",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +155,17 @@ class NodeConfig(BaseModel):
     peers: dict[str, str] = {}
     data_dir: str | None = None
     initial: bool = True
+    metrics: str | None = None
 
     @field_validator("raft", "client")
     @classmethod
     def _loopback(cls, v: str) -> str:
         return _check_loopback(v)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_loopback(cls, v: str | None) -> str | None:
+        return None if v is None else _check_loopback(v)
 
     @field_validator("peers")
     @classmethod
@@ -138,7 +184,10 @@ class ClusterConfig(BaseModel):
     election_ticks: int = Field(default=15, ge=2)
     heartbeat_ticks: int = Field(default=3, ge=1)
     snapshot_entries: int = Field(default=10_000, ge=0)
+    snapshot_chunk_bytes: int = Field(default=1 << 20, ge=1)
     max_uncommitted: int = Field(default=20_000, ge=1)
+    lease_read: bool = False  # reads on a leader lease: safe only within lease_drift
+    lease_drift: float = Field(default=0.1, ge=0, lt=1)
     nodes: dict[str, NodeConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -169,7 +218,10 @@ class ClusterConfig(BaseModel):
             election_ticks=self.election_ticks,
             heartbeat_ticks=self.heartbeat_ticks,
             snapshot_entries=self.snapshot_entries,
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
             max_uncommitted=self.max_uncommitted,
+            lease_read=self.lease_read,
+            lease_drift=self.lease_drift,
         )
 
 
@@ -206,7 +258,7 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: int | str | None = None
-    op: Literal["get", "put", "cas", "status", "transfer", "membership"]
+    op: Literal["get", "put", "cas", "status", "transfer", "membership", "submit", "query"]
     key: str | None = None
     value: int | None = None
     expected: int | None = None
@@ -216,6 +268,8 @@ class Request(BaseModel):
     to: str | None = None
     action: Literal["add_voter", "add_learner", "remove"] | None = None
     node: str | None = None
+    command: str | None = None  #: submit: base64
+    query: str | None = None  #: query: base64
 
 
 class ClientServer:
@@ -223,7 +277,7 @@ class ClientServer:
 
     def __init__(
         self,
-        node: RaftNode[KVStore],
+        node: RaftNode[Any],
         cfg: ClusterConfig,
         address: str,
         *,
@@ -231,6 +285,9 @@ class ClientServer:
     ) -> None:
         self.node = node
         self.cfg = cfg
+        #: a user's state machine in Sessions (submit/query); None: the KV store (get/put/cas)
+        sm = getattr(node, "sm", None)
+        self.sessions: Sessions[Any] | None = sm if isinstance(sm, Sessions) else None
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.refused = 0  #: requests answered "busy" by admission control
@@ -281,7 +338,7 @@ class ClientServer:
             self._send(ident, None, bad)
             return
         self.in_flight += 1
-        if req.op in ("put", "cas"):
+        if req.op in ("put", "cas", "submit"):
             self._start_write(ident, req)
             return
         task = asyncio.create_task(self._answer(ident, req))
@@ -352,8 +409,14 @@ class ClientServer:
                 return
         self._send(ident, rid, reply)
 
-    @staticmethod
-    def _command(req: Request) -> bytes:
+    def _command(self, req: Request) -> bytes:
+        if req.op == "submit":
+            if self.sessions is None:
+                raise ValueError("this node runs the KV store: use get, put and cas")
+            command = _b64(_need(req.command, "command"), "command")
+            return encode_session_command(command, req.client, req.seq)
+        if self.sessions is not None:
+            raise ValueError(f"op {req.op!r}: this node runs {self._sm_name()}: use submit")
         key = _need(req.key, "key")
         op: Write | Cas
         if req.op == "put":
@@ -362,8 +425,19 @@ class ClientServer:
             op = Cas(key=key, expected=req.expected, new=_need(req.new, "new"))
         return encode_command(op, req.client, req.seq)
 
-    @staticmethod
-    def _write_result(raw: bytes) -> dict[str, Any]:
+    def _sm_name(self) -> str:
+        sm = self.node.sm
+        inner = sm.inner if isinstance(sm, Sessions) else sm
+        return type(inner).__name__
+
+    def _write_result(self, raw: bytes) -> dict[str, Any]:
+        if self.sessions is not None:
+            try:
+                payload = decode_session_result(raw)
+            except SessionError as exc:
+                code = "stale" if str(exc) == "stale" else "bad_request"
+                return {"ok": False, "error": code, "message": str(exc)}
+            return {"ok": True, "result": base64.b64encode(payload).decode()}
         result = decode_result(raw)
         if result.ok:
             return _OK
@@ -402,17 +476,36 @@ class ClientServer:
         return reply
 
     async def _dispatch(self, req: Request) -> dict[str, Any]:
-        if req.op == "status":
-            return {"ok": True, "value": self.node.status()}
+        if req.op == "status":  # clock_s: this process's monotonic clock, as it reads it
+            return {"ok": True, "value": {**self.node.status(), "clock_s": time.monotonic()}}
         if req.op == "get":
+            if self.sessions is not None:
+                raise ValueError(f"op 'get': this node runs {self._sm_name()}: use query")
             await self.node.read()
             return {"ok": True, "value": self.node.sm.get(_need(req.key, "key"))}
-        if req.op in ("put", "cas"):
+        if req.op == "query":
+            return await self._query(_b64(_need(req.query, "query"), "query"))
+        if req.op in ("put", "cas", "submit"):
             return dict(self._write_result(await self.node.submit(self._command(req))))
         if req.op == "transfer":
             await self.node.transfer_leader(_need(req.to, "to"))
             return {"ok": True}
         return await self._membership(req)
+
+    async def _query(self, request: bytes) -> dict[str, Any]:
+        sm = self.node.sm
+        inner = sm.inner if isinstance(sm, Sessions) else sm
+        query = getattr(inner, "query", None)
+        if query is None:
+            raise ValueError(f"{type(inner).__name__} has no query(bytes) method")
+        await self.node.read()
+        try:
+            result = query(request)
+        except Exception as exc:  # the user's code: its failure is an answer, not a crash
+            return {"ok": False, "error": "failed", "message": f"{type(exc).__name__}: {exc}"}
+        if not isinstance(result, bytes):
+            return {"ok": False, "error": "failed", "message": "query() did not return bytes"}
+        return {"ok": True, "result": base64.b64encode(result).decode()}
 
     async def _membership(self, req: Request) -> dict[str, Any]:
         action = ConfChangeType(_need(req.action, "action"))
@@ -444,6 +537,13 @@ def _request_id(frame: bytes) -> int | str | None:
     return rid if isinstance(rid, int | str) and not isinstance(rid, bool) else None
 
 
+def _b64(text: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"field {name!r} is not base64") from None
+
+
 def _need(value: _T | None, name: str) -> _T:
     if value is None:
         raise ValueError(f"missing field {name!r}")
@@ -451,45 +551,152 @@ def _need(value: _T | None, name: str) -> _T:
 
 
 # ==== the process =============================================================================
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="the cluster file (TOML)")
     parser.add_argument("--id", required=True, help="this node's id (a key of [nodes])")
     parser.add_argument("--roles", help="roles.jsonl path (default: DATA_DIR/roles.jsonl)")
-    parser.add_argument("--seed", type=int, help="seed of the election-timeout RNG")
-    parser.add_argument("--quiet", action="store_true", help="no timeline lines on stdout")
+    parser.add_argument("--seed", type=_seed, help="seed of the election-timeout RNG")
+    parser.add_argument(
+        "--state-machine",
+        metavar="MODULE:CLASS",
+        help="run CLASS() from MODULE instead of the KV store (see docs/library.md)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics here (default: the node's 'metrics' in the cluster "
+        "file, else a free port on 127.0.0.1)",
+    )
+    parser.add_argument("--no-metrics", action="store_true", help="serve no metrics")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="INFO logs every Raft event (default); WARNING only problems",
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
+    parser.add_argument("--quiet", action="store_true", help="the same as --log-level WARNING")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: wall time (UTC), level, logger, message, and the node's
+    ``node``, ``term`` and ``event`` when the record carries them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        for name in ("node", "term", "event"):
+            if hasattr(record, name):
+                doc[name] = getattr(record, name)
+        doc["message"] = record.getMessage()
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Route every logger to stdout (the node's log) at ``level``, as text or JSON lines."""
+    handler = logging.StreamHandler(sys.stdout)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"
+            )
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def load_state_machine(spec: str) -> Any:
+    """``module:Class`` -> ``Class()``; raises :class:`ConfigError` with a one-line reason.
+    The current directory is searched first, as for ``python -m``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--state-machine: expected MODULE:CLASS, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--state-machine: cannot import {module_name!r}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ConfigError(f"--state-machine: {module_name!r} has no attribute {attr!r}")
+    try:
+        sm = cls()
+    except Exception as exc:
+        raise ConfigError(
+            f"--state-machine: {spec}() failed: {type(exc).__name__}: {exc}"
+        ) from None
+    missing = [m for m in ("apply", "snapshot", "restore") if not callable(getattr(sm, m, None))]
+    if missing:
+        raise ConfigError(f"--state-machine: {spec} lacks {', '.join(missing)}()")
+    return sm
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging("WARNING" if args.quiet else args.log_level, args.log_format)
     # ``kill -USR1 PID`` prints every thread's stack to the node's output (its node.log): how
     # the chaos runner shows where a node that stopped answering is stuck
     with contextlib.suppress(AttributeError, ValueError, OSError):  # no file descriptor
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cfg, base = load_config(args.config)
-    except ConfigError as exc:
+        if args.id not in cfg.nodes:
+            raise ConfigError(f"--id {args.id!r} is not in [nodes] ({', '.join(cfg.nodes)})")
+        sm: Any = KVStore()
+        if args.state_machine:
+            sm = Sessions(load_state_machine(args.state_machine))
+        metrics = None
+        if not args.no_metrics:
+            metrics = args.metrics or cfg.nodes[args.id].metrics or "127.0.0.1:0"
+            from raft.metrics import parse_address
+
+            parse_address(metrics)
+    except (ConfigError, ValueError) as exc:
         print(f"orbital node: {exc}", file=sys.stderr)
         return 2
-    if args.id not in cfg.nodes:
-        print(
-            f"orbital node: --id {args.id!r} is not in [nodes] ({', '.join(cfg.nodes)})",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        asyncio.run(serve_node(cfg, base, args))
+        asyncio.run(serve_node(cfg, base, args, sm, metrics))
     except (OSError, zmq.ZMQError, RaftError, StorageError) as exc:
         print(f"orbital node {args.id}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def serve_node(cfg: ClusterConfig, base: Path, args: argparse.Namespace) -> None:
+async def serve_node(
+    cfg: ClusterConfig,
+    base: Path,
+    args: argparse.Namespace,
+    state_machine: Any = None,
+    metrics: str | None = None,
+) -> None:
     node_id: str = args.id
     me = cfg.nodes[node_id]
     data_dir = node_data_dir(cfg, base, node_id)
     storage = FileStorage(data_dir)
-    clock = SkewedClock(ClockFault.from_env(os.environ))
     transport = ZmqTransport(NodeId(node_id), cfg.cluster_id, me.raft, cfg.peer_addresses(node_id))
     try:
         node = RaftNode(
@@ -497,13 +704,13 @@ async def serve_node(cfg: ClusterConfig, base: Path, args: argparse.Namespace) -
             cfg.initial_voters() if me.initial else [],
             transport,
             storage,
-            KVStore(),
+            KVStore() if state_machine is None else state_machine,
             cfg.raft_config(),
             tick_ms=cfg.tick_ms,
             seed=args.seed,
-            clock=clock.now,
-            timeline=None if args.quiet else _print_line,
+            record_clock=system_monotonic_ns,
             roles_path=Path(args.roles) if args.roles else data_dir / "roles.jsonl",
+            metrics_address=metrics,
         )
         server = ClientServer(node, cfg, me.client)
     except BaseException:
@@ -514,12 +721,14 @@ async def serve_node(cfg: ClusterConfig, base: Path, args: argparse.Namespace) -
 
 
 async def _run_until_signal(
-    node: RaftNode[KVStore], server: ClientServer, storage: FileStorage
+    node: RaftNode[Any], server: ClientServer, storage: FileStorage
 ) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, node.stop)
     serving = asyncio.create_task(server.serve())
+    if node.metrics is not None:
+        loop.call_soon(_announce_metrics, node)
     try:
         await node.run()
     finally:
@@ -529,5 +738,41 @@ async def _run_until_signal(
         storage.close()
 
 
-def _print_line(line: str) -> None:
-    print(line, flush=True)
+def _announce_metrics(node: RaftNode[Any]) -> None:
+    if node.metrics_url is not None:
+        logger.warning("%s: metrics on %s", node.id, node.metrics_url)
+
+
+#: ``clock_gettime`` by number, per machine: a raw system call is not faked by an
+#: LD_PRELOAD library (libfaketime) that fakes the libc function
+_SYS_CLOCK_GETTIME = {"x86_64": 228, "aarch64": 113}
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+def _raw_monotonic() -> Callable[[], int] | None:
+    number = _SYS_CLOCK_GETTIME.get(platform.machine())
+    if sys.platform != "linux" or number is None:
+        return None
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    ts = _Timespec()
+    ref = ctypes.byref(ts)
+    clock = time.CLOCK_MONOTONIC
+
+    def read() -> int:
+        if syscall(number, clock, ref) != 0:
+            return time.monotonic_ns()
+        return int(ts.sec) * 1_000_000_000 + int(ts.nsec)
+
+    return read
+
+
+def system_monotonic_ns() -> int:
+    """The system's CLOCK_MONOTONIC in ns, also when this process's clock is faked (for the
+    records the harness lines up with its own clock)."""
+    return _RAW_MONOTONIC() if _RAW_MONOTONIC is not None else time.monotonic_ns()
+
+
+_RAW_MONOTONIC = _raw_monotonic()

@@ -195,6 +195,9 @@ WAL_DIR = "wal"
 VOTES_NAME = "votes"
 HARDSTATE_MAGIC = b"ORBHST\x00\x01"
 SNAPSHOT_MAGIC = b"ORBSNP\x00\x01"
+#: a snapshot gives back the space of the last segment once it holds this many bytes
+#: (or the segment size, if smaller) of mostly covered entries
+RECLAIM_BYTES = 4 << 20
 _BLOCK = struct.Struct("<II")  # payload length, CRC32C of the payload
 _DATA = struct.Struct("<QI")  # snapshot data length, CRC32C of the data
 
@@ -383,6 +386,18 @@ def _lock_directory(directory: Path) -> int:
     return fd
 
 
+def _make_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, durably: each new directory's name is synced
+    in its parent (without that, a crash may lose the whole log directory, fsynced segments
+    and all: a name is durable only once its directory is fsynced)."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    with io_errors("create directory", path):
+        path.mkdir(exist_ok=True)
+    fsync_dir(path.parent)
+
+
 def _remove_temp_files(directory: Path) -> None:
     """Delete temp files an interrupted atomic replacement left behind."""
     for tmp in directory.glob(f"*{TEMP_SUFFIX}"):
@@ -405,8 +420,7 @@ class FileStorage:
     ) -> None:
         self.directory = Path(directory)
         self._waldir = self.directory / WAL_DIR
-        with io_errors("create directory", self._waldir):
-            self._waldir.mkdir(parents=True, exist_ok=True)
+        _make_dirs(self._waldir)
         self._lock_fd = _lock_directory(self.directory)
         self._closed = False
         self._votes_fd = -1
@@ -566,6 +580,25 @@ class FileStorage:
             shape.cut_after(0)
         dead = itertools.takewhile(lambda s: s.empty or s.hi < meta.index, shape.segments[:-1])
         self._wal.remove_prefix(sum(1 for _ in dead))
+        self._reclaim_last_segment(meta)
+
+    def _reclaim_last_segment(self, meta: SnapshotMeta) -> None:
+        """If the only segment left is mostly entries the snapshot covers and big enough to
+        matter, move its entries after the snapshot to a new segment and delete it. A crash
+        in between leaves both: replaying the new one's records over the old gives the same
+        log. Without this, a log that stays below the segment size never gives space back."""
+        shape, writer = self._shape, self._wal
+        if len(shape.segments) != 1 or writer.written < min(RECLAIM_BYTES, writer.segment_size):
+            return
+        if shape.terms and shape.last - meta.index > (shape.last - shape.first + 1) // 2:
+            return  # most of it is still live: rewriting it would cost more than it frees
+        live = [e for e in read_wal(self._waldir).entries if e.index > meta.index]
+        data, terms = encode_entries(live)
+        seg = writer.roll(data)
+        shape.cut_after(meta.index)
+        if live:
+            shape.add(seg, live[0].index, terms)
+        writer.remove_prefix(1)
 
     def load_snapshot(self) -> Snapshot | None:
         self._check_open()

@@ -29,8 +29,10 @@ Theory of operation (the byte layout is in ``docs/storage-format.md``):
    segment, zeros from a record boundary to the end of the file are unused preallocated
    space: the clean end of the log (a length of 0 is never a record). The first invalid
    record of the last segment is a torn tail if no valid record starts at any later byte of
-   that segment: it is reported (and cut off by a writer). Otherwise, and in any
-   other segment, it raises :class:`StorageCorrupted` naming the file and byte offset. A
+   that segment *and* it shows an unwritten sector (:func:`looks_torn`: records go into
+   zeros, disks write whole sectors): it is reported (and cut off by a writer). Otherwise
+   (a complete record with a flipped bit, a bad record followed by a valid one, anything in
+   another segment) it raises :class:`StorageCorrupted` naming the file and byte offset. A
    complete, valid record is never dropped.
 5. **Compaction deletes a prefix of segments**, oldest first, never the last one. Each
    segment's *live range* (the entries it holds that replay keeps) is tracked; the live
@@ -58,7 +60,14 @@ import google_crc32c
 
 from raft.core.types import EntryKind, LogEntry
 
-SEGMENT_MAGIC = b"ORBWAL\x00\x01"
+#: format version 2: every record ends with :data:`TRAILER` (see :func:`looks_torn`)
+SEGMENT_MAGIC = b"ORBWAL\x00\x02"
+#: format version 1 (records without the trailer): still read; its last segment is sealed,
+#: and new records go to a version 2 segment, when a writer opens it
+SEGMENT_MAGIC_V1 = b"ORBWAL\x00\x01"
+#: the last byte of every version 2 record (inside its length and CRC): a complete record
+#: never ends in a zero byte, so zeros at the end of a record are space never written
+TRAILER = b"\xa5"
 SEGMENT_SUFFIX = ".wal"
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 #: the last segment is extended by zero-filled chunks to the next multiple of a step: the
@@ -128,7 +137,7 @@ def io_errors(op: str, path: Path | str) -> Iterator[None]:
 
 
 def _record(rtype: int, index: int, term: int, kind: int, command: bytes) -> bytes:
-    body = BODY.pack(rtype, index, term, kind) + command
+    body = BODY.pack(rtype, index, term, kind) + command + TRAILER
     length = len(body)
     if length > MAX_BODY:
         raise ValueError(f"log entry {index} too large: {len(command)} bytes")
@@ -197,9 +206,9 @@ def _batch(
         le_terms, le_lengths = array.array(_U64, terms), array.array(_U32, lengths)
         le_terms.byteswap()
         le_lengths.byteswap()
-    length = BODY.size + 4 + 13 * n + total
+    length = BODY.size + 4 + 13 * n + total + 1
     head = BODY.pack(RT_BATCH, first, terms[-1], 0) + n.to_bytes(4, "little")
-    body = b"".join([head, le_terms, kinds, le_lengths, *commands])
+    body = b"".join([head, le_terms, kinds, le_lengths, *commands, TRAILER])
     crc = _crc_extend(_crc_value(length.to_bytes(4, "little")), body)
     return HEADER.pack(length, crc) + body
 
@@ -284,12 +293,19 @@ def record_problem(buf: bytes, pos: int) -> str | None:
     return None
 
 
-def decode_record(buf: bytes, pos: int) -> Record:
-    """Decode the record at ``pos``, which :func:`record_problem` found valid."""
+def decode_record(buf: bytes, pos: int, *, trailer: bool = True) -> Record:
+    """Decode the record at ``pos``, which :func:`record_problem` found valid (``trailer``:
+    a version 2 record, ending in :data:`TRAILER`; ``ValueError`` if it does not)."""
     length = HEADER.unpack_from(buf, pos)[0]
     rtype, index, term, kind = BODY.unpack_from(buf, pos + HEADER.size)
     end = pos + HEADER.size + length
-    command = buf[pos + HEADER.size + BODY.size : end]
+    if trailer:
+        if length <= BODY.size or buf[end - 1 : end] != TRAILER:
+            raise ValueError("record without its trailer byte")
+        end_of_command = end - 1
+    else:
+        end_of_command = end
+    command = buf[pos + HEADER.size + BODY.size : end_of_command]
     return Record(rtype, index, term, kind, command, pos, end)
 
 
@@ -326,6 +342,53 @@ def valid_record_after(buf: bytes, pos: int) -> bool:
                 and record_problem(buf, here) is None
             ):
                 return True
+    return False
+
+
+#: disks write whole sectors: a torn write leaves whole sectors unwritten (still zeros)
+SECTOR = 512
+#: in a version 1 segment, a zero piece of a sector at the end of a record counts as
+#: unwritten only from this size on: a complete record may end in zeros of its own there (a
+#: TRUNCATE's zero term and kind and the high bytes of its index; the zero lengths of a
+#: batch's empty commands). Version 2 records end in TRAILER.
+MIN_UNWRITTEN_TAIL = 64
+
+
+def looks_torn(buf: bytes, pos: int, *, trailer: bool = True) -> bool:
+    """Whether the invalid record at ``pos`` (the last bytes of the last segment that are not
+    zeros) is explained by a write that did not finish, rather than by damage to a complete
+    record.
+
+    Records are written into zero-filled space (the preallocated tail) and a disk writes
+    whole sectors, so a torn write leaves at least one sector of the record all zeros. Torn:
+    the header is incomplete or all zeros; the record runs past the end of a file that has
+    no zero tail (less than a sector of zeros: written without preallocation); or a
+    :data:`SECTOR`-aligned block of the file after the header's, clipped to the record's
+    claimed extent, is all zeros. A bit flip in a complete record leaves every sector of it
+    written: corruption. A version 2 record ends in :data:`TRAILER`, never zero, so a last,
+    partial block of zeros is unwritten whatever its size; in a version 1 segment
+    (``trailer`` false) it counts only from :data:`MIN_UNWRITTEN_TAIL` bytes, as a record
+    may end in zeros of its own there. A flip in the length field that points into the zero
+    tail cannot be told from a torn write (nor, in etcd's WAL, which draws the same line),
+    nor can a record whose own data holds a whole sector of zeros: both are treated as torn.
+    """
+    size = len(buf)
+    if size - pos < HEADER.size or buf.count(0, pos, pos + HEADER.size) == HEADER.size:
+        return True
+    length = HEADER.unpack_from(buf, pos)[0]
+    claimed = pos + HEADER.size + length
+    end = data_end(buf)
+    if BODY.size <= length <= MAX_BODY and claimed > size:
+        return size - end < SECTOR  # cut by the end of a file without a zero tail
+    hi = claimed if BODY.size <= length <= MAX_BODY else end
+    # the sector holding the header's last byte was written (the header is not zeros)
+    lo = ((pos + HEADER.size - 1) // SECTOR + 1) * SECTOR
+    while lo < hi:
+        stop = min(hi, lo + SECTOR)
+        whole = stop - lo == SECTOR or trailer or stop - lo >= MIN_UNWRITTEN_TAIL
+        if whole and buf.count(0, lo, stop) == stop - lo:
+            return True
+        lo = stop
     return False
 
 
@@ -381,10 +444,11 @@ def list_segments(waldir: Path) -> list[Segment]:
 def scan_segment(path: Path, buf: bytes, *, last: bool) -> tuple[list[Record], TornTail | None]:
     """The valid records of one segment, and its torn tail (only the last may have one)."""
     magic = len(SEGMENT_MAGIC)
-    if buf[:magic] != SEGMENT_MAGIC:
+    if buf[:magic] not in (SEGMENT_MAGIC, SEGMENT_MAGIC_V1):
         if last and len(buf) < magic and SEGMENT_MAGIC.startswith(buf):
             return [], TornTail(path, 0, len(buf), "incomplete segment header")
         raise StorageCorrupted("not a segment file (bad magic)", path=path, offset=0)
+    trailer = buf[:magic] == SEGMENT_MAGIC
     records: list[Record] = []
     pos = magic
     while pos < len(buf):
@@ -393,9 +457,14 @@ def scan_segment(path: Path, buf: bytes, *, last: bool) -> tuple[list[Record], T
             if last and is_zero_tail(buf, pos):
                 return records, None  # unused preallocated space: the clean end
             if last and not valid_record_after(buf, pos):
-                return records, TornTail(path, pos, data_end(buf) - pos, problem)
+                if looks_torn(buf, pos, trailer=trailer):
+                    return records, TornTail(path, pos, data_end(buf) - pos, problem)
+                problem += " in a complete record (every sector of it was written): corruption"
             raise StorageCorrupted(problem, path=path, offset=pos)
-        record = decode_record(buf, pos)
+        try:
+            record = decode_record(buf, pos, trailer=trailer)
+        except ValueError as exc:
+            raise StorageCorrupted(str(exc), path=path, offset=pos) from exc
         if record.rtype == RT_COMMIT and len(record.command) != _COMMIT.size:
             raise StorageCorrupted("commit record of a bad size", path=path, offset=pos)
         if record.rtype not in _RTYPES or record.kind not in _KINDS:
@@ -581,7 +650,9 @@ class WalWriter:
         self._end = 0
         self._allocated = 0  # the file's size: zeros from _end to here
         if shape.segments:
-            self._open_last(end, torn)
+            if self._open_last(end, torn):  # version 1: it gets no version 2 records
+                self._seal()
+                self._create(self.current.seq + 1)
         else:
             self._create(1)
 
@@ -589,12 +660,15 @@ class WalWriter:
     def current(self) -> Segment:
         return self.shape.segments[-1]
 
-    def _open_last(self, end: int, torn: bool) -> None:
+    def _open_last(self, end: int, torn: bool) -> bool:
+        """Open the last segment for appending (cutting a torn tail); whether it is of
+        format version 1."""
         path = self.current.path
         op = "open"
         try:
-            self._fd = os.open(path, os.O_WRONLY)
+            self._fd = os.open(path, os.O_RDWR)
             size = os.fstat(self._fd).st_size
+            old = end > 0 and os.pread(self._fd, len(SEGMENT_MAGIC_V1), 0) == SEGMENT_MAGIC_V1
             if torn or end == 0 or size < end:
                 op = "cut torn tail of"
                 os.ftruncate(self._fd, end)
@@ -608,6 +682,7 @@ class WalWriter:
             self.close()
             raise os_error(op, path, exc) from exc
         self._end, self._allocated = end, size
+        return old
 
     def _create(self, seq: int) -> None:
         """Start segment ``seq`` (the previous one is sealed: see :meth:`_seal`)."""
@@ -641,14 +716,25 @@ class WalWriter:
             self._allocated = self._end
 
     def _preallocate(self, need: int) -> None:
-        """Zero-fill the current segment up to at least ``need`` bytes, and fsync it."""
+        """Zero-fill the current segment up to at least ``need`` bytes, and fsync it. On a
+        (nearly) full disk, only ``need``: a node restarted once a little space is free must
+        be able to append without the next whole chunk."""
         step = min(max(PREALLOC_MIN, self._allocated), PREALLOC_MAX)
         target = max(need, min((self._allocated // step + 1) * step, self.segment_size))
+        try:
+            self._zero_fill(target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or target == need:
+                raise os_error("preallocate", self.current.path, exc) from exc
+            with io_errors("preallocate", self.current.path):
+                os.ftruncate(self._fd, self._allocated)  # give back what the chunk took
+                self._zero_fill(need)
+
+    def _zero_fill(self, target: int) -> None:
         at = self._allocated
-        with io_errors("preallocate", self.current.path):
-            while at < target:
-                at += os.pwrite(self._fd, memoryview(_ZEROS)[: target - at], at)
-            os.fsync(self._fd)
+        while at < target:
+            at += os.pwrite(self._fd, memoryview(_ZEROS)[: target - at], at)
+        os.fsync(self._fd)
         self._allocated = target
 
     def append(self, data: bytes) -> Segment:
@@ -680,6 +766,28 @@ class WalWriter:
             raise os_error(op, seg.path, exc) from exc
         self._end += len(data)
         return seg
+
+    @property
+    def written(self) -> int:
+        """Bytes of records (and magic) in the current segment."""
+        return self._end
+
+    def roll(self, data: bytes) -> Segment:
+        """Seal the current segment, start the next one with ``data`` (whole records) in it,
+        synced; return it. With :meth:`remove_prefix` this gives back the space of a last
+        segment whose entries a snapshot covers, which deleting segments alone never could."""
+        if self._failed is not None:
+            raise StorageError(f"the log writer failed earlier ({self._failed}); reopen the store")
+        try:
+            self._seal()
+            self._create(self.current.seq + 1)
+            if data:
+                self._preallocate(self._end + len(data))
+                self._write(data)
+        except StorageError as exc:
+            self._failed = exc
+            raise
+        return self.current
 
     def remove_prefix(self, count: int) -> None:
         """Delete the first ``count`` segments (never the last), oldest first."""

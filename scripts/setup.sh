@@ -62,8 +62,38 @@ elif [ ! -x "$tp" ] || [ "$(cat "$tp_stamp" 2>/dev/null)" != "$toxiproxy_version
   fi
 fi
 
-# 3. Test-only tools.
+# 3. Debian packages for the OS-level faults: fuse3 (libfuse3 and fusermount3, for the disk
+#    fault file system chaos/diskfs.py) and faketime (libfaketime, for clock faults).
+missing=()
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime libfaketime)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's ${missing[*]} (disk and clock faults)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    say "not installed: ${missing[*]} (needs root and apt-get): disk and clock faults will not run"
+  fi
+fi
+
+# 4. Test-only tools.
 if [ "$want_tests" = 1 ]; then
+  # A wheelhouse of every dependency (and the build backend), so the test that installs the
+  # wheel into a fresh venv (tests/test_wheel.py) runs with `pip --no-index`, offline.
+  wh=.venv/wheelhouse
+  if [ ! -f "$wh/.stamp" ] || [ pyproject.toml -nt "$wh/.stamp" ]; then
+    say "filling $wh with the dependencies' wheels"
+    mkdir -p "$wh"
+    .venv/bin/python - > "$wh/requirements.txt" <<'PY'
+import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+build = tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["chaos"] + build))
+PY
+    .venv/bin/python -m pip download --quiet --disable-pip-version-check -d "$wh" -r "$wh/requirements.txt"
+    touch "$wh/.stamp"
+  fi
   if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       say "installing Debian's chromium for the report rendering test"

@@ -98,7 +98,7 @@ def test_missing_dir_and_bad_arguments_exit_2(
 ) -> None:
     code, _, err = inspect(capsys, str(tmp_path / "missing"))
     assert code == 2
-    assert "no such data directory" in err
+    assert "no such directory" in err
     code, _, _ = inspect(capsys, str(tmp_path), "--limit", "-1")
     assert code == 2
     with pytest.raises(SystemExit) as info:

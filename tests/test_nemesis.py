@@ -123,6 +123,13 @@ class FakeCluster:
         self.network = object()
         self.calls: list[tuple[Any, ...]] = []
         self._leader = leader
+        self.clocks: dict[str, Any] = {}
+        self.disks: dict[str, Any] = {}
+        self.retired: set[str] = set()
+
+    @property
+    def members(self) -> list[str]:
+        return [n for n in self.spec.nodes if n not in self.retired]
 
     async def leader(self) -> tuple[str, int] | None:
         return None if self._leader is None else (self._leader, 3)

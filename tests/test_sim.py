@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from unittest import mock
 
@@ -17,11 +15,8 @@ from harness.cli import main
 from harness.sim.lab import LabCluster
 from harness.sim.sweep import sweep
 from harness.sim.world import FAULTS, SimConfig, World
-from raft.core.log import RaftLog
-from raft.core.progress import quorum_index
 from raft.core.raft import RaftCore
-from raft.core.types import HardState
-from raft.storage import MemoryStorage
+from tests.teeth.bugs import BUGS
 
 ALL_FAULTS = frozenset({"partition", "crash", "drop", "delay", "duplicate"})
 
@@ -140,88 +135,7 @@ def test_trace_does_not_depend_on_python_hash_seed() -> None:
     assert len(digests) == 1, digests
 
 
-# ---- the harness has teeth: planted bugs are found ---------------------------------------------
-
-
-def _no_election_restriction(self: RaftLog, last_index: int, last_term: int) -> bool:
-    return True
-
-
-def _commit_by_counting_any_term(self: RaftCore) -> bool:
-    mci = quorum_index(self.conf.voters, {n: pr.match for n, pr in self.prs.items()})
-    if mci > self.log.committed:
-        self.log.commit_to(mci)
-        self._on_commit()
-        return True
-    return False
-
-
-_real_save_state = MemoryStorage.save_state
-
-
-def _vote_not_persisted(self: MemoryStorage, state: HardState) -> None:
-    _real_save_state(self, HardState(state.term, None))
-
-
-@contextmanager
-def _planted(bug: str) -> Iterator[None]:
-    patches = {
-        "election_restriction": mock.patch.object(
-            RaftLog, "is_up_to_date", _no_election_restriction
-        ),
-        "commit_by_counting": mock.patch.object(
-            RaftCore, "maybe_commit", _commit_by_counting_any_term
-        ),
-        "vote_not_persisted": mock.patch.object(MemoryStorage, "save_state", _vote_not_persisted),
-    }
-    with patches[bug]:
-        yield
-
-
-@pytest.mark.parametrize(
-    ("bug", "config", "expected_kinds"),
-    [
-        (
-            "election_restriction",
-            SimConfig(faults=ALL_FAULTS),
-            {"leader_completeness", "state_machine_safety", "durability"},
-        ),
-        (
-            "commit_by_counting",
-            SimConfig(nodes=3, faults=frozenset({"churn", "crash"})),
-            {"leader_commit_term", "leader_completeness", "state_machine_safety"},
-        ),
-        (
-            "vote_not_persisted",
-            SimConfig(faults=ALL_FAULTS | {"churn"}),
-            {"double_vote", "election_safety"},
-        ),
-    ],
-)
-def test_planted_bug_is_found_within_bounded_seeds(
-    bug: str, config: SimConfig, expected_kinds: set[str]
-) -> None:
-    """The bound is generous (the bugs are found within tens of seeds today); the test stops at
-    the first violation, so it is fast whenever the harness is sharp."""
-    found: list[tuple[int, str]] = []
-    with _planted(bug):
-        for seed in range(200):
-            violations = World(replace(config, seed=seed)).run()
-            if violations:
-                found.append((seed, violations[0].kind))
-                break
-    assert found, f"{bug}: no violation in 200 seeds"
-    assert found[0][1] in expected_kinds, found
-
-
-def test_correct_core_passes_the_same_teeth_configurations() -> None:
-    """Control for the test above: the unpatched core survives those seeds."""
-    for config in (
-        SimConfig(nodes=3, faults=frozenset({"churn", "crash"})),
-        SimConfig(faults=ALL_FAULTS | {"churn"}),
-    ):
-        for seed in range(25):
-            assert World(replace(config, seed=seed)).run() == [], seed
+# ---- the harness has teeth: see tests/teeth/ ----------------------------------------------------
 
 
 # ---- orbital sim -------------------------------------------------------------------------------
@@ -238,7 +152,7 @@ def test_cli_sweep_prints_a_json_summary(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_cli_reports_a_violation_with_seed_and_trace(capsys: pytest.CaptureFixture[str]) -> None:
-    with _planted("election_restriction"):
+    with BUGS["no_election_restriction"].planted():
         code = main(["sim", "--seeds", "20", "--jobs", "1", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1
@@ -319,10 +233,17 @@ _ISSUE9 = SimConfig(
 )
 
 
-@pytest.mark.parametrize("seed", [3787, 6057])
-def test_double_vote_seeds_of_the_10000_seed_sweep_pass(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "voter"), [(3787, "n5"), (6057, "n1")])
+def test_double_vote_seeds_of_the_10000_seed_sweep_pass(seed: int, voter: str) -> None:
     """`orbital sim --seeds 10000 --faults <all>` found a double vote at these seeds: a vote
     granted in a term the voter had already persisted without a vote left before the vote was
-    durable. The core now decides the hold at ``ready()``; with the old decision (made when
-    the reply was built, see tests/teeth) these very runs report ``double_vote`` again."""
-    assert World(replace(_ISSUE9, seed=seed)).run() == []
+    durable. The core now decides the hold at ``ready()``, and these runs pass. With the old
+    decision (made when the reply was built) planted back, the same runs fail at the same
+    voter: now already at its crash (``vote_not_durable``: it had sent a vote its disk lacks),
+    before it votes a second time."""
+    config = replace(_ISSUE9, seed=seed)
+    assert World(config).run() == []
+    with BUGS["hold_decided_at_creation"].planted():
+        violations = World(config).run()
+    assert [v.kind for v in violations] == ["vote_not_durable"]
+    assert violations[0].detail.startswith(f"{voter} crashed after granting")

@@ -74,7 +74,7 @@ def test_runs_change_membership_install_snapshots_and_converge() -> None:
             for mark, name in marks.items():
                 if mark in line:
                     seen[name] += 1
-        leader = world._leader()
+        leader = world.nemesis.leader()
         assert leader is not None, seed
         assert leader.core is not None, seed
         conf, committed = leader.core.conf, leader.core.log.committed

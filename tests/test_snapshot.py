@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -234,7 +233,8 @@ def test_crash_between_receipt_and_persist() -> None:
 def crash_while_writing_snapshot(seed: int) -> bool:
     lab = LabCluster(3, seed=seed, spare_nodes=1, snapshot_entries=THRESHOLD)
     # LabCluster pins fsync_us to 0 (passing it is a TypeError); give writes a duration here.
-    lab.world.cfg = replace(lab.world.cfg, fsync_us=2_000)
+    for node in lab.world.nodes:
+        node.fsync_us = 2_000
     leader = leader_node(lab)
     commit_many(lab, 25, expected=3)
     snap = big_compaction(lab, leader, 300)

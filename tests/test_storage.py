@@ -365,16 +365,20 @@ def test_tail_cut_mid_record_is_recovered(
         assert s.load_log() == entries(1, 11)
 
 
-def test_bad_checksum_on_last_record_is_a_torn_tail(tmp_path: Path) -> None:
+def test_bad_checksum_on_last_record_is_corruption_not_a_torn_tail(tmp_path: Path) -> None:
     _write_log(tmp_path, 5)
     (seg,) = _segments(tmp_path)
+    last = _record_offsets(seg)[-1]
     data = bytearray(seg.read_bytes())
-    data[wal.data_end(data) - 1] ^= 0xFF  # the last byte of the last record
-    seg.write_bytes(bytes(data) + b"\0" * 30)  # zeros after it are not a record
-    with FileStorage(tmp_path) as s:
-        assert s.recovered_tail is not None
-        assert s.recovered_tail.reason == "checksum mismatch"
-        assert s.load_log() == entries(1, 4)
+    data[wal.data_end(data) - 1] ^= 0xFF  # the last byte of the last record, fsynced
+    seg.write_bytes(bytes(data))
+    # every sector of the record was written (records go into zeros): a flipped bit, not a
+    # write that did not finish; cutting it would lose an acknowledged entry
+    with pytest.raises(StorageCorrupted, match="checksum mismatch in a complete record") as exc:
+        FileStorage(tmp_path)
+    assert (exc.value.path, exc.value.offset) == (seg, last)
+    with pytest.raises(StorageCorrupted):
+        read_data_dir(tmp_path)
 
 
 def test_torn_segment_header_is_recovered(tmp_path: Path) -> None:
@@ -497,13 +501,16 @@ def test_read_data_dir_needs_no_lock_and_changes_nothing(tmp_path: Path) -> None
 def test_partial_record_followed_by_zeros_is_torn(tmp_path: Path) -> None:
     _write_log(tmp_path, 3)
     (seg,) = _segments(tmp_path)
-    offsets = _record_offsets(seg)
-    data = seg.read_bytes()
-    seg.write_bytes(data[: offsets[2] + 10] + b"\0" * (1 << 20))  # as after a crash on ext4
+    end = _scan_end(seg, last=True)
+    record = wal.encode_entry(LogEntry(4, 1, b"c" * 3000))
+    cut = (end // wal.SECTOR + 2) * wal.SECTOR - end  # two sectors written, the rest not
+    with open(seg, "r+b") as f:  # as after a power loss: whole sectors, zeros after them
+        f.seek(end)
+        f.write(record[:cut])
     with FileStorage(tmp_path) as s:
         assert s.recovered_tail is not None
-        assert s.recovered_tail.offset == offsets[2]
-        assert s.load_log() == entries(1, 2)
+        assert s.recovered_tail.offset == end
+        assert s.load_log() == entries(1, 3)
 
 
 def test_the_last_segment_is_preallocated_and_its_zero_tail_is_the_clean_end(
@@ -570,14 +577,15 @@ def test_torn_write_into_preallocated_space_is_cut_then_appends_go_on(tmp_path: 
     _write_log(tmp_path, 4)
     (seg,) = _segments(tmp_path)
     end = _scan_end(seg, last=True)
-    record = wal.encode_entry(LogEntry(5, 1, b"lost"))
+    record = wal.encode_entry(LogEntry(5, 1, b"lost" * 300))
+    kept = (end // wal.SECTOR + 1) * wal.SECTOR - end  # its first sector persisted
     with open(seg, "r+b") as f:  # a crash persisted part of the record, zeros after it
         f.seek(end)
-        f.write(record[: len(record) - 2])
+        f.write(record[:kept])
     with FileStorage(tmp_path) as s:
         assert s.recovered_tail is not None
         assert s.recovered_tail.offset == end
-        assert s.recovered_tail.dropped == len(record) - 2
+        assert s.recovered_tail.dropped == kept
         assert seg.stat().st_size == end  # the cut is the file's end, made durable
         s.append_log(entries(5, 6))
     with FileStorage(tmp_path) as s:

