@@ -28,7 +28,7 @@ directory without a running node (``orbital inspect``, the chaos run's storage r
     snapshot    snapshot metadata and data in one file; replaced atomically
     wal/        the log: segments of checksummed records (:mod:`raft.wal`)
     votes       the vote log: one JSON line per vote granted (audit, never read back;
-                created when the store is opened, so an empty one says "no vote")
+                created with the first hard state, so an empty one says "no vote")
 
 Two audit trails, for checkers that judge a node from the outside (the chaos run's), cost
 nothing on the hot path: every vote this node grants (``save_state`` with a new
@@ -450,28 +450,27 @@ class FileStorage:
         self._repair_vote_log()
 
     def _repair_vote_log(self) -> None:
-        """Create the vote log if it is missing (its presence says votes are recorded here,
-        so an empty one is evidence). A crash between the hard state and the vote log
-        leaves the hard state's vote off the log (its reply never left): append it, so the
-        log holds every vote the node may still act on."""
+        """A crash between the hard state and the vote log leaves the hard state's vote off
+        the log (its reply never left): append it, so the log holds every vote the node
+        may still act on."""
         hs = self._state
-        votes = read_votes(self.directory)
-        if votes is None:
-            self._open_vote_log()
-            votes = []
         if hs.voted_for is None:
             return
+        votes = read_votes(self.directory) or []
         if not votes or (votes[-1].term, votes[-1].candidate) != (hs.term, hs.voted_for):
+            self._open_vote_log(sync_dir=True)
             self._append_vote(hs)
 
-    def _open_vote_log(self) -> int:
-        path = self.directory / VOTES_NAME
+    def _open_vote_log(self, *, sync_dir: bool) -> int:
+        """The vote log's descriptor, the file created if missing (with ``sync_dir``, its
+        creation made durable here; else the caller's next directory sync does it)."""
         if self._votes_fd < 0:
+            path = self.directory / VOTES_NAME
             with io_errors("open", path):
                 created = not path.exists()
                 self._votes_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                if created:
-                    fsync_dir(self.directory)
+            if created and sync_dir:
+                fsync_dir(self.directory)
         return self._votes_fd
 
     def __enter__(self) -> FileStorage:
@@ -488,6 +487,8 @@ class FileStorage:
 
     def save_state(self, state: HardState) -> None:
         self._check_open()
+        if self._votes_fd < 0:  # created with the first hard state: an empty log says "no
+            self._open_vote_log(sync_dir=False)  # vote"; the atomic write syncs the directory
         atomic_write(self.directory / HARDSTATE_NAME, encode_hard_state(state))
         old, self._state = self._state, state
         if state.voted_for is not None and (state.term, state.voted_for) != (
@@ -499,7 +500,7 @@ class FileStorage:
     def _append_vote(self, state: HardState) -> None:
         """Append the vote to the vote log and sync it (after the hard state: a vote on the
         log is always durable in ``hardstate`` too)."""
-        fd = self._open_vote_log()
+        fd = self._open_vote_log(sync_dir=True)
         with io_errors("append to", self.directory / VOTES_NAME):
             os.write(fd, encode_vote(state, time.monotonic_ns()))
             datasync(fd)

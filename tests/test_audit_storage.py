@@ -23,8 +23,9 @@ def entries(first: int, last: int, term: int) -> list[LogEntry]:
 def test_every_new_vote_is_logged_once_after_the_hard_state(tmp_path: Path) -> None:
     assert read_votes(tmp_path) is None
     with FileStorage(tmp_path) as s:
-        assert read_votes(tmp_path) == [], "created at open: an empty log says 'no vote'"
+        assert read_votes(tmp_path) is None, "opening alone writes nothing"
         s.save_state(HardState(1, None))  # a term without a vote: nothing to log
+        assert read_votes(tmp_path) == [], "created with the hard state: 'no vote' on record"
         s.save_state(HardState(2, NodeId("n2")))
         s.save_state(HardState(2, NodeId("n2")))  # the same vote again: logged once
         s.save_state(HardState(3, NodeId("n1")))

@@ -167,6 +167,7 @@ def test_election_safety() -> None:
 def vote_dirs(tmp: Path, votes: dict[str, list[tuple[int, str]]]) -> ReplayResult:
     for n in NODES:
         with FileStorage(tmp / n) as s:
+            s.save_state(HardState(1, None))  # every node has been in term 1
             for term, cand in votes.get(n, []):
                 s.save_state(HardState(term, NodeId(cand)))
     return replay_cluster({n: tmp / n for n in NODES})
