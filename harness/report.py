@@ -57,7 +57,6 @@ from harness.report_plots import (
     FAULT_PALETTE,
     ROLE_COLORS,
     _anomaly_ops,
-    _fault_colors,
     plot_anomaly_detail,
     plot_latency_throughput,
     plot_roles,
@@ -399,7 +398,9 @@ def section_files(run: Run) -> str:
     items = []
     for p in found[:TABLE_LIMIT]:
         href = os.path.relpath(p.resolve(), base.resolve())
-        items.append(f'<li><a href="{_e(Path(href).as_posix())}">{_e(Path(href).as_posix())}</a></li>')
+        items.append(
+            f'<li><a href="{_e(Path(href).as_posix())}">{_e(Path(href).as_posix())}</a></li>'
+        )
     return "<ul>" + "".join(items) + "</ul>"
 
 
@@ -518,8 +519,10 @@ def write_report(
     run = load_run(run_dir, history)
     base = run.history.parent if run.history is not None else run_dir
     target = Path(out) if out is not None else base / "report.html"
-    if linearizability is None and judge and not isinstance(
-        run.results.get("linearizability"), dict
+    if (
+        linearizability is None
+        and judge
+        and not isinstance(run.results.get("linearizability"), dict)
     ):
         linearizability = judge_history(run, time_limit)
     if linearizability is not None:

@@ -23,6 +23,7 @@ which stay responsive with hundreds of thousands of operations.
 
 from __future__ import annotations
 
+import html
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -77,7 +78,7 @@ def lanes(ops: Sequence[OpRecord]) -> tuple[dict[int, int], list[str]]:
     members: list[list[int]] = []
     for p in sorted(first, key=lambda p: (first[p], p)):
         choice = None
-        for n, (ended, lane) in enumerate(free):
+        for n, (ended, _lane) in enumerate(free):
             if ended <= first[p] and (choice is None or ended < free[choice][0]):
                 choice = n
         if choice is None:
@@ -106,14 +107,15 @@ def lanes(ops: Sequence[OpRecord]) -> tuple[dict[int, int], list[str]]:
 def _hover(op: OpRecord) -> str:
     value = _json(op.value) if op.f != "read" else ""
     result = _json(op.result) if op.f == "read" and op.type == "ok" else ""
+    error = f" ({html.escape(op.error)})" if op.error else ""
     lines = [
-        f"<b>{op.f}</b> key {op.key} {value}".rstrip(),
-        f"outcome: {op.type}" + (f" → {result}" if result else "") + (f" ({op.error})" if op.error else ""),
+        f"<b>{op.f}</b> key {html.escape(op.key)} {value}".rstrip(),
+        f"outcome: {op.type}" + (f" → {result}" if result else "") + error,
         f"invoke: {_s(op.invoke_time):.6f} s (event {op.index})",
         "complete: never"
         if op.complete_time is None
         else f"complete: {_s(op.complete_time):.6f} s (event {op.end})",
-        f"process p{op.process}" + (f", node {op.node}" if op.node else ""),
+        f"process p{op.process}" + (f", node {html.escape(op.node)}" if op.node else ""),
     ]
     return "<br>".join(lines)
 
@@ -137,8 +139,14 @@ def figure(run: Run) -> dict[str, Any]:
             y = lane_of[op.process]
             xs += [_s(op.invoke_time), _s(stop), None]
             ys += [y, y, None]
-            t = _hover(op)
-            texts += [t, t, None]
+            if not gl:
+                t = _hover(op)
+                texts += [t, t, None]
+        hover: dict[str, Any] = (
+            {"hoverinfo": "skip"}  # too many to describe; the anomaly's still are
+            if gl
+            else {"text": texts, "hovertemplate": "%{text}<extra></extra>"}
+        )
         data.append(
             {
                 "type": kind,
@@ -146,8 +154,7 @@ def figure(run: Run) -> dict[str, Any]:
                 "name": f"{type_} ops",
                 "x": xs,
                 "y": ys,
-                "text": texts,
-                "hovertemplate": "%{text}<extra></extra>",
+                **hover,
                 "line": {"color": color, "width": 7},
                 "marker": {"size": 3, "color": color},
                 "xaxis": "x",
@@ -244,7 +251,7 @@ def _role_traces(run: Run, kind: str) -> list[dict[str, Any]]:
         for s in run.roles:
             if s.role != role:
                 continue
-            t = f"<b>{s.node}</b>: {s.role}, term {s.term}<br>{_s(s.start):.3f}–{_s(s.stop):.3f} s"
+            t = f"<b>{s.node}</b>: {s.role}, term {s.term}<br>{_s(s.start):.3f}-{_s(s.stop):.3f} s"
             xs += [_s(s.start), _s(s.stop), None]
             ys += [s.node, s.node, None]
             texts += [t, t, None]
@@ -281,7 +288,11 @@ def _latency_traces(run: Run, kind: str) -> list[dict[str, Any]]:
                 "mode": "markers",
                 "name": f"{type_} latency",
                 "x": [_s(op.complete_time) for op in done],
-                "y": [round((op.complete_time - op.invoke_time) / 1e6, 3) for op in done if op.complete_time is not None],
+                "y": [
+                    round((op.complete_time - op.invoke_time) / 1e6, 3)
+                    for op in done
+                    if op.complete_time is not None
+                ],
                 "text": [f"{op.f} p{op.process} event {op.index}" for op in done],
                 "hovertemplate": "%{text}<br>%{y} ms<extra></extra>",
                 "marker": {"size": 4, "color": color, "opacity": 0.6},
