@@ -69,8 +69,7 @@ class Frontier:
         return RawResult(True, "search")
 
     def matches(self, i: int, state: State) -> bool:
-        k = self.kops[i]
-        return state == k.arg if k.kind == READ else state != k.arg
+        return self.kops[i].matches(state)
 
     def invoke(self, i: int) -> None:
         slot = self.free.pop() if self.free else self.next_slot
@@ -81,7 +80,7 @@ class Frontier:
             self.optional |= b
         elif k.kind in (READ, CAS):
             self.invoked_obligations[k.arg] += 1
-            if k.kind == CAS:
+            if k.kind == CAS and k.writes:
                 self.open_cas.setdefault(k.arg, []).append(i)
         if self.kops[i].writes:
             self.writers.append(i)
@@ -101,7 +100,7 @@ class Frontier:
                 self.expand(m, s, b, seen, new)
         k = self.kops[i]
         (self.writers if k.writes else self.absorbers).remove(i)
-        if k.required and k.kind == CAS:
+        if k.required and k.kind == CAS and k.writes:
             self.open_cas[k.arg].remove(i)
         del self.bit[i]
         self.free.append(b.bit_length() - 1)

@@ -123,6 +123,7 @@ EXPLAIN_SECONDS = 2.0  #: at most this long to find the culprit of a unique-valu
 NOT_CHECKED = "not checked"
 DFS_WORK_PER_OP = 8  #: the depth-first search's work cap, per op of the key ...
 DFS_WORK_MIN = 20_000  #: ... plus this
+FRONTIER_MAX = 20_000  #: the breadth-first frontier's size cap before the uncapped search
 
 
 # --------------------------------------------------------------------------- preparation
@@ -169,6 +170,8 @@ def _kop(src: int, o: OpRecord) -> KOp | None:
             return None
         return KOp(src, WRITE, o.value, None, o.index, ret, outcome == "ok", p)
     expected, new = o.value
+    if outcome == "info" and expected == new:
+        return None  # may or may not have happened, and changes nothing either way
     if outcome == "fail":
         if o.error != "mismatch":
             return None
@@ -255,12 +258,28 @@ def _search(kops: list[KOp], budget: Budget) -> RawResult:
     try:
         result = s.run()
     except Overrun:
-        result = frontier(kops, budget)
+        result = _frontier_then_search(kops, budget)
     else:
         if result.valid is False:
             _note_failure(kops, s, result)
     if result.valid is False:
         return _natural(kops, budget, result)
+    return result
+
+
+def _frontier_then_search(kops: list[KOp], budget: Budget) -> RawResult:
+    """The breadth-first frontier with a size cap (it refutes quickly, but explodes on an
+    ambiguous history that is linearizable), then the depth-first search without a cap."""
+    capped = Budget(budget.deadline, min(budget.max_configs, FRONTIER_MAX), budget.stop)
+    try:
+        return frontier(kops, capped)
+    except BudgetExceeded:
+        if time.monotonic() > budget.deadline or (budget.stop is not None and budget.stop()):
+            raise
+    s = Search(kops, budget)
+    result = s.run()
+    if result.valid is False:
+        _note_failure(kops, s, result)
     return result
 
 

@@ -54,8 +54,9 @@ class KOp:
 
     @property
     def writes(self) -> bool:
-        """Whether this op changes the register when applied."""
-        return self.kind == WRITE or self.kind == CAS
+        """Whether this op changes the register when applied (a cas ``a->a`` does not: it
+        takes place exactly where a read of ``a`` could, and is checked as one)."""
+        return self.kind == WRITE or (self.kind == CAS and self.arg != self.new)
 
     @property
     def produced(self) -> State:
@@ -63,8 +64,8 @@ class KOp:
         return self.new if self.kind == CAS else self.arg
 
     def matches(self, state: State) -> bool:
-        """Whether a no-effect op (read, mismatch) may take place in ``state``."""
-        return state == self.arg if self.kind == READ else state != self.arg
+        """Whether a no-effect op (read, mismatch, cas ``a->a``) may take place in ``state``."""
+        return state != self.arg if self.kind == MISMATCH else state == self.arg
 
     def describe(self) -> str:
         """A short description in the history's terms: ``p3 write 5 (events 12-15)``."""

@@ -89,7 +89,7 @@ def _index(
         if k.writes:
             producer[k.produced] = k
     for k in kops:
-        if k.kind == READ:
+        if k.kind == READ or (k.kind == CAS and not k.writes):  # a cas a->a reads a
             if k.arg not in producer:
                 raise Violation(
                     "read of a value never written",
