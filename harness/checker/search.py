@@ -48,6 +48,7 @@ just before it, and the linearization that got that far (the longest linearizabl
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from collections.abc import Iterator
@@ -93,11 +94,33 @@ class Search:
         for n, (i, is_ret) in enumerate(zip(self.ev_op, self.ev_ret, strict=True)):
             if not is_ret:
                 self.inv_at[i] = n
-        self.last_observer: dict[State, int] = {}
+        self.ret_at = [INF] * len(kops)  # ... and of its completion (INF: never)
+        for n, (i, is_ret) in enumerate(zip(self.ev_op, self.ev_ret, strict=True)):
+            if is_ret:
+                self.ret_at[i] = n
+        # Per value: where its writers are invoked, and its required observers by invoke
+        # with the earliest completion among those invoked from there on (a suffix minimum).
+        self.producer_inv: dict[State, list[int]] = {}
+        for i, k in enumerate(kops):
+            if k.writes:
+                self.producer_inv.setdefault(k.produced, []).append(self.inv_at[i])
+        for lst in self.producer_inv.values():
+            lst.sort()
+        observers: dict[State, list[tuple[int, int]]] = {}
         for i, k in enumerate(kops):
             if k.required and (k.kind == READ or k.kind == CAS):
-                at = self.inv_at[i]
-                self.last_observer[k.arg] = max(self.last_observer.get(k.arg, -1), at)
+                observers.setdefault(k.arg, []).append((self.inv_at[i], self.ret_at[i]))
+        self.observer_inv: dict[State, list[int]] = {}
+        self.observer_min_ret: dict[State, list[int]] = {}
+        for v, obs in observers.items():
+            obs.sort()
+            mins = [0] * len(obs)
+            low = INF
+            for n in range(len(obs) - 1, -1, -1):
+                low = min(low, obs[n][1])
+                mins[n] = low
+            self.observer_inv[v] = [a for a, _ in obs]
+            self.observer_min_ret[v] = mins
         self.optional: dict[tuple[int, State, State], list[int]] = {}
         self.built = -1  # the furthest event whose invoke was added to ``optional``
         self.work = 0
@@ -291,16 +314,49 @@ class Search:
                         return True
         return False
 
+    def pinned(self, movers: list[int], m: int, s: State, pos: int) -> list[int] | None:
+        """The moves allowed when leaving ``s`` now would be fatal, else ``None``.
+
+        If no open writer can produce ``s`` again and the next writer of ``s`` is invoked
+        only after some op that must still see ``s`` has to complete, then ``s`` may not be
+        left (no move at all) if that op is yet to be invoked, and only by such an open cas
+        if it is open. For a value written once this is the classic rule (it never returns).
+        """
+        kops, bit = self.kops, self.bit
+        for w in movers:
+            if not m & bit[w] and kops[w].produced == s:
+                return None  # s can come back
+        for (kind, arg, new), group in self.optional.items():
+            if (new if kind == CAS else arg) == s:
+                for w in group:
+                    if self.inv_at[w] > pos:
+                        break
+                    if not m & bit[w]:
+                        return None
+        prods = self.producer_inv.get(s)
+        nxt = INF
+        if prods:
+            k = bisect.bisect_right(prods, pos)
+            if k < len(prods):
+                nxt = prods[k]
+        obs = self.observer_inv.get(s)
+        if obs:
+            k = bisect.bisect_right(obs, pos)
+            if k < len(obs) and self.observer_min_ret[s][k] < nxt:
+                return []  # an op invoked later must see s, which cannot come back in time
+        owed = [
+            c
+            for c in movers
+            if kops[c].kind == CAS and kops[c].arg == s and not m & bit[c] and self.ret_at[c] < nxt
+        ]
+        return owed or None
+
     def candidates(self, movers: list[int], m: int, s: State, pos: int) -> list[int]:
         """The writers worth linearizing next from ``(m, s)`` (see the pruning rules)."""
         kops, bit, sig, inv_at = self.kops, self.bit, self.sig, self.inv_at
-        if self.pin and s in self.final:
-            if self.last_observer.get(s, -1) > pos:
-                return []  # an op invoked later must still see s, which never comes back
-            owed = [
-                c for c in movers if kops[c].kind == CAS and kops[c].arg == s and not m & bit[c]
-            ]
-            if owed:
+        if self.pin:
+            owed = self.pinned(movers, m, s, pos)
+            if owed is not None:
                 return owed
         best: dict[tuple[int, State, State], int] = {}
         for w in movers:
