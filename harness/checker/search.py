@@ -121,7 +121,10 @@ class Search:
                 mins[n] = low
             self.observer_inv[v] = [a for a, _ in obs]
             self.observer_min_ret[v] = mins
+        # info writers by effect, in invoke order; the ones linearized are always a prefix
+        # of their group (only the first unused one is ever tried), counted by a mask
         self.optional: dict[tuple[int, State, State], list[int]] = {}
+        self.optional_mask: dict[tuple[int, State, State], int] = {}
         self.built = -1  # the furthest event whose invoke was added to ``optional``
         self.work = 0
         # the furthest completion that could not be placed
@@ -182,6 +185,8 @@ class Search:
                     if not k.required:
                         if pos > self.built:  # info writers never complete: kept by effect
                             self.optional.setdefault(self.sig[i], []).append(i)
+                            sig = self.sig[i]
+                            self.optional_mask[sig] = self.optional_mask.get(sig, 0) | bit[i]
                             self.built = pos
                     elif k.writes:
                         writers.append(i)
@@ -305,14 +310,22 @@ class Search:
         for w in movers:
             if not lin & bit[w] and kops[w].produced == value:
                 return True
-        for (kind, arg, new), group in self.optional.items():
-            if (new if kind == CAS else arg) == value:
-                for w in group:
-                    if inv_at[w] > pos:
-                        break
-                    if not lin & bit[w]:
-                        return True
+        for key, group in self.optional.items():
+            if (key[2] if key[0] == CAS else key[1]) == value:
+                w = self.first_unused(key, group, lin, pos)
+                if w >= 0:
+                    return True
         return False
+
+    def first_unused(
+        self, key: tuple[int, State, State], group: list[int], m: int, pos: int
+    ) -> int:
+        """The first info writer of ``group`` not linearized in ``m`` and invoked by ``pos``
+        (-1: none)."""
+        used = (m & self.optional_mask[key]).bit_count()
+        if used < len(group) and self.inv_at[group[used]] <= pos:
+            return group[used]
+        return -1
 
     def pinned(self, movers: list[int], m: int, s: State, pos: int) -> list[int] | None:
         """The moves allowed when leaving ``s`` now would be fatal, else ``None``.
@@ -326,13 +339,11 @@ class Search:
         for w in movers:
             if not m & bit[w] and kops[w].produced == s:
                 return None  # s can come back
-        for (kind, arg, new), group in self.optional.items():
-            if (new if kind == CAS else arg) == s:
-                for w in group:
-                    if self.inv_at[w] > pos:
-                        break
-                    if not m & bit[w]:
-                        return None
+        for key, group in self.optional.items():
+            if (key[2] if key[0] == CAS else key[1]) == s and self.first_unused(
+                key, group, m, pos
+            ) >= 0:
+                return None
         prods = self.producer_inv.get(s)
         nxt = INF
         if prods:
@@ -371,12 +382,9 @@ class Search:
         for key, group in self.optional.items():
             if key in best or (key[0] == CAS and key[1] != s):
                 continue
-            for w in group:
-                if inv_at[w] > pos:
-                    break
-                if not m & bit[w]:
-                    best[key] = w
-                    break
+            w = self.first_unused(key, group, m, pos)
+            if w >= 0:
+                best[key] = w
         return list(best.values())
 
 
