@@ -306,7 +306,7 @@ class Search:
 
     def reachable(self, value: State, movers: list[int], lin: int, pos: int) -> bool:
         """Whether some open writer not yet linearized could produce ``value``."""
-        kops, bit, inv_at = self.kops, self.bit, self.inv_at
+        kops, bit = self.kops, self.bit
         for w in movers:
             if not lin & bit[w] and kops[w].produced == value:
                 return True
@@ -364,7 +364,7 @@ class Search:
 
     def candidates(self, movers: list[int], m: int, s: State, pos: int) -> list[int]:
         """The writers worth linearizing next from ``(m, s)`` (see the pruning rules)."""
-        kops, bit, sig, inv_at = self.kops, self.bit, self.sig, self.inv_at
+        kops, bit, sig = self.kops, self.bit, self.sig
         if self.pin:
             owed = self.pinned(movers, m, s, pos)
             if owed is not None:
