@@ -34,13 +34,14 @@ class _Garbage:
 GARBAGE: State = _Garbage()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class KOp:
     """One operation of one key, prepared for checking.
 
     ``arg`` is the value read, the value written, or a cas's expected value; ``new`` a cas's new
     value. ``inv``/``ret`` are event positions (``ret == INF`` when it never completed).
-    ``src`` indexes the key's operation list.
+    ``src`` indexes the key's operation list. Not frozen (a million of them are built for a big
+    history, and a frozen dataclass is several times slower to build); never modified.
     """
 
     src: int
