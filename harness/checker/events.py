@@ -164,6 +164,38 @@ class EventReader:
         self.count += 1
 
     def _check_fields(self, event: dict[str, Any], line: int) -> None:
+        # the common case in one expression; any doubt goes to the detailed checks
+        try:
+            index, time, process = event["index"], event["time"], event["process"]
+            f, type_, key = event["f"], event["type"], event["key"]
+            value = event.get("value")
+            fine = (
+                type(index) is int
+                and type(time) is int
+                and type(process) is int
+                and index >= 0
+                and time >= 0
+                and process >= 0
+                and type(key) is str
+                and (len(event) <= 7 or _optional_fine(event))
+                and FIELDS.issuperset(event)
+                and (
+                    (f == "write" and type(value) is int and type_ in TYPES)
+                    or (
+                        f == "read"
+                        and type_ != "invoke"
+                        and type_ in TYPES
+                        and (value is None or type(value) is int)
+                    )
+                    or (f == "read" and type_ == "invoke" and value is None)
+                )  # fmt: skip
+            )
+        except KeyError:
+            fine = False
+        if not fine:
+            self._slow_check(event, line)
+
+    def _slow_check(self, event: dict[str, Any], line: int) -> None:
         if len(event) > len(FIELDS) or not FIELDS.issuperset(event):
             extra = sorted(set(event) - FIELDS)[0]
             raise self.error(line, extra, "unknown field (extra fields are not allowed)")
@@ -257,18 +289,22 @@ def _record(inv: dict[str, Any], done: dict[str, Any] | None) -> OpRecord:
     )  # fmt: skip
 
 
+_DECODE = json.JSONDecoder().raw_decode
+
+
 def decode_lines(lines: Iterable[str], path: str) -> Iterator[tuple[int, Any]]:
     """``(line number, decoded JSON)`` for each non-blank line."""
-    loads = json.loads
+    decode = _DECODE
     for line_no, raw in enumerate(lines, start=1):
-        if not raw or raw.isspace():
-            continue
         try:
-            yield line_no, loads(raw)
+            obj, end = decode(raw)
         except ValueError:
-            raise HistoryError(
-                f"not valid JSON: {raw.strip()[:60]!r}", path=path, line=line_no
-            ) from None
+            if not raw or raw.isspace():
+                continue
+            obj, end = None, -1
+        if end < 0 or (end < len(raw) and not raw[end:].isspace()):
+            raise HistoryError(f"not valid JSON: {raw.strip()[:60]!r}", path=path, line=line_no)
+        yield line_no, obj
 
 
 def parse_records(lines: Iterable[str], path: str = "<history>") -> list[OpRecord]:
@@ -309,3 +345,8 @@ def read_records(path: str | Path) -> list[OpRecord]:
         raise HistoryError(f"cannot read: {exc.strerror}", path=name) from None
     except UnicodeDecodeError:
         raise HistoryError("not UTF-8 text", path=name) from None
+
+
+def _optional_fine(event: dict[str, Any]) -> bool:
+    node, error = event.get("node"), event.get("error")
+    return (node is None or type(node) is str) and (error is None or type(error) is str)
