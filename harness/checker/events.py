@@ -188,7 +188,7 @@ class EventReader:
                         and (value is None or type(value) is int)
                     )
                     or (f == "read" and type_ == "invoke" and value is None)
-                )  # fmt: skip
+                )
             )
         except KeyError:
             fine = False
