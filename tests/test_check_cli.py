@@ -156,3 +156,21 @@ def test_time_limit_is_one_budget_for_the_whole_file() -> None:
     assert {r.reason for r in result.keys.values()} == {
         "the time limit ran out before this key was checked"
     }
+
+
+def test_report_judges_a_bare_history_and_check_writes_one(tmp_path: Path) -> None:
+    from harness.cli import main
+
+    path = tmp_path / "stale.jsonl"
+    path.write_text(_lines(_op(0, "write", 1) + _op(1, "read", None, None)))
+    assert main(["report", str(path)]) == 0  # nothing judged it: the report runs the checker
+    page = (tmp_path / "report.html").read_text()
+    assert '<span class="verdict invalid">INVALID</span>' in page
+    assert '<span class="kind">stale read</span>' in page
+    assert '<tr class="culprit">' in page
+    assert 'href="stale.jsonl"' in page
+    out = tmp_path / "out" / "r.html"
+    assert main(["check", str(path), "--report", str(out)]) == 1
+    assert '<span class="kind">stale read</span>' in out.read_text()
+    assert 'href="../stale.jsonl"' in out.read_text()  # links relative to the report
+    assert main(["check", str(path), str(path), "--report", str(out)]) == 2  # one file only

@@ -478,7 +478,8 @@ def _anomaly(key: str, records: list[OpRecord], kops: list[KOp], raw: RawResult)
         witness.insert(0, raw.culprit)
     if raw.prefix:
         text += (
-            f" The longest linearizable prefix has {len(raw.prefix)} operations (all that "
+            f" The longest linearizable prefix has {len(raw.prefix)} "
+            f"operation{'' if len(raw.prefix) == 1 else 's'} (all that "
             f"completed before event {raw.prefix_end} fit in one order); "
             f"{what_record(records[raw.culprit]) if raw.culprit is not None else 'the next'} "
             "is the first that cannot be placed after it."
