@@ -21,11 +21,13 @@ Raft invariants from the nodes' storage, and the scenario's expectations). The s
 5. stop every process; rewrite ``roles.jsonl`` times to ns since the run start (the node writes
    raw ``CLOCK_MONOTONIC``) and add ``down`` spans for kills and pauses; replay every node's
    storage from disk (:mod:`harness.replay`); check linearizability; check expectations
-   (:mod:`harness.expectations`);
+   (:mod:`harness.expectations`); judge Raft's own rules from the record: roles, votes,
+   commit decisions and the replayed log (:mod:`harness.raft_checks`).
    Just before the processes stop, every live node's Prometheus metrics are scraped into
    ``nodes/<id>/metrics.prom`` (the last scrape of the run);
-6. write ``results.json`` (the shape of :mod:`harness.report_data` plus ``expectations``) and
-   ``report.html``; print a summary table (``--json``: results.json on stdout instead).
+6. write ``results.json`` (the shape of :mod:`harness.report_data` plus ``expectations`` and
+   ``raft``) and ``report.html``; print a summary table (``--json``: results.json on stdout
+   instead).
 
 Exit: 0 valid and every expectation met, 1 an anomaly, an invariant violation or a failed
 expectation, 2 could not run (bad config, Toxiproxy missing, no leader) or undecided (checker
@@ -70,6 +72,7 @@ from harness.cluster import (
 from harness.expectations import check_expectations
 from harness.history import FaultWriter, HistoryWriter, Op, read_history
 from harness.monitor import Sample, StatusMonitor, sample_json
+from harness.replay import ReplayResult
 from harness.scenario import (
     Scenario,
     ScenarioError,
@@ -485,11 +488,12 @@ def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
     corrupted = {  # their storage was damaged on purpose: they refuse it, replay skips it
         f.node for f in observed.applied if f.kind == "disk" and f.params.get("disk") == "corrupt"
     }
-    replay = replay_json(cluster, [n for n in nodes if n not in corrupted])
+    stored, replay = replay_storage(cluster, [n for n in nodes if n not in corrupted])
     history = read_history_safe(ctx.run_dir / "history.jsonl")
     lin = linearizability_json(history)
     checks = check_expectations(ctx, observed, history, roles)
-    valid, code = verdict(ctx, lin, replay, checks)
+    raft = raft_json(stored, roles, nodes, history, ctx.scenario.seed, smallest_majority(ctx))
+    valid, code = verdict(ctx, lin, replay, checks, raft)
     ctx.results = {
         "scenario": ctx.scenario.name,
         "seed": ctx.scenario.seed,
@@ -500,6 +504,7 @@ def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
         "workload_duration_s": ctx.scenario.duration,
         "linearizability": lin,
         "invariants": replay,
+        "raft": raft,
         "counts": {**observed.stats, "final_reads_ok": observed.final_reads_ok},
         "expectations": {"valid": all(c["ok"] is not False for c in checks), "checks": checks},
         "schedule": [op.to_json() for op in ctx.schedule],
@@ -530,13 +535,18 @@ def write_results(ctx: RunContext) -> None:
 
 
 def verdict(
-    ctx: RunContext, lin: dict[str, Any], replay: dict[str, Any], checks: list[dict[str, Any]]
+    ctx: RunContext,
+    lin: dict[str, Any],
+    replay: dict[str, Any],
+    checks: list[dict[str, Any]],
+    raft: dict[str, Any] | None = None,
 ) -> tuple[bool | str, int]:
     """(valid, exit code) from the checks (see the module docstring)."""
     if ctx.error is not None:
         return "unknown", 2
     failed = lin.get("valid") is False or replay.get("valid") is False
     failed = failed or any(c["ok"] is False for c in checks)
+    failed = failed or (raft is not None and raft.get("valid") is False)
     valid: bool | str = False if failed else (lin.get("valid") is True or "unknown")
     if ctx.interrupted:
         return valid, signals.exit_code()
@@ -581,15 +591,47 @@ def _merge_down(
     return out
 
 
-def replay_json(cluster: LocalCluster, nodes: list[str]) -> dict[str, Any]:
-    """Raft invariants from every node's storage, as results.json's ``invariants``."""
+def replay_storage(
+    cluster: LocalCluster, nodes: list[str]
+) -> tuple[ReplayResult | None, dict[str, Any]]:
+    """Every node's storage read back, and its Raft invariants as results.json's
+    ``invariants`` (the result is None if the replay itself failed)."""
     from harness.replay import replay_cluster
 
     try:
         result = replay_cluster({n: cluster.data_dir(n) for n in nodes})
     except Exception as exc:  # a crashing checker gives unknown, as in Jepsen
-        return {"valid": "unknown", "reason": f"replay failed: {exc}", "violations": []}
-    return result.to_dict()
+        return None, {"valid": "unknown", "reason": f"replay failed: {exc}", "violations": []}
+    return result, result.to_dict()
+
+
+def smallest_majority(ctx: RunContext) -> int:
+    """A majority of the smallest configuration the run can have had: the scenario's voters
+    less one per membership remove or replace (a spare added later only makes majorities
+    larger, so counting without it never flags a correct election)."""
+    sc = ctx.scenario
+    removes = sum(1 for op in ctx.schedule if op.action == "start" and op.params.get(
+        "membership") in ("remove", "replace"))  # fmt: skip
+    return max(1, len(sc.nodes) - removes) // 2 + 1
+
+
+def raft_json(
+    stored: ReplayResult | None,
+    roles: dict[str, list[dict[str, Any]]],
+    nodes: list[str],
+    history: list[Op],
+    seed: int,
+    majority: int | None = None,
+) -> dict[str, Any]:
+    """Raft's own rules judged from the record (:mod:`harness.raft_checks`), as results.json's
+    ``raft``; a crash of the checks makes them unknown, never met."""
+    from harness.raft_checks import judge_record
+
+    try:
+        return judge_record(stored, roles, nodes, history, seed=seed, majority=majority)
+    except Exception as exc:  # a crashing checker gives unknown
+        reason = f"checks failed: {type(exc).__name__}: {exc}"
+        return {"valid": "unknown", "reason": reason, "checks": []}
 
 
 def linearizability_json(history: list[Op]) -> dict[str, Any]:
@@ -625,6 +667,8 @@ def print_summary(console: Console, results: dict[str, Any]) -> None:
     for name in ("linearizability", "invariants"):
         part = results.get(name) or {}
         table.add_row(name, _mark(part.get("valid")), str(part.get("reason") or ""))
+    for check in results.get("raft", {}).get("checks", []):
+        table.add_row(escape(check["name"]), _mark(check["ok"]), escape(str(check.get("saw"))))
     for check in results.get("expectations", {}).get("checks", []):
         table.add_row(escape(check["name"]), _mark(check["ok"]), escape(str(check.get("observed"))))
     if results.get("error"):
