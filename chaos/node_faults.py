@@ -186,6 +186,11 @@ async def _client_call(cluster: FaultCluster, action: str, node: str) -> dict[st
         try:
             return await client.membership(action, node)
         except KVError as exc:
+            # The client retries a request whose answer was lost; the retry of a change that
+            # did take effect is refused as already done. That is the outcome asked for.
+            done = "is already a member" if action.startswith("add") else "is not a member"
+            if done in str(exc):
+                return {"already": True, "detail": str(exc)}
             raise FaultError(f"membership {action} {node} refused: {exc}") from exc
 
 
