@@ -168,7 +168,7 @@ class Search:
         writers: list[int] = []  # open required writers
         absorbers: list[int] = []  # open reads and mismatches
         stack: list[tuple[int, Iterator[_Child], tuple[int, ...], tuple[int, ...]]] = []
-        visited: dict[tuple[int, int, State], list[int]] = {}
+        visited: dict[tuple[int, int, State], list[tuple[int, int]]] = {}
         opt = self.opt_mask
         stored = 0
         steps = 0
@@ -206,12 +206,17 @@ class Search:
                     lin ^= b
                     pos += 1
                     continue
-                # explored before, with a subset of the info ops applied: it failed then
+                # explored before with the same writers linearized, at most these info ops
+                # applied and at least these reads absorbed: it failed then (it was better)
                 part = lin & opt
-                parts = visited.setdefault((pos, lin ^ part, state), [])
-                if any(p & part == p for p in parts):
+                seen = 0
+                for r in absorbers:
+                    seen |= bit[r]
+                seen &= lin
+                parts = visited.setdefault((pos, lin ^ part ^ seen, state), [])
+                if any(p & part == p and r & seen == seen for p, r in parts):
                     break
-                parts.append(part)
+                parts.append((part, seen))
                 stored += 1
                 children = self.children(i, pos, lin, state, path, writers, absorbers)
                 first = next(children, None)
@@ -281,15 +286,44 @@ class Search:
         needs = (kt.kind == READ or kt.kind == CAS) and state != kt.arg
         if needs and not self.reachable(kt.arg, movers, lin, pos):
             return  # nothing open could produce the value it needs
-        queue: deque[_Child] = deque([(lin, state, path)])
-        seen = {(lin, state)}
+        fast = False
+        if kt.writes and (kt.kind != CAS or kt.arg == state):
+            # The first child, cheaply: the completing writer alone. It completes first, so no
+            # identical op goes before it; only the values-written-once rule may forbid it.
+            owed = self.pinned(movers, lin, state, pos) if self.pin else None
+            if owed is None or target in owed:
+                fast = True
+                s2 = kt.produced
+                m2 = lin | bt
+                p2: _Path = (target, path)
+                for a in absorbers:
+                    ba = bit[a]
+                    if not m2 & ba and kops[a].matches(s2):
+                        m2 |= ba
+                        p2 = (a, p2)
+                yield m2 ^ bt, s2, p2
+        opt = self.opt_mask
+        amask = 0  # the open no-effect ops
+        for a in soakers:
+            amask |= bit[a]
+        # Configurations met, by (writers linearized, state): a configuration is skipped when
+        # one met before absorbed a superset of the reads with a subset of the info ops (and
+        # is not restricted where this one is not); it can do everything this one can.
+        seen: dict[tuple[int, State], list[tuple[int, int, bool]]] = {
+            (lin & ~(amask | opt), state): [(lin & amask, lin & opt, False)]
+        }
+        queue: deque[tuple[int, State, _Path, bool]] = deque([(lin, state, path, False)])
         while queue:
-            m, s, p = queue.popleft()
+            m, s, p, restricted = queue.popleft()
             for w in self.candidates(movers, m, s, pos):
                 kw = kops[w]
+                if restricted and kw.kind != CAS:
+                    continue  # it would hide the info write just applied
+                if fast and w == target and m == lin:
+                    continue  # yielded above
                 s2 = kw.new if kw.kind == CAS else kw.arg
-                m2 = m | bit[w]
-                p2: _Path = (w, p)
+                m1 = m2 = m | bit[w]
+                p2 = (w, p)
                 for a in soakers:
                     ba = bit[a]
                     if not m2 & ba and kops[a].matches(s2):
@@ -297,12 +331,19 @@ class Search:
                         p2 = (a, p2)
                 if m2 & bt:
                     yield m2 ^ bt, s2, p2
-                elif (m2, s2) not in seen:
-                    seen.add((m2, s2))
-                    queue.append((m2, s2, p2))
-                    self.work += 1
-                    if self.work & 1023 == 0:
-                        self.budget.check(self.work)
+                    continue
+                # An info write nobody observes is pointless: unless it absorbed a read, the
+                # next move must be a cas that expects its value (a write would hide it).
+                hides = m2 == m1 and not kw.required
+                a2, i2 = m2 & amask, m2 & opt
+                group = seen.setdefault((m2 ^ a2 ^ i2, s2), [])
+                if any(a & a2 == a2 and i & i2 == i and (hides or not r) for a, i, r in group):
+                    continue
+                group.append((a2, i2, hides))
+                queue.append((m2, s2, p2, hides))
+                self.work += 1
+                if self.work & 1023 == 0:
+                    self.budget.check(self.work)
 
     def reachable(self, value: State, movers: list[int], lin: int, pos: int) -> bool:
         """Whether some open writer not yet linearized could produce ``value``."""
