@@ -78,6 +78,8 @@ class Op(BaseModel):
     value: Value = None
     node: str | None = None
     error: str | None = None
+    client: str | None = None
+    group: str | None = None
 
     @field_validator("value", mode="before")
     @classmethod
@@ -163,10 +165,10 @@ def _op_dict(op: Op) -> dict[str, Any]:
         "key": op.key,
         "value": list(op.value) if isinstance(op.value, tuple) else op.value,
     }
-    if op.node is not None:
-        data["node"] = op.node
-    if op.error is not None:
-        data["error"] = op.error
+    for name in ("node", "error", "client", "group"):
+        x = getattr(op, name)
+        if x is not None:
+            data[name] = x
     return data
 
 

@@ -111,6 +111,7 @@ __all__ = [
     "key_result",
     "operation_json",
     "prepare",
+    "prepare_rows",
     "search",
     "show",
     "values_unique",
@@ -152,38 +153,63 @@ def as_records(operations: Iterable[Any]) -> list[OpRecord]:
                 None if done is None else done.error,
                 (done.node if done is not None else None) or inv.node,
                 None if done is None else done.index,
+                inv.client or (done.client if done is not None else None),
+                inv.group or (done.group if done is not None else None),
             )
         )
     return out
 
 
-def _kop(src: int, o: OpRecord) -> KOp | None:
-    outcome = o.type
-    ret = o.end if o.end is not None and outcome != "info" else INF
-    p = o.process
-    if o.f == "read":
+Row: TypeAlias = tuple[int, int, str, Any, str, int | None, Any, str | None]
+"""An operation as a plain tuple, cheap to send to a worker process: ``(index, process, f,
+value, type, end, result, error)`` (the :class:`OpRecord` fields the checker needs)."""
+
+
+def as_row(o: OpRecord) -> Row:
+    """The :data:`Row` of an operation."""
+    return (o.index, o.process, o.f, o.value, o.type, o.end, o.result, o.error)
+
+
+def _kop(
+    src: int,
+    index: int,
+    p: int,
+    f: str,
+    value: Any,
+    outcome: str,
+    end: int | None,
+    result: Any,
+    error: str | None,
+) -> KOp | None:
+    ret = end if end is not None and outcome != "info" else INF
+    if f == "read":
         if outcome != "ok":
             return None
-        return KOp(src, READ, o.result, None, o.index, ret, True, p)
-    if o.f == "write":
+        return KOp(src, READ, result, None, index, ret, True, p)
+    if f == "write":
         if outcome == "fail":
             return None
-        return KOp(src, WRITE, o.value, None, o.index, ret, outcome == "ok", p)
-    expected, new = o.value
+        return KOp(src, WRITE, value, None, index, ret, outcome == "ok", p)
+    expected, new = value
     if outcome == "info" and expected == new:
         return None  # may or may not have happened, and changes nothing either way
     if outcome == "fail":
-        if o.error != "mismatch":
+        if error != "mismatch":
             return None
-        return KOp(src, MISMATCH, expected, new, o.index, ret, True, p)
-    return KOp(src, CAS, expected, new, o.index, ret, outcome == "ok", p)
+        return KOp(src, MISMATCH, expected, new, index, ret, True, p)
+    return KOp(src, CAS, expected, new, index, ret, outcome == "ok", p)
 
 
 def prepare(operations: Sequence[Any]) -> list[KOp]:
     """One key's operations as :class:`KOp` s, those that constrain nothing removed or made
     interchangeable (see the module docstring)."""
-    records = as_records(operations)
-    kops = [k for i, o in enumerate(records) if (k := _kop(i, o)) is not None]
+    rows = [as_row(o) for o in as_records(operations)]
+    return prepare_rows(rows)
+
+
+def prepare_rows(rows: Sequence[Row]) -> list[KOp]:
+    """:func:`prepare` for operations given as :data:`Row` s."""
+    kops = [k for i, row in enumerate(rows) if (k := _kop(i, *row)) is not None]
     if not any(k.kind == MISMATCH for k in kops):
         return _drop_unobserved(kops)
     observed = {k.arg for k in kops if k.kind != WRITE}
