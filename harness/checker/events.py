@@ -266,7 +266,7 @@ class EventReader:
                     or (f == "read" and type_ == "invoke" and value is None)
                 )
             )
-        except KeyError:
+        except (KeyError, TypeError):  # a field missing, or one unhashable (an object)
             fine = False
         if not fine:
             self._slow_check(event, line)
@@ -282,11 +282,11 @@ class EventReader:
             x = event[name]
             if type(x) is not int or x < 0:
                 raise self.error(line, name, f"a non-negative integer, got {_show(x)}")
-        if event["type"] not in TYPES:
+        if type(event["type"]) is not str or event["type"] not in TYPES:
             raise self.error(
                 line, "type", f"one of invoke, ok, fail, info; got {_show(event['type'])}"
             )
-        if event["f"] not in FUNCTIONS:
+        if type(event["f"]) is not str or event["f"] not in FUNCTIONS:
             raise self.error(line, "f", f"one of read, write, cas; got {_show(event['f'])}")
         if type(event["key"]) is not str:
             raise self.error(line, "key", f"a string, got {_show(event['key'])}")

@@ -214,7 +214,7 @@ class Search:
                     seen |= bit[r]
                 seen &= lin
                 parts = visited.setdefault((pos, lin ^ part ^ seen, state), [])
-                if any(p & part == p and r & seen == seen for p, r in parts):
+                if self.covered(parts, part, seen):
                     break
                 parts.append((part, seen))
                 stored += 1
@@ -332,18 +332,43 @@ class Search:
                 if m2 & bt:
                     yield m2 ^ bt, s2, p2
                     continue
-                # An info write nobody observes is pointless: unless it absorbed a read, the
-                # next move must be a cas that expects its value (a write would hide it).
-                hides = m2 == m1 and not kw.required
+                hides = self.restricts(kw, m2 != m1)
                 a2, i2 = m2 & amask, m2 & opt
                 group = seen.setdefault((m2 ^ a2 ^ i2, s2), [])
-                if any(a & a2 == a2 and i & i2 == i and (hides or not r) for a, i, r in group):
+                if self.met(group, a2, i2, hides):
                     continue
                 group.append((a2, i2, hides))
                 queue.append((m2, s2, p2, hides))
                 self.work += 1
                 if self.work & 1023 == 0:
                     self.budget.check(self.work)
+
+    # The three rules below are the cache key's and the pruning's; each is checked against an
+    # exhaustive search by tests/test_checker_properties.py, which also plants a wrong one.
+
+    @staticmethod
+    def covered(parts: list[tuple[int, int]], info: int, absorbed: int) -> bool:
+        """Whether a configuration met before at this completion, with the same writers
+        linearized and the same state, applied a subset of these ``info`` ops and absorbed a
+        superset of these reads: it could do all this one can, and it failed."""
+        return any(i & info == i and a & absorbed == absorbed for i, a in parts)
+
+    @staticmethod
+    def met(group: list[tuple[int, int, bool]], absorbed: int, info: int, restricted: bool) -> bool:
+        """Whether a configuration of this children search (same writers linearized, same
+        state) absorbed a superset of the reads with a subset of the info ops and is restricted
+        only if this one is: everything this one leads to, it leads to as well."""
+        return any(
+            a & absorbed == absorbed and i & info == i and (restricted or not r)
+            for a, i, r in group
+        )
+
+    @staticmethod
+    def restricts(k: KOp, absorbed: bool) -> bool:
+        """Whether only a cas may follow ``k`` just applied: an info write nobody observes is
+        pointless (leaving it unapplied does the same with one info op fewer), so unless it
+        absorbed a read, the next move must be a cas that expects its value."""
+        return not absorbed and not k.required
 
     def reachable(self, value: State, movers: list[int], lin: int, pos: int) -> bool:
         """Whether some open writer not yet linearized could produce ``value``."""
