@@ -282,6 +282,8 @@ class HistoryWriter:
         node: str | None = None,
         error: str | None = None,
         time: int | None = None,
+        client: str | None = None,
+        group: str | None = None,
     ) -> Op:
         """Validate, write and flush one event; return it with its index and time."""
         with self._lock:
@@ -294,6 +296,7 @@ class HistoryWriter:
                 "f": f,
             }
             fields |= {"key": key, "value": value, "node": node, "error": error}
+            fields |= {"client": client, "group": group}
             try:
                 op = Op.model_validate(fields)
             except ValidationError as exc:
@@ -304,9 +307,21 @@ class HistoryWriter:
             self._index += 1
             return op
 
-    def invoke(self, process: int, f: OpF, key: str, value: Value = None) -> Op:
-        """Record that ``process`` starts an operation."""
-        return self.append(process=process, type="invoke", f=f, key=key, value=value)
+    def invoke(
+        self,
+        process: int,
+        f: OpF,
+        key: str,
+        value: Value = None,
+        *,
+        client: str | None = None,
+        group: str | None = None,
+    ) -> Op:
+        """Record that ``process`` starts an operation; ``client`` names the client (worker)
+        that runs the process and ``group`` where it stands (both optional, for people)."""
+        return self.append(
+            process=process, type="invoke", f=f, key=key, value=value, client=client, group=group
+        )
 
     def complete(
         self,

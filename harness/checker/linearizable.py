@@ -51,7 +51,8 @@ JSON shape (``CheckResult.to_json()``, stored under ``"linearizability"`` in res
                "possible_states": [3, null]}  # what the register could hold before it
     OP = {"index": 12, "completion_index": 15 | null, "process": 3, "key": "x",
           "f": "read" | "write" | "cas", "type": "ok" | "fail" | "info", "value": ...,
-          "error": null | str, "node": null | str, "invoke_time": ns, "complete_time": ns | null}
+          "error": null | str, "node": null | str, "client": null | str, "group": null | str,
+          "invoke_time": ns, "complete_time": ns | null}
 """
 
 from __future__ import annotations
