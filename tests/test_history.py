@@ -224,8 +224,10 @@ def test_client_and_group_are_optional_and_reach_the_records(tmp_path: Path) -> 
         w.invoke(1, "read", "x")  # an event without them, as every history before them
         w.complete(1, "ok", 1, node="n2")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert lines[0]["client"] == "c0" and lines[0]["group"] == "north"
-    assert "client" not in lines[1] and "client" not in lines[2]
+    assert lines[0]["client"] == "c0"
+    assert lines[0]["group"] == "north"
+    assert "client" not in lines[1]
+    assert "client" not in lines[2]
     first, second = read_records(path)
     assert (first.client, first.group, first.node) == ("c0", "north", "n1")
     assert (second.client, second.group) == (None, None)

@@ -357,6 +357,40 @@ def test_cli_writes_to_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().out.strip() == str(out)
 
 
+def test_cli_exit_status_is_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """0 valid, 1 invalid, 2 unknown: as ``orbital check``, so a script can act on it."""
+    valid = make_run(tmp_path / "a")
+    assert main(["report", str(valid)]) == 0
+    assert capsys.readouterr().err.strip() == "orbital report: verdict valid (exit 0)"
+    invalid = make_run(tmp_path / "b", anomaly=True)
+    assert main(["report", str(invalid)]) == 1
+    assert "verdict invalid (exit 1)" in capsys.readouterr().err
+    # a run whose checks all passed but whose linearizability was undecided
+    undecided = make_run(tmp_path / "c")
+    results = json.loads((undecided / "results.json").read_text())
+    results["valid"] = "unknown"
+    results["linearizability"]["valid"] = "unknown"
+    (undecided / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(undecided)]) == 2
+    assert "verdict unknown (exit 2)" in capsys.readouterr().err
+    # a bare history nobody judged: judged now; one with no operations is unknown
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["report", str(empty)]) == 2
+    assert (tmp_path / "report.html").is_file()
+    bare = tmp_path / "d" / "history.jsonl"
+    _write_jsonl(
+        bare,
+        [
+            {"index": 0, "time": 0, "process": 0, "type": "invoke", "f": "write", "key": "x",
+             "value": 1},
+            {"index": 1, "time": 5, "process": 0, "type": "ok", "f": "write", "key": "x",
+             "value": 1},
+        ],
+    )  # fmt: skip
+    assert main(["report", str(bare)]) == 0
+
+
 def test_cli_missing_dir_or_history_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
