@@ -67,7 +67,8 @@ def checks_by_prefix(results: dict[str, Any], prefix: str) -> list[dict[str, Any
 def assert_store_layout(run_dir: Path, nodes: list[str]) -> None:
     for name in ("config.toml", "history.jsonl", "faults.jsonl", "results.json", "report.html"):
         assert (run_dir / name).is_file(), name
-    read_history(run_dir / "history.jsonl")
+    events = read_history(run_dir / "history.jsonl")
+    assert all(e.client for e in events if e.type == "invoke"), "an invoke names no client"
     read_faults(run_dir / "faults.jsonl")
     for node in nodes:
         node_dir = run_dir / "nodes" / node
