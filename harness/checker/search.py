@@ -19,10 +19,12 @@ linearized prefix. Operations are linearized *just in time* (Lowe's JIT lineariz
 The search is depth first (as Wing & Gong, Lowe and Porcupine): it follows the first child and
 backtracks only when a later completion cannot be placed. A cache of the configurations
 ``(position, lin, state)`` already explored at each completion (Porcupine's cache) keeps every
-configuration from being explored twice (or one that differs only by having applied more info
-operations, which can only remove choices), which bounds the work on a history that is not
-linearizable; on one that is, the first child is almost always right and the search runs in
-about linear time.
+configuration from being explored twice, and more: a configuration is *covered* (it fails too)
+by one explored before with the same writers linearized and the same state that had applied at
+most its info operations and absorbed at least its reads (applying an info op only removes
+choices; an absorbed read is one obligation fewer). This bounds the work on a history that is
+not linearizable; on one that is, the first child is almost always right and the search runs
+in about linear time. The children of one completion are searched with the same dominance.
 
 Pruning, each an exchange argument that keeps at least one valid order if any exists:
 
@@ -36,7 +38,13 @@ Pruning, each an exchange argument that keeps at least one valid order if any ex
   linearized only if that helps (otherwise it is left to "after everything"); a cas that may or
   may not have happened applies only where it matches. Info writes whose value nobody can
   observe were turned into writes of one shared unobservable value by ``prepare``, so they are
-  interchangeable and only the first unused one of each effect is ever tried.
+  interchangeable and only the first unused one of each effect is ever tried;
+* *pointless info writes*: an info write applied where nothing observes it (it absorbs no read
+  and the next move is a write, which overwrites it unseen) does nothing but use itself up:
+  leaving it unapplied is the same order with one info op fewer, so after an info op that
+  absorbed nothing only a cas expecting its value may follow. Long histories pile up hundreds
+  of open info writes; without this rule the search applied nearly all of them, each usage a
+  new configuration the cache could not match.
 
 A budget (one deadline for the whole file, a cap on cached configurations, a stop flag set when
 another key fails) turns an explosion into ``unknown``, never a hang.
