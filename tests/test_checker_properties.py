@@ -338,7 +338,7 @@ def reader_disagreement(seed: int, directory: Path) -> str | None:
     path = directory / f"h{seed}.jsonl"
     path.write_text("\n".join(lines) + "\n")
     slow = _outcome(lambda: parse_records(path.read_text().splitlines(keepends=True), str(path)))
-    fast = _outcome(lambda: read_records(path))
+    fast = _outcome(lambda: read_records(path, fast=True))
     return None if fast == slow else f"read_records: {fast}; the Python checks: {slow}"
 
 
@@ -346,6 +346,29 @@ def reader_disagreement(seed: int, directory: Path) -> str | None:
 @given(st.integers(0, 2**32 - 1))
 def test_fast_reader_and_python_checks_agree(tmp_path_factory: Any, seed: int) -> None:
     assert reader_disagreement(seed, tmp_path_factory.mktemp("h")) is None
+
+
+def test_big_files_take_the_fast_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.checker import events as module
+
+    path = tmp_path / "h.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in random_history(random.Random(1))))
+    used: list[bool] = []
+    original = module.EventReader.feed_line
+
+    def spy(self: Any, raw: bytes, line: int, fast: Any = None) -> None:
+        used.append(fast is not None)
+        original(self, raw, line, fast)
+
+    monkeypatch.setattr(module.EventReader, "feed_line", spy)
+    small = read_records(path)
+    assert used
+    assert not any(used)
+    used.clear()
+    monkeypatch.setattr(module, "FAST_MIN_BYTES", 10)
+    assert read_records(path) == small
+    assert used
+    assert all(used)
 
 
 def test_a_fast_reader_that_trusts_msgspec_is_caught(
@@ -357,11 +380,11 @@ def test_a_fast_reader_that_trusts_msgspec_is_caught(
 
     original = module.EventReader.feed_line
 
-    def trusting(self: Any, raw: bytes, line: int, decode: Any) -> None:
+    def trusting(self: Any, raw: bytes, line: int, fast: Any = None) -> None:
         try:
-            ev = decode(raw)
+            ev = fast[0](raw)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            original(self, raw, line, decode)
+            original(self, raw, line, fast)
             return
         self._accept(ev, line)
 

@@ -20,22 +20,23 @@ Rules, each violation a :class:`HistoryError` naming the file, the line and the 
   for the same ``f`` and ``key`` (and, for write and cas, the same value); a process with an
   operation outstanding may not invoke again, and a process that got ``info`` never does.
 
-Files are read by :func:`read_records` with msgspec, which decodes a line and checks its field
-types in C, several times faster than ``json`` plus the checks in Python; a line it refuses (or
-one it cannot represent, such as an integer beyond 64 bits) goes through the Python checks,
-which accept it or name the field. Both feed the same stream checks, so a file gets the same
-verdict and the same message either way.
+Big files are read by :func:`read_records` with msgspec, which decodes a line and checks its
+field types in C, several times faster than ``json`` plus the checks in Python; a line it
+refuses (or one it cannot represent, such as an integer beyond 64 bits) goes through the
+Python checks, which accept it or name the field. Both feed the same stream checks, so a file
+gets the same verdict and the same message either way (``tests/test_checker_properties.py``
+compares them on broken lines). Small files skip msgspec, whose import costs more than it
+saves there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-import msgspec
+from typing import Any
 
 TYPES = frozenset(("invoke", "ok", "fail", "info"))
 FUNCTIONS = frozenset(("read", "write", "cas"))
@@ -43,25 +44,70 @@ OPTIONAL = ("node", "error", "client", "group")  #: optional string fields
 FIELDS = frozenset(("index", "time", "process", "type", "f", "key", "value", *OPTIONAL))
 REQUIRED = ("index", "time", "process", "type", "f", "key")
 
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+FAST_MIN_BYTES = 1 << 20  #: files at least this big are read with msgspec (import: ~20 ms)
 
 
-class Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """One event whose fields have their JSON types (what :func:`read_records` decodes; the
-    shape of ``value`` for ``f`` and ``type`` is checked afterwards). ``value`` of a cas is a
-    tuple."""
+class Event:
+    """One event whose fields have their JSON types (a cas's ``value`` a tuple). msgspec
+    decodes into a twin of this class (:func:`fast_decoder`), with the same attributes."""
 
-    index: _Count
-    time: _Count
-    process: _Count
-    type: Literal["invoke", "ok", "fail", "info"]
-    f: Literal["read", "write", "cas"]
-    key: str
-    value: int | tuple[int | None, int] | None = None
-    node: str | None = None
-    error: str | None = None
-    client: str | None = None
-    group: str | None = None
+    __slots__ = (
+        "client", "error", "f", "group", "index", "key", "node", "process", "time", "type",
+        "value",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        index: int,
+        time: int,
+        process: int,
+        type: str,
+        f: str,
+        key: str,
+        value: Any = None,
+        node: str | None = None,
+        error: str | None = None,
+        client: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        self.index, self.time, self.process, self.type, self.f = index, time, process, type, f
+        self.key, self.value, self.node, self.error = key, value, node, error
+        self.client, self.group = client, group
+
+
+_fast: Any = None
+
+
+def fast_decoder() -> Any:
+    """A msgspec decoder of one event line (imported on first use): field types and ranges
+    are checked in C; the shape of ``value`` for ``f`` and ``type`` is checked afterwards."""
+    global _fast
+    if _fast is None:
+        from typing import Annotated, Literal
+
+        import msgspec
+
+        count = Annotated[int, msgspec.Meta(ge=0)]
+        fast_event = msgspec.defstruct(
+            "FastEvent",
+            [
+                ("index", count),
+                ("time", count),
+                ("process", count),
+                ("type", Literal["invoke", "ok", "fail", "info"]),
+                ("f", Literal["read", "write", "cas"]),
+                ("key", str),
+                ("value", int | tuple[int | None, int] | None, None),
+                *((name, str | None, None) for name in OPTIONAL),
+            ],
+            forbid_unknown_fields=True,
+            gc=False,
+        )
+        _fast = (
+            msgspec.json.Decoder(fast_event).decode,
+            (msgspec.ValidationError, msgspec.DecodeError),
+        )
+    return _fast
 
 
 def _event(data: dict[str, Any]) -> Event:
@@ -195,13 +241,16 @@ class EventReader:
         self._check_fields(event, line)
         self._accept(_event(event), line)
 
-    def feed_line(self, raw: bytes, line: int, decode: Any) -> None:
-        """Check one raw line (not blank) with ``decode`` (a msgspec decoder of
-        :class:`Event`); a line it refuses takes the Python checks, which name the problem."""
-        try:
-            ev = decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            ev = None
+    def feed_line(self, raw: bytes, line: int, fast: Any = None) -> None:
+        """Check one raw line (not blank): with ``fast`` (:func:`fast_decoder`) by msgspec
+        first; a line it refuses, or any line without it, takes the Python checks, which name
+        the problem."""
+        ev = None
+        if fast is not None:
+            try:
+                ev = fast[0](raw)
+            except fast[1]:
+                pass
         if ev is not None:
             f, value = ev.f, ev.value
             if f == "write":
@@ -409,18 +458,21 @@ def _as_dict(event: Any) -> dict[str, Any]:
     return out
 
 
-def read_records(path: str | Path) -> list[OpRecord]:
-    """Read, validate and pair a ``history.jsonl`` file."""
+def read_records(path: str | Path, fast: bool | None = None) -> list[OpRecord]:
+    """Read, validate and pair a ``history.jsonl`` file; with msgspec when ``fast`` (default:
+    for files of :data:`FAST_MIN_BYTES` or more; smaller ones start sooner without it)."""
     name = str(path)
     reader = EventReader(name)
-    decode = msgspec.json.Decoder(Event).decode
     feed = reader.feed_line
     try:
         with open(path, "rb") as fh:
+            if fast is None:
+                fast = os.fstat(fh.fileno()).st_size >= FAST_MIN_BYTES
+            decoder = fast_decoder() if fast else None
             for line_no, raw in enumerate(fh, start=1):
                 if raw.isspace() or not raw:
                     continue
-                feed(raw, line_no, decode)
+                feed(raw, line_no, decoder)
     except OSError as exc:
         raise HistoryError(f"cannot read: {exc.strerror}", path=name) from None
     return reader.finish()
