@@ -87,15 +87,24 @@ def exhaustive(records: list[OpRecord]) -> bool:
 # ----------------------------------------------------------------------- random histories
 
 
-def random_history(rng: random.Random) -> list[dict[str, Any]]:
+def random_history(
+    rng: random.Random,
+    *,
+    n_ops: int | None = None,
+    processes: int | None = None,
+    values: int | None = None,
+    info: float | None = None,
+    lie: float | None = None,
+) -> list[dict[str, Any]]:
     """A small history on one key: a simulated register in which each op takes effect at one
     instant of its window, or (``info``/unfinished) maybe never; then some reads and cas
-    outcomes are falsified, so that about one in six is not linearizable."""
-    n_ops = rng.randint(3, 12)
-    processes = rng.randint(2, 5)
-    values = rng.randint(1, 3)
-    info = rng.choice([0.0, 0.1, 0.3, 0.5])
-    lie = rng.choice([0.0, 0.05, 0.2, 0.5])
+    outcomes are falsified, so that about one in six is not linearizable. Each parameter left
+    out is drawn at random."""
+    n_ops = rng.randint(3, 12) if n_ops is None else n_ops
+    processes = rng.randint(2, 5) if processes is None else processes
+    values = rng.randint(1, 3) if values is None else values
+    info = rng.choice([0.0, 0.1, 0.3, 0.5]) if info is None else info
+    lie = rng.choice([0.0, 0.05, 0.2, 0.5]) if lie is None else lie
     late = rng.random() < 0.5  # lie only in the last ops: a long search before it fails
     register: int | None = None
     events: list[dict[str, Any]] = []
@@ -281,6 +290,81 @@ def test_a_planted_wrong_rule_is_caught(monkeypatch: pytest.MonkeyPatch, name: s
     check = cache_rule_violation if attribute == "covered" else disagreement
     found = next((s for s in range(3000) if check(s) is not None), None)
     assert found is not None, f"{name}: no history tells it apart"
+
+
+def test_a_relaxation_that_keeps_reads_of_cas_values_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planted in ``once_written`` (the relaxation tried first on keys whose values repeat): a
+    read of a value that only a cas produces is kept, though the cas is left out; the
+    comparison with the exhaustive search catches the false violations."""
+    from harness.checker import linearizable, unique
+    from harness.checker.model import CAS, READ, WRITE, KOp
+
+    def wrong(kops: list[KOp]) -> list[KOp]:
+        producers: dict[Any, list[KOp]] = {}
+        for k in kops:
+            if k.writes:
+                producers.setdefault(k.produced, []).append(k)
+        out = []
+        for k in kops:
+            if k.kind == WRITE:
+                if len(producers[k.arg]) == 1:
+                    out.append(k)
+                elif k.required:
+                    renamed = unique._Renamed(k.arg)
+                    out.append(KOp(k.src, WRITE, renamed, None, k.inv, k.ret, True, k.process))
+            elif (
+                k.required
+                and (k.kind == READ or (k.kind == CAS and not k.writes))
+                and len(producers.get(k.arg, ())) <= 1  # the bug: a cas may be that producer
+            ):
+                out.append(k)
+        return unique.forced_only(out)
+
+    monkeypatch.setattr(linearizable, "once_written", wrong)
+    assert next((s for s in range(3000) if disagreement(s) is not None), None) is not None
+
+
+def _long_history(seed: int, plant: str) -> list[dict[str, Any]]:
+    """400 ops on values 0..2, 8 processes, info ops (linearizable by construction), then
+    ``plant``: ``stale`` appends a write of 100, a write of 101 and a read of 100 after both;
+    ``unwritten`` makes a read in the middle return 999."""
+    events = random_history(
+        random.Random(seed), n_ops=400, processes=8, values=3, info=0.1, lie=0.0
+    )
+    if plant == "unwritten":
+        middle = [e for e in events[len(events) // 2 :] if e["f"] == "read" and e["type"] == "ok"]
+        middle[0]["value"] = 999
+    elif plant == "stale":
+        p = 1 + max(e["process"] for e in events)
+        for type_, f, value in [("invoke", "write", 100), ("ok", "write", 100),
+                                ("invoke", "write", 101), ("ok", "write", 101),
+                                ("invoke", "read", None), ("ok", "read", 100)]:  # fmt: skip
+            n = len(events)
+            events.append({"index": n, "time": n, "key": "k", "process": p, "type": type_,
+                           "f": f, "value": value})  # fmt: skip
+    return events
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_obvious_anomalies_in_a_long_key_with_repeated_values_are_found(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Found by the relaxation (``once_written``) first, where the search alone has to exhaust
+    the orders of everything before the anomaly: without it, the stale read is not found
+    within the same configuration cap."""
+    from harness.checker import linearizable
+
+    assert check_records(_records(_long_history(seed, "none"))).valid is True
+    unwritten = check_records(_records(_long_history(seed, "unwritten")), max_configs=20_000)
+    assert unwritten.valid is False
+    assert unwritten.anomaly is not None
+    assert unwritten.anomaly.kind == "read of a value never written"
+    stale = _records(_long_history(seed, "stale"))
+    assert check_records(stale, max_configs=20_000).valid is False
+    monkeypatch.setattr(linearizable, "once_written", lambda kops: [])
+    assert check_records(stale, max_configs=20_000).valid == "unknown"
 
 
 # ----------------------------------------------------------------------- the two readers

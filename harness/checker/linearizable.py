@@ -23,6 +23,9 @@ a write of one shared unobservable value, so that such writes are interchangeabl
 1. ``unique-values`` (:mod:`harness.checker.unique`): when the writes that matter write distinct
    values, Gibbons & Korach's polynomial check, extended with cas chains and info writes. With
    mismatch observations it is a relaxation: a ``False`` is final, a ``True`` goes on to 2.
+   With repeated values the same check runs on a relaxation with distinct values
+   (:func:`~harness.checker.unique.once_written`): a ``False`` is final (a stale read of a
+   value written once, a read of a value nobody writes), anything else goes on to 2.
 2. ``search`` (:mod:`harness.checker.search`): depth-first just-in-time linearization with
    Porcupine's cache and pruning that makes repeated values and info operations cheap.
 
@@ -82,7 +85,7 @@ from harness.checker.model import (
     show,
 )
 from harness.checker.search import Overrun, Search, search
-from harness.checker.unique import check_unique, forced_only, values_unique
+from harness.checker.unique import check_unique, forced_only, once_written, values_unique
 
 __all__ = [
     "CAS",
@@ -275,6 +278,11 @@ def _check(kops: list[KOp], method: Method, budget: Budget) -> RawResult:
             return _refine(kops, result, budget)
         if not mismatches:
             return result
+    elif method != "search":
+        # repeated values: first the relaxation that finds the obvious anomalies in O(n log n)
+        result = check_unique(once_written([k for k in kops if k.arg is not GARBAGE]))
+        if result.valid is False:
+            return _refine(kops, result, budget)
     return _search(kops, budget)
 
 
