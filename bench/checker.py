@@ -7,7 +7,8 @@ instant of its window in a simulated register; ``-planted`` ones get a stale rea
   (valid, and planted): each within 10 s;
 * ``unique-20k``: one key, 20,000 ops, 30 processes, unique values, 1 % info: within 10 s;
 * ``small-10k`` / ``small-100k``: one key, 10,000 / 100,000 ops, values 0..4, 1 % info: within
-  1 s / 10 s;
+  1 s / 10 s; ``small-100k-planted`` (not an issue target): the same with a stale read of a
+  value written once appended, within 10 s;
 * ``big-unique`` / ``big-small``: 1,000,000 ops over 200 keys, 30 processes, 2 % info, unique
   values / values 0..4: within 30 s, under 2 GB in all processes together (this process's peak
   plus ``jobs`` times the largest worker's: an upper bound);
@@ -63,6 +64,8 @@ CASES: dict[str, dict[str, Any]] = {
     "unique-20k": BASE | {"ops": 20_000, "processes": 30, "info": 0.01, "target_s": 10},
     "small-10k": BASE | {"ops": 10_000, "values": 5, "info": 0.01, "target_s": 1},
     "small-100k": BASE | {"ops": 100_000, "values": 5, "info": 0.01, "target_s": 10},
+    "small-100k-planted": BASE
+    | {"ops": 100_000, "values": 5, "info": 0.01, "plant": True, "target_s": 10},
     "big-unique": BASE
     | {"ops": 1_000_000, "keys": 200, "processes": 30, "info": 0.02, "target_s": 30},
     "big-small": BASE
