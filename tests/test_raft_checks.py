@@ -12,10 +12,17 @@ import pytest
 
 from harness.exactly_once import check_exactly_once
 from harness.history import Op
-from harness.raft_checks import check_commits, check_election_safety, check_votes, judge_record
+from harness.raft_checks import (
+    check_commits,
+    check_election_safety,
+    check_leader_completeness,
+    check_votes,
+    judge_record,
+)
 from harness.replay import ReplayResult, replay_cluster
 from harness.workload import client_id
-from raft.core.types import EntryKind, HardState, LogEntry, NodeId
+from raft.core.types import ConfState, EntryKind, HardState, LogEntry, NodeId, Snapshot, SnapshotMeta
+from raft.kv import KVStore
 from raft.storage import FileStorage
 
 SEED = 9
@@ -148,6 +155,36 @@ def test_a_log_without_this_runs_sessions_is_not_applicable(tmp_path: Path) -> N
     assert "no command of this run's clients" in row["saw"]
 
 
+def compacted_dirs(tmp: Path, commands: list[bytes]) -> ReplayResult:
+    """Every node has applied ``commands`` and compacted them all into its snapshot."""
+    kv = KVStore()
+    for c in commands:
+        kv.apply(c)
+    meta = SnapshotMeta(len(commands), 1, ConfState(frozenset(NODES)))
+    for n in NODES:
+        with FileStorage(tmp / n) as s:
+            s.append_log([LogEntry(i + 1, 1, c) for i, c in enumerate(commands)])
+            s.save_snapshot(Snapshot(meta, kv.snapshot()))
+    return replay_cluster({n: tmp / n for n in NODES})
+
+
+def test_everything_compacted_is_judged_from_the_snapshot(tmp_path: Path) -> None:
+    """No node holds an entry (snapshot_entries = 1): the acknowledged write sits in the
+    snapshot's sessions, so it is not 'acknowledged but not in the log'; a write that is in
+    no session is."""
+    replay = compacted_dirs(tmp_path, [cmd("write", "k", 1, 0, 1)])
+    assert all(not s.log for s in replay.nodes.values())
+    h = History()
+    h.op(0, "write", "k", 1, "ok")
+    row = exactly_once(replay, h)
+    assert row["ok"] is True, row
+    assert "not judged: before the snapshot" in row["saw"]
+    h.op(1, "write", "k", 2, "ok")  # acknowledged, but in no snapshot and no log: lost
+    row = exactly_once(replay, h)
+    assert row["ok"] is False
+    assert kinds(row) == ["ok_not_in_log"]
+
+
 def roles(*leaders: tuple[str, int]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {n: [{"time": 0, "role": "follower", "term": 0}]
                                             for n in NODES}  # fmt: skip
@@ -233,6 +270,45 @@ def test_a_committed_entry_changed_on_a_final_log_is_flagged(tmp_path: Path) -> 
     assert agree["violations"][0]["differs_on"] == {"n3": 3}
 
 
+def history_dirs(tmp: Path, writes: dict[str, list[list[tuple[int, int]]]]) -> ReplayResult:
+    """Each node writes its appends in order (each a list of (index, term)); n1, the leader,
+    notes that index 4 of term 2 is committed, with its first append."""
+    for n in NODES:
+        appends = writes.get(n, [[(1, 1), (2, 1), (3, 2), (4, 2)]])
+        with FileStorage(tmp / n) as s:
+            s.save_state(HardState(max(t for a in appends for _, t in a), None))
+            if n == "n1":
+                s.note_commit(4, 2, 2)
+            for append in appends:
+                s.append_log([LogEntry(i, t, b"x") for i, t in append])
+    return replay_cluster({n: tmp / n for n in NODES})
+
+
+def test_leader_completeness_holds_when_later_terms_come_after_committed_entries(
+    tmp_path: Path,
+) -> None:
+    stale = [[(1, 1), (2, 1), (3, 1)], [(3, 2), (4, 2), (5, 3)]]  # a stale entry overwritten
+    row = check_leader_completeness(history_dirs(tmp_path, {"n3": stale}).nodes)
+    assert row["ok"] is True, row
+    assert "1 commit decisions" in row["saw"]
+
+
+def test_a_committed_entry_overwritten_by_a_later_term_is_flagged_from_the_wal(
+    tmp_path: Path,
+) -> None:
+    """n3 led term 3 without index 4 (committed in term 2): it wrote its own entry at 3 and was
+    repaired later; its final log shows nothing, its WAL does."""
+    overwritten = [[(1, 1), (2, 1)], [(3, 3)], [(3, 2), (4, 2)]]
+    replay = history_dirs(tmp_path, {"n3": overwritten})
+    assert replay.valid, "the final logs agree"
+    row = check_leader_completeness(replay.nodes)
+    assert row["ok"] is False, row
+    (v,) = row["violations"]
+    assert (v["node"], v["index"], v["term"]) == ("n3", 3, 3)
+    assert (v["committed_index"], v["committed_term"], v["committed_by"]) == (4, 2, "n1")
+    assert "n3 wrote term 3 at index 3" in row["saw"]
+
+
 def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path: Path) -> None:
     replay = commit_dirs(tmp_path, [], [1, 1, 2, 2])
     assert [r["ok"] for r in check_commits(replay.nodes, NODES)] == [None, None]
@@ -240,7 +316,7 @@ def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path
     assert judged["valid"] is True
     assert {c["name"] for c in judged["checks"]} == {
         "election_safety", "votes_one_per_term", "leader_votes_durable", "commit_current_term",
-        "committed_entries_agree", "exactly_once",
+        "committed_entries_agree", "leader_completeness", "exactly_once",
     }  # fmt: skip
 
 

@@ -1,0 +1,43 @@
+"""Every entry a node ever wrote: its WAL's whole history, not only what replay keeps.
+
+A node's write-ahead log is append-only (:mod:`raft.wal`): replacing a suffix is a new record
+after the old ones, so the segments still on disk also hold the entries a node wrote and
+later dropped (a follower's conflicting suffix, a leader's entries that a later leader
+overwrote). The storage replay (:mod:`harness.replay`) judges the final logs; this module
+gives the checks what the final logs no longer show. Segments deleted by compaction are gone,
+with what they held: the history is what is still on disk (never more than was written).
+
+:func:`written_terms` reads it, read-only and without the store's lock, with the WAL's own
+record reader (a torn tail ends the history, as it ends the log).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raft.storage import WAL_DIR
+from raft.wal import RT_BATCH, RT_ENTRY, list_segments, scan_segment
+
+
+def written_terms(directory: Path) -> dict[int, int]:
+    """index -> the highest term of any entry the node in ``directory`` ever wrote at that
+    index (every ``ENTRY`` and ``BATCH`` record of its WAL, overwritten ones included).
+    Raises :class:`raft.wal.StorageError` (``StorageCorrupted``) like the replay does."""
+    out: dict[int, int] = {}
+    segments = list_segments(Path(directory) / WAL_DIR)
+    for i, seg in enumerate(segments):
+        records, _ = scan_segment(seg.path, seg.path.read_bytes(), last=i == len(segments) - 1)
+        for rec in records:
+            if rec.rtype == RT_BATCH:
+                pairs = [(e.index, e.term) for e in rec.batch]
+            elif rec.rtype == RT_ENTRY:
+                pairs = [(rec.index, rec.term)]
+            else:
+                continue
+            for index, term in pairs:
+                if term > out.get(index, -1):
+                    out[index] = term
+    return out
+
+
+__all__ = ["written_terms"]
