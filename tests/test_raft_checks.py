@@ -21,7 +21,15 @@ from harness.raft_checks import (
 )
 from harness.replay import ReplayResult, replay_cluster
 from harness.workload import client_id
-from raft.core.types import ConfState, EntryKind, HardState, LogEntry, NodeId, Snapshot, SnapshotMeta
+from raft.core.types import (
+    ConfState,
+    EntryKind,
+    HardState,
+    LogEntry,
+    NodeId,
+    Snapshot,
+    SnapshotMeta,
+)
 from raft.kv import KVStore
 from raft.storage import FileStorage
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from raft.core.messages import Message, RequestVote
 from raft.core.raft import RaftConfig, RaftCore, Ready
-from raft.node import RaftNode
 from raft.core.types import HardState
+from raft.node import RaftNode
 from raft.server import ClusterConfig
 from raft.storage import FileStorage
 from tests.teeth.bugs import BUGS, Bug
