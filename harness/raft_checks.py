@@ -31,6 +31,11 @@ applicable: the run left no data for it, e.g. a system without a vote log; never
   Judged from every node's whole WAL history (:mod:`harness.wal_history`), so an entry that
   overwrote a committed one is caught even when a later repair left no trace in the final
   logs.
+* ``snapshot_continuation`` — the log a node writes right after emptying it for a snapshot
+  continues that snapshot: its first entry has no term below one committed at or before the
+  snapshot point (Raft §7: a follower keeps the entries after a snapshot only if its log holds
+  the snapshot's last entry; log terms never decrease). Also from the WAL histories, so a
+  conflicting suffix kept by an InstallSnapshot and overwritten later is still seen.
 * ``exactly_once`` — :mod:`harness.exactly_once`.
 
 :func:`judge_record` runs them all; the runner stores the result as ``results.json``'s
@@ -47,7 +52,7 @@ from typing import Any
 from harness.exactly_once import check_exactly_once
 from harness.history import Op
 from harness.replay import NodeStorage, ReplayResult
-from harness.wal_history import written_terms
+from harness.wal_history import fresh_starts, written_terms
 from raft.wal import StorageError
 
 #: violations kept per check in results.json (the count is always complete)
@@ -290,6 +295,48 @@ def check_leader_completeness(nodes: Mapping[str, NodeStorage]) -> dict[str, Any
     return row(name, not bad, saw, bad)
 
 
+def check_snapshot_continuation(nodes: Mapping[str, NodeStorage]) -> dict[str, Any]:
+    """``snapshot_continuation`` (see the module docstring)."""
+    name = "snapshot_continuation"
+    marks = sorted((m.index, m.term, n) for n, s in nodes.items() for m in s.commits if m.term >= 0)
+    if not marks:
+        return row(name, None, "no commit records in any WAL (not recorded by this system)")
+    highest = [m[1] for m in marks]  # the highest term committed at or below each mark
+    for k in range(1, len(highest)):
+        highest[k] = max(highest[k], highest[k - 1])
+    indexes = [m[0] for m in marks]
+    bad: list[dict[str, Any]] = []
+    starts, unread = 0, []
+    for node, s in sorted(nodes.items()):
+        try:
+            found = fresh_starts(s.directory)
+        except (OSError, StorageError):
+            unread.append(node)
+            continue
+        for index, term in found:
+            starts += 1
+            k = bisect.bisect_right(indexes, index - 1) - 1
+            if index > 1 and k >= 0 and term < highest[k]:
+                below = next(m for m in marks[: k + 1] if m[1] == highest[k])
+                bad.append({"node": node, "index": index, "term": term,
+                            "committed_index": below[0], "committed_term": below[1],
+                            "committed_by": below[2]})  # fmt: skip
+    saw = (
+        f"{starts} log(s) started afresh after a snapshot point, held against {len(marks)} "
+        "commit decisions"
+    )
+    if unread:
+        saw += f" ({', '.join(unread)}: WAL history unreadable)"
+    if bad:
+        b = bad[0]
+        saw = (
+            f"{b['node']} started its log at index {b['index']} with term {b['term']}, after "
+            f"index {b['committed_index']} was committed with term {b['committed_term']} by "
+            f"{b['committed_by']}; {saw}"
+        )
+    return row(name, not bad, saw, bad)
+
+
 def _term_at(s: NodeStorage, index: int) -> int | None:
     """The term a node's final state gives ``index``: its log entry's, or its snapshot's if
     the snapshot ends there (None: the node does not hold it)."""
@@ -316,11 +363,13 @@ def judge_record(
     if replay is None:
         gone = "the nodes' storage could not be read"
         names = ("votes_one_per_term", "leader_votes_durable", "commit_current_term",
-                 "committed_entries_agree", "leader_completeness", "exactly_once")  # fmt: skip
+                 "committed_entries_agree", "leader_completeness", "snapshot_continuation",
+                 "exactly_once")  # fmt: skip
         checks += [row(n, None, gone) for n in names]
     else:
         checks += check_votes(replay.nodes, roles, cluster, majority)
         checks += check_commits(replay.nodes, cluster, majority)
         checks.append(check_leader_completeness(replay.nodes))
+        checks.append(check_snapshot_continuation(replay.nodes))
         checks.append(check_exactly_once(replay, history, seed=seed))
     return {"valid": all(c["ok"] is not False for c in checks), "checks": checks}

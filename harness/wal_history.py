@@ -7,8 +7,8 @@ overwrote). The storage replay (:mod:`harness.replay`) judges the final logs; th
 gives the checks what the final logs no longer show. Segments deleted by compaction are gone,
 with what they held: the history is what is still on disk (never more than was written).
 
-:func:`written_terms` reads it, read-only and without the store's lock, with the WAL's own
-record reader (a torn tail ends the history, as it ends the log).
+:func:`written_terms` and :func:`fresh_starts` read it, read-only and without the store's
+lock, with the WAL's own record reader (a torn tail ends the history, as it ends the log).
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from raft.storage import WAL_DIR
-from raft.wal import RT_BATCH, RT_ENTRY, list_segments, scan_segment
+from raft.wal import RT_BATCH, RT_ENTRY, RT_TRUNCATE, Record, list_segments, scan_segment
+
+
+def _records(directory: Path) -> list[Record]:
+    """Every valid record of the node's WAL, in the order written."""
+    out: list[Record] = []
+    segments = list_segments(Path(directory) / WAL_DIR)
+    for i, seg in enumerate(segments):
+        records, _ = scan_segment(seg.path, seg.path.read_bytes(), last=i == len(segments) - 1)
+        out += records
+    return out
 
 
 def written_terms(directory: Path) -> dict[int, int]:
@@ -24,20 +34,33 @@ def written_terms(directory: Path) -> dict[int, int]:
     index (every ``ENTRY`` and ``BATCH`` record of its WAL, overwritten ones included).
     Raises :class:`raft.wal.StorageError` (``StorageCorrupted``) like the replay does."""
     out: dict[int, int] = {}
-    segments = list_segments(Path(directory) / WAL_DIR)
-    for i, seg in enumerate(segments):
-        records, _ = scan_segment(seg.path, seg.path.read_bytes(), last=i == len(segments) - 1)
-        for rec in records:
-            if rec.rtype == RT_BATCH:
-                pairs = [(e.index, e.term) for e in rec.batch]
-            elif rec.rtype == RT_ENTRY:
-                pairs = [(rec.index, rec.term)]
-            else:
-                continue
-            for index, term in pairs:
-                if term > out.get(index, -1):
-                    out[index] = term
+    for rec in _records(directory):
+        if rec.rtype == RT_BATCH:
+            pairs = [(e.index, e.term) for e in rec.batch]
+        elif rec.rtype == RT_ENTRY:
+            pairs = [(rec.index, rec.term)]
+        else:
+            continue
+        for index, term in pairs:
+            if term > out.get(index, -1):
+                out[index] = term
     return out
 
 
-__all__ = ["written_terms"]
+def fresh_starts(directory: Path) -> list[tuple[int, int]]:
+    """(index, term) of the first entry the node wrote each time after emptying its log
+    (``TRUNCATE(0)``: the store does it when a snapshot replaces a log that does not continue
+    it, or when an append starts the log afresh after the snapshot point)."""
+    out: list[tuple[int, int]] = []
+    emptied = False
+    for rec in _records(directory):
+        if rec.rtype == RT_TRUNCATE:
+            emptied = emptied or rec.index == 0
+        elif rec.rtype in (RT_BATCH, RT_ENTRY):
+            if emptied:
+                out.append((rec.index, rec.batch[0].term if rec.batch else rec.term))
+            emptied = False
+    return out
+
+
+__all__ = ["fresh_starts", "written_terms"]

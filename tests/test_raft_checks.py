@@ -16,6 +16,7 @@ from harness.raft_checks import (
     check_commits,
     check_election_safety,
     check_leader_completeness,
+    check_snapshot_continuation,
     check_votes,
     judge_record,
 )
@@ -317,6 +318,40 @@ def test_a_committed_entry_overwritten_by_a_later_term_is_flagged_from_the_wal(
     assert "n3 wrote term 3 at index 3" in row["saw"]
 
 
+def install_dirs(tmp: Path, after_term: int) -> ReplayResult:
+    """n1 led term 2 and committed index 3 (term 2); n3 held a conflicting suffix of term 1,
+    installed n1's snapshot at 3, then wrote index 4 with ``after_term``."""
+    kv = KVStore()
+    meta = SnapshotMeta(3, 2, ConfState(frozenset(NODES)))
+    for n in NODES:
+        with FileStorage(tmp / n) as s:
+            s.save_state(HardState(2, None))
+            if n == "n1":
+                s.note_commit(3, 2, 2)
+            if n != "n3":
+                s.append_log([LogEntry(i, t, b"x") for i, t in [(1, 1), (2, 1), (3, 2)]])
+                continue
+            s.append_log([LogEntry(i, 1, b"x") for i in range(1, 6)])
+            s.save_snapshot(Snapshot(meta, kv.snapshot()))  # does not continue: log emptied
+            s.append_log([LogEntry(4, after_term, b"x")])
+    return replay_cluster({n: tmp / n for n in NODES})
+
+
+def test_a_log_that_continues_its_snapshot_holds(tmp_path: Path) -> None:
+    row = check_snapshot_continuation(install_dirs(tmp_path, after_term=2).nodes)
+    assert row["ok"] is True, row
+    assert "1 log(s) started afresh" in row["saw"]
+
+
+def test_a_conflicting_suffix_kept_after_a_snapshot_is_flagged(tmp_path: Path) -> None:
+    """The classic InstallSnapshot bug: n3 kept (4, term 1) after installing (3, term 2)."""
+    row = check_snapshot_continuation(install_dirs(tmp_path, after_term=1).nodes)
+    assert row["ok"] is False, row
+    (v,) = row["violations"]
+    assert (v["node"], v["index"], v["term"]) == ("n3", 4, 1)
+    assert (v["committed_index"], v["committed_term"], v["committed_by"]) == (3, 2, "n1")
+
+
 def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path: Path) -> None:
     replay = commit_dirs(tmp_path, [], [1, 1, 2, 2])
     assert [r["ok"] for r in check_commits(replay.nodes, NODES)] == [None, None]
@@ -324,7 +359,8 @@ def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path
     assert judged["valid"] is True
     assert {c["name"] for c in judged["checks"]} == {
         "election_safety", "votes_one_per_term", "leader_votes_durable", "commit_current_term",
-        "committed_entries_agree", "leader_completeness", "exactly_once",
+        "committed_entries_agree", "leader_completeness", "snapshot_continuation",
+        "exactly_once",
     }  # fmt: skip
 
 
