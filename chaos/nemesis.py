@@ -343,6 +343,9 @@ class NemesisExecutor:
         if f.kind == "transfer":
             await self._transfer(f, self._resolve_targets(f))
             return
+        if f.kind == "membership" and f.params.get("target") in GROUP_TARGETS:
+            await self._removals(f, [str(n) for n in f.params["nodes"]])
+            return
         target = self._resolve_target(f)
         if f.kind == "latency":
             await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
@@ -389,6 +392,42 @@ class NemesisExecutor:
             return
         if self._on_fault is not None:
             self._on_fault("transfer", "start", {"leader": leader, "to": f.nodes})
+
+    async def _removals(self, f: AppliedFault, targets: list[str]) -> None:
+        """Ask the leader, on its direct client port, to remove every target at once (one
+        client each, as several operators might); stop the nodes it removed. The leader
+        takes one change at a time: the others are refused while it is uncommitted."""
+        if f.leader_before is None:
+            f.skipped = "no leader to ask"
+            return
+        f.nodes = [
+            n for n in targets if n in self.cluster.members and n not in self.cluster.retired
+        ]
+        leader = f.leader_before[0]
+        addr = {leader: self.cluster.client_addr[leader]}
+        clients = [KVClient(addr, timeout=10.0, attempt_timeout=1.0) for _ in f.nodes]
+        try:
+            found = await asyncio.gather(
+                *(c.membership("remove", n) for c, n in zip(clients, f.nodes, strict=True)),
+                return_exceptions=True,
+            )
+        finally:
+            for c in clients:
+                c.close()
+        removed = [n for n, r in zip(f.nodes, found, strict=True) if isinstance(r, dict)]
+        refused = {
+            n: str(r) for n, r in zip(f.nodes, found, strict=True) if not isinstance(r, dict)
+        }
+        if not removed:
+            f.skipped = "; ".join(f"{n}: {r}" for n, r in refused.items()) or "no target"
+            return
+        for node in removed:
+            self.cluster.retired.add(node)
+            if self.cluster.alive(node):
+                await asyncio.to_thread(self.cluster.procs[node].stop)
+        detail = {"membership": "remove", "removed": removed, "refused": refused}
+        f.params["applied"] = detail
+        self._report("membership", "start", detail)
 
     def _resolve_targets(self, f: AppliedFault) -> list[str]:
         """The nodes a kill or pause acts on (see the module docstring)."""

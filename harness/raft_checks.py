@@ -36,6 +36,11 @@ applicable: the run left no data for it, e.g. a system without a vote log; never
   snapshot point (Raft §7: a follower keeps the entries after a snapshot only if its log holds
   the snapshot's last entry; log terms never decrease). Also from the WAL histories, so a
   conflicting suffix kept by an InstallSnapshot and overwritten later is still seen.
+* ``one_config_change_at_a_time`` — a leader appends a configuration entry only once the one
+  before it in its log is committed (dissertation §4.1: single-server changes are safe only
+  one at a time). Judged from each leader's WAL: when it wrote a configuration entry of its
+  own term (``roles.jsonl`` says it led that term), its ``COMMIT`` records so far must reach
+  the configuration entry before it.
 * ``exactly_once`` — :mod:`harness.exactly_once`.
 
 :func:`judge_record` runs them all; the runner stores the result as ``results.json``'s
@@ -52,7 +57,7 @@ from typing import Any
 from harness.exactly_once import check_exactly_once
 from harness.history import Op
 from harness.replay import NodeStorage, ReplayResult
-from harness.wal_history import fresh_starts, written_terms
+from harness.wal_history import config_appends, fresh_starts, written_terms
 from raft.wal import StorageError
 
 #: violations kept per check in results.json (the count is always complete)
@@ -337,6 +342,39 @@ def check_snapshot_continuation(nodes: Mapping[str, NodeStorage]) -> dict[str, A
     return row(name, not bad, saw, bad)
 
 
+def check_config_changes(nodes: Mapping[str, NodeStorage], roles: Roles) -> dict[str, Any]:
+    """``one_config_change_at_a_time`` (see the module docstring)."""
+    name = "one_config_change_at_a_time"
+    led = {(n, int(e["term"])) for n, es in roles.items() for e in es if e.get("role") == "leader"}
+    bad: list[dict[str, Any]] = []
+    judged, unread = 0, []
+    for node, s in sorted(nodes.items()):
+        try:
+            appends = config_appends(s.directory)
+        except (OSError, StorageError):
+            unread.append(node)
+            continue
+        for a in appends:
+            if (node, a.term) not in led or a.previous is None:
+                continue
+            judged += 1
+            if a.previous > a.committed:
+                bad.append({"node": node, "term": a.term, "index": a.index,
+                            "previous": a.previous, "committed": a.committed})  # fmt: skip
+    if judged == 0:
+        why = "no leader appended a configuration change after another one"
+        return row(name, None, why + (f" ({', '.join(unread)}: unreadable)" if unread else ""))
+    saw = f"{judged} configuration change(s) appended by leaders after an earlier one"
+    if bad:
+        b = bad[0]
+        saw = (
+            f"{b['node']} (leader of term {b['term']}) appended a configuration change at "
+            f"{b['index']} while the one at {b['previous']} was not committed (its commit "
+            f"index was {b['committed']}); {saw}"
+        )
+    return row(name, not bad, saw, bad)
+
+
 def _term_at(s: NodeStorage, index: int) -> int | None:
     """The term a node's final state gives ``index``: its log entry's, or its snapshot's if
     the snapshot ends there (None: the node does not hold it)."""
@@ -364,12 +402,13 @@ def judge_record(
         gone = "the nodes' storage could not be read"
         names = ("votes_one_per_term", "leader_votes_durable", "commit_current_term",
                  "committed_entries_agree", "leader_completeness", "snapshot_continuation",
-                 "exactly_once")  # fmt: skip
+                 "one_config_change_at_a_time", "exactly_once")  # fmt: skip
         checks += [row(n, None, gone) for n in names]
     else:
         checks += check_votes(replay.nodes, roles, cluster, majority)
         checks += check_commits(replay.nodes, cluster, majority)
         checks.append(check_leader_completeness(replay.nodes))
         checks.append(check_snapshot_continuation(replay.nodes))
+        checks.append(check_config_changes(replay.nodes, roles))
         checks.append(check_exactly_once(replay, history, seed=seed))
     return {"valid": all(c["ok"] is not False for c in checks), "checks": checks}

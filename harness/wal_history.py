@@ -7,16 +7,27 @@ overwrote). The storage replay (:mod:`harness.replay`) judges the final logs; th
 gives the checks what the final logs no longer show. Segments deleted by compaction are gone,
 with what they held: the history is what is still on disk (never more than was written).
 
-:func:`written_terms` and :func:`fresh_starts` read it, read-only and without the store's
-lock, with the WAL's own record reader (a torn tail ends the history, as it ends the log).
+:func:`written_terms`, :func:`fresh_starts` and :func:`config_appends` read it, read-only and
+without the store's lock, with the WAL's own record reader (a torn tail ends the history, as
+it ends the log).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from raft.core.types import EntryKind, LogEntry
 from raft.storage import WAL_DIR
-from raft.wal import RT_BATCH, RT_ENTRY, RT_TRUNCATE, Record, list_segments, scan_segment
+from raft.wal import (
+    RT_BATCH,
+    RT_COMMIT,
+    RT_ENTRY,
+    RT_TRUNCATE,
+    Record,
+    list_segments,
+    scan_segment,
+)
 
 
 def _records(directory: Path) -> list[Record]:
@@ -63,4 +74,46 @@ def fresh_starts(directory: Path) -> list[tuple[int, int]]:
     return out
 
 
-__all__ = ["fresh_starts", "written_terms"]
+@dataclass(frozen=True, slots=True)
+class ConfigAppend:
+    """A configuration entry as a node wrote it, and what the node knew then."""
+
+    index: int
+    term: int
+    #: the configuration entry before it in the node's log at that moment (None: none left,
+    #: e.g. compacted into a snapshot, which only holds committed entries)
+    previous: int | None
+    #: the highest index the node had recorded as committed (its ``COMMIT`` records so far;
+    #: they go into the same write as the next append, ahead of its entries)
+    committed: int
+
+
+def config_appends(directory: Path) -> list[ConfigAppend]:
+    """Every configuration entry the node in ``directory`` wrote, in order, with the
+    configuration entry before it in its log and the commit index it had recorded."""
+    out: list[ConfigAppend] = []
+    configs: list[int] = []  # indexes of the configuration entries in the replayed log
+    committed = 0
+    for rec in _records(directory):
+        if rec.rtype == RT_COMMIT:
+            committed = max(committed, rec.index)
+            continue
+        if rec.rtype == RT_TRUNCATE:
+            configs = [i for i in configs if i <= rec.index]
+            continue
+        if rec.rtype == RT_BATCH:
+            entries = rec.batch
+        elif rec.rtype == RT_ENTRY:
+            entries = [LogEntry(rec.index, rec.term, rec.command, EntryKind(rec.kind))]
+        else:
+            continue
+        configs = [i for i in configs if i < entries[0].index]
+        for e in entries:
+            if e.kind is EntryKind.CONFIG:
+                out.append(ConfigAppend(e.index, e.term, configs[-1] if configs else None,
+                                        committed))  # fmt: skip
+                configs.append(e.index)
+    return out
+
+
+__all__ = ["ConfigAppend", "config_appends", "fresh_starts", "written_terms"]

@@ -14,6 +14,7 @@ from harness.exactly_once import check_exactly_once
 from harness.history import Op
 from harness.raft_checks import (
     check_commits,
+    check_config_changes,
     check_election_safety,
     check_leader_completeness,
     check_snapshot_continuation,
@@ -352,6 +353,40 @@ def test_a_conflicting_suffix_kept_after_a_snapshot_is_flagged(tmp_path: Path) -
     assert (v["committed_index"], v["committed_term"], v["committed_by"]) == (3, 2, "n1")
 
 
+def config_dirs(tmp: Path, appends: list[tuple[list[tuple[int, EntryKind]], int]]) -> ReplayResult:
+    """n1, leader of term 1, writes each append (index, kind) after noting the commit index
+    given with it (0: none); the followers hold nothing."""
+    for n in NODES:
+        with FileStorage(tmp / n) as s:
+            s.save_state(HardState(1, "n1"))
+            if n != "n1":
+                continue
+            for entries, committed in appends:
+                if committed:
+                    s.note_commit(committed, 1, 1)
+                s.append_log([LogEntry(i, 1, b"x", kind) for i, kind in entries])
+    return replay_cluster({n: tmp / n for n in NODES})
+
+
+NOOP, NORMAL, CONFIG = EntryKind.NOOP, EntryKind.NORMAL, EntryKind.CONFIG
+
+
+def test_a_configuration_change_after_the_last_one_committed_holds(tmp_path: Path) -> None:
+    replay = config_dirs(tmp_path, [([(1, NOOP), (2, CONFIG)], 0), ([(3, NORMAL), (4, CONFIG)], 2)])
+    row = check_config_changes(replay.nodes, roles(("n1", 1)))
+    assert row["ok"] is True, row
+    assert row["saw"].startswith("1 configuration change(s)")
+    assert check_config_changes(replay.nodes, roles())["ok"] is None, "nobody led term 1"
+
+
+def test_two_configuration_changes_in_flight_are_flagged(tmp_path: Path) -> None:
+    replay = config_dirs(tmp_path, [([(1, NOOP), (2, CONFIG)], 1), ([(3, CONFIG)], 1)])
+    row = check_config_changes(replay.nodes, roles(("n1", 1)))
+    assert row["ok"] is False, row
+    (v,) = row["violations"]
+    assert (v["node"], v["index"], v["previous"], v["committed"]) == ("n1", 3, 2, 1)
+
+
 def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path: Path) -> None:
     replay = commit_dirs(tmp_path, [], [1, 1, 2, 2])
     assert [r["ok"] for r in check_commits(replay.nodes, NODES)] == [None, None]
@@ -360,7 +395,7 @@ def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path
     assert {c["name"] for c in judged["checks"]} == {
         "election_safety", "votes_one_per_term", "leader_votes_durable", "commit_current_term",
         "committed_entries_agree", "leader_completeness", "snapshot_continuation",
-        "exactly_once",
+        "one_config_change_at_a_time", "exactly_once",
     }  # fmt: skip
 
 

@@ -19,6 +19,9 @@
 * ``late_vote_requests`` — *not a bug*: the network delivers every RequestVote (pre-votes
   excepted) 0.4 s late, so a voter can learn the new term from another message first and
   grant in a term it already persisted without a vote (the case issue 9's bug leaked).
+* ``slow_follower_config`` — *not a bug*: a follower takes 0.2 s to persist a configuration
+  entry, so a membership change stays uncommitted long enough for a second one, asked for at
+  the same moment, to meet it (the leader must refuse it).
 
 :func:`catalogue` is the shared catalogue with these added (the shared one wins a name).
 """
@@ -31,8 +34,8 @@ import time
 from typing import Any
 
 from raft.core.messages import Message, RequestVote
-from raft.core.raft import RaftConfig, RaftCore, Ready
-from raft.core.types import HardState
+from raft.core.raft import RaftConfig, RaftCore, Ready, Role
+from raft.core.types import EntryKind, HardState
 from raft.node import RaftNode
 from raft.server import ClusterConfig
 from raft.storage import FileStorage
@@ -79,6 +82,18 @@ def _write_transfer_votes_slowly(self: RaftNode[Any], rd: Ready) -> None:
     hs = rd.hard_state
     if hs is not None and (self.id, hs.term, hs.voted_for) in _transfer_requests:
         time.sleep(SLOW_VOTE_S)
+    _real_write(self, rd)
+
+
+#: how long ``slow_follower_config`` makes a follower's persist of a configuration entry take
+SLOW_CONFIG_S = 0.2
+
+
+def _write_config_slowly_on_followers(self: RaftNode[Any], rd: Ready) -> None:
+    # a follower's disk is slow when it persists a configuration entry: the change stays
+    # uncommitted for that long, so a second change asked for meanwhile is concurrent with it
+    if self.core.role is not Role.LEADER and any(e.kind is EntryKind.CONFIG for e in rd.entries):
+        time.sleep(SLOW_CONFIG_S)
     _real_write(self, rd)
 
 
@@ -129,6 +144,12 @@ REAL_BUGS: dict[str, Bug] = {
             "late_vote_requests",
             "an amplifier, not a bug: every RequestVote (not pre-votes) arrives 0.4 s late",
             ((RaftNode, "_received", _receive_votes_late),),
+            frozenset(),
+        ),
+        Bug(
+            "slow_follower_config",
+            "an amplifier, not a bug: a follower persists a configuration entry in 0.2 s",
+            ((RaftNode, "_write", _write_config_slowly_on_followers),),
             frozenset(),
         ),
     ]
