@@ -326,6 +326,9 @@ def check_snapshot_continuation(nodes: Mapping[str, NodeStorage]) -> dict[str, A
                 bad.append({"node": node, "index": index, "term": term,
                             "committed_index": below[0], "committed_term": below[1],
                             "committed_by": below[2]})  # fmt: skip
+    if starts == 0:
+        why = "no node started its log afresh after a snapshot point"
+        return row(name, None, why + (f" ({', '.join(unread)}: unreadable)" if unread else ""))
     saw = (
         f"{starts} log(s) started afresh after a snapshot point, held against {len(marks)} "
         "commit decisions"
