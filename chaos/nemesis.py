@@ -21,7 +21,8 @@ that is not the leader), and the stop acts on the nodes the start chose: a kill'
 restarts each killed node on its own data directory, a pause's resumes it. A target that is
 down or paused when its fault starts is left out; one still starting up (or recovering its
 storage) is killed like any other: any node, any time. A ``transfer`` asks the leader (on its
-direct client port) to transfer to each of its targets at once. Blocking cluster calls
+direct client port) to transfer to each of its targets at once; a membership ``remove`` with a
+group target asks it, the same way, to remove each of them at once. Blocking cluster calls
 (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
 clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
