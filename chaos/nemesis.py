@@ -22,7 +22,7 @@ restarts each killed node on its own data directory, a pause's resumes it. A tar
 down or paused when its fault starts is left out; one still starting up (or recovering its
 storage) is killed like any other: any node, any time. A ``transfer`` asks the leader (on its
 direct client port) to transfer to each of its targets at once; a membership ``remove`` with a
-group target asks it, the same way, to remove each of them at once. Blocking cluster calls
+group target asks it to remove each of them at once (one client per node). Blocking cluster calls
 (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
 clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
@@ -395,8 +395,8 @@ class NemesisExecutor:
             self._on_fault("transfer", "start", {"leader": leader, "to": f.nodes})
 
     async def _removals(self, f: AppliedFault, targets: list[str]) -> None:
-        """Ask the leader, on its direct client port, to remove every target at once (one
-        client each, as several operators might); stop the nodes it removed. The leader
+        """Ask the leader to remove every target at once (one client each, as several
+        operators might); stop the nodes it removed. The leader
         takes one change at a time: the others are refused while it is uncommitted."""
         if f.leader_before is None:
             f.skipped = "no leader to ask"
@@ -404,9 +404,10 @@ class NemesisExecutor:
         f.nodes = [
             n for n in targets if n in self.cluster.members and n not in self.cluster.retired
         ]
-        leader = f.leader_before[0]
-        addr = {leader: self.cluster.client_addr[leader]}
-        clients = [KVClient(addr, timeout=10.0, attempt_timeout=1.0) for _ in f.nodes]
+        addrs = {n: self.cluster.client_addr[n] for n in self.cluster.members}
+        clients = [KVClient(addrs, timeout=10.0, attempt_timeout=1.0) for _ in f.nodes]
+        for c in clients:
+            c.leader = f.leader_before[0]  # straight to it; a redirect if it stepped down
         try:
             found = await asyncio.gather(
                 *(c.membership("remove", n) for c, n in zip(clients, f.nodes, strict=True)),

@@ -283,10 +283,12 @@ def test_removals_at_once_ask_the_leader_together_and_stop_what_it_removed() -> 
 
     class Client:
         def __init__(self, addr: dict[str, str], **_: Any) -> None:
-            self.addr = addr
+            assert sorted(addr) == sorted(cluster.members)
+            self.leader: str | None = None
 
         async def membership(self, action: str, node: str) -> dict[str, Any]:
-            asked.append((next(iter(self.addr)), node))
+            assert self.leader is not None
+            asked.append((self.leader, node))
             await asyncio.sleep(0)  # both requests are in flight before either is answered
             if len(asked) < 2:
                 raise AssertionError("not at once")
