@@ -425,8 +425,8 @@ class NemesisExecutor:
             return
         for node in removed:
             self.cluster.retired.add(node)
-            if self.cluster.alive(node):
-                await asyncio.to_thread(self.cluster.procs[node].stop)
+        alive = [n for n in removed if self.cluster.alive(n)]
+        await asyncio.gather(*(asyncio.to_thread(self.cluster.procs[n].stop) for n in alive))
         detail = {"membership": "remove", "removed": removed, "refused": refused}
         f.params["applied"] = detail
         self._report("membership", "start", detail)

@@ -29,7 +29,7 @@ SCENARIO: dict[str, Any] = {
     "name": "teeth-conf-changes",
     "seed": 12,  # the group target "minority" draws n4 and n5 (checked below)
     "nodes": ["n1", "n2", "n3", "n4", "n5"],
-    "duration": 4.5,
+    "duration": 6.0,  # room for the removals to be answered and the nodes stopped
     "groups": {"a": ["n1"]},
     "timing": {"tick_ms": 10.0, "election_ticks": 30, "heartbeat_ticks": 5},
     "setup": {"leader_in": "a"},  # the leader removes others, never itself
@@ -50,6 +50,7 @@ def removals(run: Run) -> dict[str, Any]:
     assert first["params"]["applied"] == {"membership": "remove", "removed": "n3"}, first
     assert at_once["nodes"] == ["n4", "n5"], at_once
     assert first["leader_before"][0] == at_once["leader_before"][0] == "n1"
+    assert "applied" in at_once["params"], at_once  # answered before the run ended
     detail: dict[str, Any] = at_once["params"]["applied"]
     return detail
 
