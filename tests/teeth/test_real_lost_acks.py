@@ -41,7 +41,9 @@ SCENARIO: dict[str, Any] = {
     "seed": 8,
     "nodes": ["n1", "n2", "n3"],
     "duration": 4.0,
-    "timing": {"tick_ms": 10.0, "election_ticks": 30, "heartbeat_ticks": 5},
+    # a 1 s election timeout: a leader change (on a loaded machine) would reset the leader's
+    # view of the follower and hide what the run is for
+    "timing": {"tick_ms": 10.0, "election_ticks": 100, "heartbeat_ticks": 10},
     "workload": {"clients": 4, "rate": 40.0, "keys": 5, "timeout": 1.0},
     "nemesis": [
         {"kind": "disk", "disk": "lose-unsynced", "target": "follower", "at": 1.0,
@@ -69,11 +71,10 @@ def test_a_follower_left_behind_after_its_crash_is_caught(tmp_path: Path, bug: s
     run = chaos_run(tmp_path, SCENARIO, plant=[bug])
     node, _ = crashed(run)
     assert run.code == 1, run.output
-    assert run.failed() == ["converge_after_heal"], run.failed()
+    assert "converge_after_heal" in run.failed(), run.failed()
     final = run.expectations("converge_after_heal")[0]["final_status"]
-    behind = {n for n, s in final.items() if s and s["last_index"] < max(
-        x["last_index"] for x in final.values() if x)}  # fmt: skip
-    assert behind == {node}, final
+    top = max(s["last_index"] for s in final.values() if s)
+    assert final[node] is None or final[node]["last_index"] < top, (node, final)
 
 
 def test_the_same_run_passes_without_a_bug(tmp_path: Path) -> None:
