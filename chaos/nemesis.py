@@ -49,6 +49,7 @@ from chaos.diskfs import DiskFSError
 from chaos.node_faults import FaultCluster
 from chaos.shapes import cut_links
 from raft.client import KVClient
+from raft.security import ADMIN
 
 Action = Literal["start", "stop"]
 #: targets that name a set of nodes (kills, pauses and transfers)
@@ -378,7 +379,8 @@ class NemesisExecutor:
             f.skipped = f"the only target is the leader {leader}"
             return
         addr = {leader: self.cluster.client_addr[leader]}
-        clients = [KVClient(addr, timeout=1.0, attempt_timeout=0.5) for _ in f.nodes]
+        keys = self.cluster.keys(ADMIN)  # a transfer needs an admin key (raft.security)
+        clients = [KVClient(addr, timeout=1.0, attempt_timeout=0.5, keys=keys) for _ in f.nodes]
         try:
             found = await asyncio.gather(
                 *(c.transfer(n) for c, n in zip(clients, f.nodes, strict=True)),

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from chaos.disk import pick_corruption
 from chaos.diskfs import DiskFSError, DiskMount
 from raft.client import KVClient, KVError
+from raft.security import ADMIN, ClientKeys
 
 if TYPE_CHECKING:
     from chaos.clock import FakeClock
@@ -61,6 +62,7 @@ class FaultCluster(Protocol):
     def kill(self, node: str) -> None: ...
     def restart(self, node: str) -> None: ...
     def start_joiner(self, node: str) -> None: ...
+    def keys(self, role: str = ...) -> ClientKeys | None: ...
 
 
 class FaultError(RuntimeError):
@@ -180,17 +182,23 @@ def spare(cluster: FaultCluster, spares: list[str]) -> str:
 
 async def _client_call(cluster: FaultCluster, action: str, node: str) -> dict[str, Any]:
     addrs = {n: cluster.client_addr[n] for n in cluster.members if n != node or action != "add"}
-    async with KVClient(addrs, timeout=10.0) as client:
+    async with KVClient(addrs, timeout=10.0, keys=cluster.keys(ADMIN)) as client:
         try:
             return await client.membership(action, node)
         except KVError as exc:
+            # The client retries a request whose answer was lost; the retry of a change that
+            # did take effect is refused as already done. That is the outcome asked for.
+            done = "is already a member" if action.startswith("add") else "is not a member"
+            if done in str(exc):
+                return {"already": True, "detail": str(exc)}
             raise FaultError(f"membership {action} {node} refused: {exc}") from exc
 
 
 async def _promoted(cluster: FaultCluster, node: str, timeout: float) -> None:
     """Wait until the leader's configuration has ``node`` among its voters."""
     deadline = time.monotonic() + timeout
-    async with KVClient(dict(cluster.client_addr), timeout=1.0) as client:
+    keys = cluster.keys(ADMIN)
+    async with KVClient(dict(cluster.client_addr), timeout=1.0, keys=keys) as client:
         while time.monotonic() < deadline:
             for member in cluster.members:
                 try:

@@ -13,6 +13,13 @@ Every fault goes through here: network faults to the proxy network, process faul
 SIGSTOP/SIGCONT, restart on the same data directory) to the process manager. Each is reported
 to ``on_fault(kind, action, detail)`` so a runner can write ``faults.jsonl``.
 
+Security: unless ``ClusterSpec.curve`` is off, ``start()`` first creates CURVE keys in
+``keys/`` (a pair per node, one client pair, one admin pair; secret keys mode 0600) and lists
+the public keys in ``cluster.toml``, so every socket of the run speaks CURVE, through the
+proxies too (Toxiproxy forwards the encrypted bytes untouched). :meth:`LocalCluster.keys`
+gives a client's keys (``client`` or ``admin``), :meth:`LocalCluster.kv_client` a client
+holding them.
+
 The harness watches the cluster on the nodes' *direct* client ports (``status``), never through
 the proxies: what it sees must not depend on the faults it injects. Clients under test use
 ``client_addresses(source)``, through the proxies.
@@ -51,6 +58,8 @@ from chaos.toxiproxy import (
     free_port,
 )
 from harness import signals
+from raft.security import ADMIN, ClientKeys, KeyPair, create_key_pair, load_key_pair
+from raft.security import CLIENT as CLIENT_KEY
 
 if TYPE_CHECKING:
     from raft.client import KVClient
@@ -87,6 +96,7 @@ class ClusterSpec:
     fake_clocks: bool = False
     #: mount the fault-injecting file system (``disks``) under every node's data dir
     disk_faults: bool = False
+    curve: bool = True  #: CURVE keys on every socket (raft.security)
 
     @property
     def all_nodes(self) -> tuple[str, ...]:
@@ -132,11 +142,17 @@ class LocalCluster:
         self.retired: set[str] = set()
         #: joiners that were started
         self.joined: list[str] = []
+        self.keys_dir = self.workdir / "keys"
+        #: public keys: every node's by id, and the client's and admin's
+        self.public_keys: dict[str, bytes] = {}
+        self._pairs: dict[str, KeyPair] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> Self:
         try:
             self._allocate_ports()
+            if self.spec.curve:
+                self._create_keys()
             if self.spec.toxiproxy:
                 self.server = ToxiproxyServer().start()
                 self.network = ProxyNetwork.create(
@@ -203,6 +219,32 @@ class LocalCluster:
             self.client_addr[node] = f"{LOOPBACK}:{free_port()}"
             self.metrics_addr[node] = f"{LOOPBACK}:{free_port()}"
 
+    def _create_keys(self) -> None:
+        for name in (*self.spec.all_nodes, CLIENT_KEY, ADMIN):
+            if (self.keys_dir / f"{name}.key_secret").exists():  # a restarted run: reuse
+                pair = load_key_pair(self.keys_dir / f"{name}.key_secret")
+            else:
+                pair = create_key_pair(self.keys_dir, name)
+            self._pairs[name] = pair
+            self.public_keys[name] = pair.public
+
+    def keys(self, role: str = CLIENT_KEY) -> ClientKeys | None:
+        """A client's keys (``client`` or ``admin``) for this cluster; None without CURVE."""
+        if not self.spec.curve:
+            return None
+        servers = {n: self.public_keys[n] for n in self.spec.all_nodes}
+        return ClientKeys(self._pairs[role], servers)
+
+    def kv_client(
+        self, addresses: Mapping[str, str] | None = None, *, role: str = CLIENT_KEY, **kw: Any
+    ) -> KVClient:
+        """A :class:`KVClient` of this cluster holding ``role``'s keys (``addresses``:
+        default the direct client ports)."""
+        from raft.client import KVClient
+
+        addrs = dict(self.client_addr if addresses is None else addresses)
+        return KVClient(addrs, keys=self.keys(role), **kw)
+
     def node_dir(self, node: str) -> Path:
         return self.workdir / "nodes" / node
 
@@ -220,6 +262,9 @@ class LocalCluster:
                 "data_dir": str(self.data_dir(node)),
                 "initial": node in spec.nodes,
             }
+            if spec.curve:
+                entry["public_key"] = self.public_keys[node].decode()
+                entry["secret_key_file"] = str(self.keys_dir / f"{node}.key_secret")
             if self.network is not None:
                 entry["peers"] = {
                     p: self.network.address(node, p) for p in spec.all_nodes if p != node
@@ -237,6 +282,11 @@ class LocalCluster:
             "lease_drift": spec.lease_drift,
             "nodes": nodes,
         }
+        if spec.curve:
+            doc["security"] = {
+                "client_keys": [self.public_keys[CLIENT_KEY].decode()],
+                "admin_keys": [self.public_keys[ADMIN].decode()],
+            }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_bytes(tomli_w.dumps(doc).encode())
 
@@ -449,8 +499,9 @@ class StatusPoller:
         from raft.client import KVClient
 
         self.cluster = cluster
+        keys = cluster.keys(ADMIN)
         self.clients: dict[str, KVClient] = {
-            n: KVClient({n: a}, timeout=timeout, attempt_timeout=timeout)
+            n: KVClient({n: a}, timeout=timeout, attempt_timeout=timeout, keys=keys)
             for n, a in cluster.client_addr.items()
         }
 
@@ -504,6 +555,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--json", action="store_true", help="once ready, print the cluster as one JSON line"
     )
+    up.add_argument(
+        "--no-curve", action="store_true", help="no CURVE keys (traffic unauthenticated)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -514,7 +568,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="orbital-cluster-"))
     spec = ClusterSpec(
-        nodes=tuple(f"n{i + 1}" for i in range(args.nodes)), toxiproxy=not args.no_toxiproxy
+        nodes=tuple(f"n{i + 1}" for i in range(args.nodes)),
+        toxiproxy=not args.no_toxiproxy,
+        curve=not args.no_curve,
     )
     try:
         with LocalCluster(spec, workdir) as cluster:
@@ -542,6 +598,7 @@ def _serve(cluster: LocalCluster, as_json: bool) -> int:
     }
     info = {
         "config": str(cluster.config_path),
+        "keys": str(cluster.keys_dir) if spec.curve else None,
         "nodes": nodes,
         "toxiproxy_pid": None if cluster.server is None else cluster.server.pid,
         "leader": found[0],
@@ -553,6 +610,8 @@ def _serve(cluster: LocalCluster, as_json: bool) -> int:
         print(f"cluster file: {cluster.config_path}")
         for n, d in nodes.items():
             print(f"  {n}: raft {d['raft']}  client {d['client']}  metrics {d['metrics']}")
+        if spec.curve:
+            print(f"keys: {cluster.keys_dir} (CURVE on every socket)")
         print(f"leader: {found[0]} (term {found[1]}) after {found[2]:.3f}s")
         print(f"try: orbital kv --config {cluster.config_path} put x 1")
         print("Ctrl-C stops the cluster", flush=True)

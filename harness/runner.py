@@ -81,7 +81,8 @@ from harness.scenario import (
     resolve_scenario,
 )
 from harness.workload import ClientWorkers
-from raft.client import KVClient, KVError
+from raft.client import KVError
+from raft.security import ADMIN
 
 DRAIN_GRACE_S = 2.0
 CHECK_TIME_LIMIT_S = 60.0
@@ -322,7 +323,9 @@ async def drive(
         say(f"leadership moved into {sc.setup.leader_in}: {observed.setup_leader}")
     monitor = StatusMonitor(cluster)
     sources = {s: cluster.client_addresses(s) for s in sc.client_sources()}
-    workers = ClientWorkers(sc.workload, sc.seed, history, sources, sc.client_sources())
+    workers = ClientWorkers(
+        sc.workload, sc.seed, history, sources, sc.client_sources(), keys=cluster.keys()
+    )
     groups = {s: sc.source_group(s) for s in sources}
     nemesis = NemesisExecutor(
         cluster, ctx.schedule, on_fault=sink, client_groups=groups, spares=sc.spares
@@ -448,7 +451,8 @@ async def move_leader(
             return found
         if found is not None:
             addr = {found[0]: cluster.client_addr[found[0]]}
-            async with KVClient(addr, timeout=1.0, attempt_timeout=0.5) as client:
+            admin = cluster.kv_client(addr, role=ADMIN, timeout=1.0, attempt_timeout=0.5)
+            async with admin as client:
                 with contextlib.suppress(KVError):
                     await client.transfer(target)
         await _wait_leader_in(cluster, group, 1.0)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from harness.history import HistoryWriter, OpF, Value
 from harness.scenario import Workload
 from raft.client import CasMismatch, KVClient, Rejected, Unknown
+from raft.security import ClientKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +125,12 @@ class ClientWorkers:
         history: HistoryWriter,
         sources: Mapping[str, dict[str, str]],
         placement: Mapping[str, int],
+        *,
+        keys: ClientKeys | None = None,
     ) -> None:
-        """``sources``: client source -> node addresses; ``placement``: source -> slots."""
+        """``sources``: client source -> node addresses; ``placement``: source -> slots;
+        ``keys``: the clients' CURVE keys (None: the cluster has none)."""
+        self.keys = keys
         self.workload = workload
         self.seed = seed
         self.history = history
@@ -165,6 +170,7 @@ class ClientWorkers:
             client_id=client_id(self.seed, process),
             timeout=self.workload.timeout,
             attempt_timeout=attempt,
+            keys=self.keys,
         )
 
     async def _process(self, process: int, client: KVClient, ops: Iterator[OpSpec]) -> None:
