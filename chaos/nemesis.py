@@ -407,7 +407,8 @@ class NemesisExecutor:
             n for n in targets if n in self.cluster.members and n not in self.cluster.retired
         ]
         addrs = {n: self.cluster.client_addr[n] for n in self.cluster.members}
-        clients = [KVClient(addrs, timeout=10.0, attempt_timeout=1.0) for _ in f.nodes]
+        keys = self.cluster.keys(ADMIN)  # a membership change needs an admin key
+        clients = [KVClient(addrs, timeout=10.0, attempt_timeout=1.0, keys=keys) for _ in f.nodes]
         for c in clients:
             c.leader = f.leader_before[0]  # straight to it; a redirect if it stepped down
         try:
@@ -418,10 +419,10 @@ class NemesisExecutor:
         finally:
             for c in clients:
                 c.close()
-        removed = [n for n, r in zip(f.nodes, found, strict=True) if isinstance(r, dict)]
-        refused = {
-            n: str(r) for n, r in zip(f.nodes, found, strict=True) if not isinstance(r, dict)
-        }
+        # a retry whose first answer was lost is refused as already done: it is done
+        done = [isinstance(r, dict) or "is not a member" in str(r) for r in found]
+        removed = [n for n, ok in zip(f.nodes, done, strict=True) if ok]
+        refused = {n: str(r) for n, r, ok in zip(f.nodes, found, done, strict=True) if not ok}
         if not removed:
             f.skipped = "; ".join(f"{n}: {r}" for n, r in refused.items()) or "no target"
             return
