@@ -62,7 +62,7 @@ def test_a_second_change_appended_while_one_is_pending_is_caught(tmp_path: Path)
     row = run.raft("one_config_change_at_a_time")
     assert row["ok"] is False, row
     v = row["violations"][0]
-    assert v["previous"] == v["index"] - 1, row
+    assert v["previous"] < v["index"], row
     assert v["committed"] < v["previous"], row
     assert run.failed() == ["one_config_change_at_a_time"], run.failed()
 
