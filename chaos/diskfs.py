@@ -57,6 +57,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -655,6 +656,25 @@ def _serve_conn(fs: DiskFS, conn: socket.socket) -> None:
             f.flush()
 
 
+#: the longest socket path ``bind``/``connect`` take as is (``sun_path`` holds 108 bytes)
+MAX_SOCKET_PATH = 100
+
+
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """An address for the Unix socket at ``path`` that fits ``sun_path``: ``path`` itself, or,
+    when it is too long (a deep run directory), the same file reached through an open file
+    descriptor of its directory (``/proc/self/fd/N/name``), valid while the context lasts."""
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 class DiskControl:
     """A client of one file system's control socket."""
 
@@ -667,7 +687,8 @@ class DiskControl:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(self.timeout)
             try:
-                s.connect(str(self.path))
+                with socket_address(self.path) as address:
+                    s.connect(address)
                 s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
                 with s.makefile("rb") as f:
                     line = f.readline()
@@ -812,7 +833,8 @@ def main(argv: list[str] | None = None) -> int:
     ctl_path = args.state / "control.sock"
     ctl_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(ctl_path))
+    with socket_address(ctl_path) as address:
+        sock.bind(address)
     sock.listen(16)
     threading.Thread(target=serve_control, args=(fs, sock), daemon=True).start()
     threading.Thread(target=_watch_parent, args=(args.mount,), daemon=True).start()

@@ -21,7 +21,8 @@ that is not the leader), and the stop acts on the nodes the start chose: a kill'
 restarts each killed node on its own data directory, a pause's resumes it. A target that is
 down or paused when its fault starts is left out; one still starting up (or recovering its
 storage) is killed like any other: any node, any time. A ``transfer`` asks the leader (on its
-direct client port) to transfer to each of its targets at once. Blocking cluster calls
+direct client port) to transfer to each of its targets at once; a membership ``remove`` with a
+group target asks it to remove each of them at once (one client per node). Blocking cluster calls
 (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
 clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
@@ -344,6 +345,9 @@ class NemesisExecutor:
         if f.kind == "transfer":
             await self._transfer(f, self._resolve_targets(f))
             return
+        if f.kind == "membership" and f.params.get("target") in GROUP_TARGETS:
+            await self._removals(f, [str(n) for n in f.params["nodes"]])
+            return
         target = self._resolve_target(f)
         if f.kind == "latency":
             await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
@@ -391,6 +395,44 @@ class NemesisExecutor:
             return
         if self._on_fault is not None:
             self._on_fault("transfer", "start", {"leader": leader, "to": f.nodes})
+
+    async def _removals(self, f: AppliedFault, targets: list[str]) -> None:
+        """Ask the leader to remove every target at once (one client each, as several
+        operators might); stop the nodes it removed. The leader
+        takes one change at a time: the others are refused while it is uncommitted."""
+        if f.leader_before is None:
+            f.skipped = "no leader to ask"
+            return
+        f.nodes = [
+            n for n in targets if n in self.cluster.members and n not in self.cluster.retired
+        ]
+        addrs = {n: self.cluster.client_addr[n] for n in self.cluster.members}
+        keys = self.cluster.keys(ADMIN)  # a membership change needs an admin key
+        clients = [KVClient(addrs, timeout=10.0, attempt_timeout=1.0, keys=keys) for _ in f.nodes]
+        for c in clients:
+            c.leader = f.leader_before[0]  # straight to it; a redirect if it stepped down
+        try:
+            found = await asyncio.gather(
+                *(c.membership("remove", n) for c, n in zip(clients, f.nodes, strict=True)),
+                return_exceptions=True,
+            )
+        finally:
+            for c in clients:
+                c.close()
+        # a retry whose first answer was lost is refused as already done: it is done
+        done = [isinstance(r, dict) or "is not a member" in str(r) for r in found]
+        removed = [n for n, ok in zip(f.nodes, done, strict=True) if ok]
+        refused = {n: str(r) for n, r, ok in zip(f.nodes, found, done, strict=True) if not ok}
+        if not removed:
+            f.skipped = "; ".join(f"{n}: {r}" for n, r in refused.items()) or "no target"
+            return
+        for node in removed:
+            self.cluster.retired.add(node)
+        alive = [n for n in removed if self.cluster.alive(n)]
+        await asyncio.gather(*(asyncio.to_thread(self.cluster.procs[n].stop) for n in alive))
+        detail = {"membership": "remove", "removed": removed, "refused": refused}
+        f.params["applied"] = detail
+        self._report("membership", "start", detail)
 
     def _resolve_targets(self, f: AppliedFault) -> list[str]:
         """The nodes a kill or pause acts on (see the module docstring)."""
