@@ -18,6 +18,12 @@ process used in the window is divided by the writes committed in it:
 Usage: ``python -m bench.profile [--levels 1,64] [--seconds 5] [--py-spy] [--no-curve]
 [--env NAME=VALUE ...] [--flame-dir DIR]``. ``--env`` sets variables in the nodes' environment
 (to compare a variant of the runtime).
+
+A/B comparison: ``--variant NAME=ENV:VALUE,ENV:VALUE`` (twice or more) and ``--rounds R``
+run every level once per variant per round, on fresh clusters, the order reversed every
+other round, and ``compare`` gives each variant's medians (writes/s, p50, CPU per write) and
+its per-round writes/s ratio to the first variant: what a machine shared with other work
+still lets one see (``PYTHONPATH:DIR`` runs the nodes from another copy of the code).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,7 +249,61 @@ def _collect(
     return out
 
 
+async def compare(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Alternating rounds of every variant (see the module docstring)."""
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {
+        name: {n: [] for n in args.levels} for name in args.variants
+    }
+    names = list(args.variants)
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            env = args.env | args.variants[name]
+            for n in args.levels:
+                where = root / f"{name}-{n}-{r}"
+                w = await level(where, n, args.seconds, not args.no_curve, env, None, None)
+                runs[name][n].append(w)
+    out: dict[str, Any] = {}
+    first = names[0]
+    for name in names:
+        out[name] = {"env": args.variants[name]}
+        for n in args.levels:
+            ws = runs[name][n]
+            med = statistics.median
+            row: dict[str, Any] = {
+                "median_writes_per_s": med([w["writes_per_s"] for w in ws]),
+                "median_p50_ms": med([w["p50_ms"] for w in ws]),
+                "median_p99_ms": med([w["p99_ms"] for w in ws]),
+                "median_cpu_ms_per_write": {
+                    k: round(med([w["cpu_ms_per_write"][k] for w in ws]), 4)
+                    for k in ("leader", "follower", "nodes", "client", "total")
+                },
+                "writes_per_s": [w["writes_per_s"] for w in ws],
+                "loadavg_1m": [w["loadavg_1m"] for w in ws],
+            }
+            if name != first:
+                base = runs[first][n]
+                ratios = [
+                    round(w["writes_per_s"] / b["writes_per_s"], 3)
+                    for w, b in zip(ws, base, strict=True)
+                    if b["writes_per_s"]
+                ]
+                row["writes_per_s_ratio_each_round"] = ratios
+                row["rounds_faster"] = sum(1 for x in ratios if x > 1)
+            out[name][str(n)] = row
+    return out
+
+
 async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    if args.variants:
+        return {
+            "setup": {
+                "curve": not args.no_curve,
+                "seconds": args.seconds,
+                "rounds": args.rounds,
+                "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+            },
+            "compare": await compare(args, root),
+        }
     spy = py_spy() if args.py_spy else None
     result: dict[str, Any] = {
         "setup": {
@@ -280,7 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-curve", action="store_true", help="the cluster without keys")
     p.add_argument("--flame-dir", type=Path, help="keep the collapsed stacks here")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=ENV:VALUE,...")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of an A/B comparison")
     args = p.parse_args(argv)
+    args.variants = {}
+    for item in args.variant:
+        name, _, spec = item.partition("=")
+        pairs = [x.partition(":") for x in spec.split(",") if x]
+        if not name or any(not sep for _, sep, _ in pairs):
+            p.error(f"--variant: expected NAME=ENV:VALUE,..., got {item!r}")
+        args.variants[name] = {k: v for k, _, v in pairs}
+    if len(args.variants) == 1:
+        p.error("--variant: give at least two to compare")
     try:
         args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
