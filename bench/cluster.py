@@ -185,6 +185,7 @@ async def closed_loop(
     end = measure_from + seconds
     latencies: list[float] = []
     errors: Counter[str] = Counter()
+    first_error: dict[str, str] = {}
     cpu_start: list[float] = []
 
     async def worker(i: int) -> None:
@@ -199,6 +200,8 @@ async def closed_loop(
                     await client.put(f"c{clients}-{i}", value_of(n))
                 except Exception as exc:  # counted, reported; the run goes on
                     errors[type(exc).__name__] += 1
+                    first_error.setdefault(type(exc).__name__, f"{exc}"[:200])
+                    await asyncio.sleep(0.01)  # no busy loop on a persistent error
                     continue
                 if t0 >= measure_from:
                     latencies.append(time.perf_counter() - t0)
@@ -216,6 +219,7 @@ async def closed_loop(
         "p99_ms": ms(percentile(latencies, 99)),
         "max_ms": ms(max(latencies, default=0.0)),
         "errors": dict(errors),
+        "first_error": first_error,
         "client_cpu_s": round(cpu, 3),
         "client_cpu_s_per_1000_writes": round(1000 * cpu / len(latencies), 4)
         if latencies

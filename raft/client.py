@@ -75,6 +75,8 @@ BACKOFF_S = 0.05
 #: how long a request waits for a (re)connection before trying the next node
 CONNECT_GRACE_S = 0.1
 NOT_CONNECTED_PAUSE_S = 0.005
+#: sockets the process's shared client context may hold (ZeroMQ's default: 1023)
+MAX_SOCKETS = 65_536
 _encode_json = msgspec.json.Encoder().encode
 _decode_json = msgspec.json.Decoder().decode
 #: errors after which the same request is simply sent again (sessions make that safe)
@@ -357,6 +359,9 @@ def _shared_context() -> zmq.Context[zmq.Socket[bytes]]:
     global _CONTEXT
     if _CONTEXT is None or _CONTEXT.closed:
         _CONTEXT = zmq.Context()
+        # ZeroMQ's default of 1023 sockets per context is reached by a few hundred clients
+        # (a socket per node each talks to): then every new socket fails "Too many open files"
+        _CONTEXT.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
     return _CONTEXT
 
 

@@ -344,7 +344,6 @@ class ClusterConfig(BaseModel):
             snapshot_entries=self.snapshot_entries,
             snapshot_chunk_bytes=self.snapshot_chunk_bytes,
             max_uncommitted=self.max_uncommitted,
-            max_inflight=int(os.environ.get("ORBITAL_MAX_INFLIGHT", "256")),
             lease_read=self.lease_read,
             lease_drift=self.lease_drift,
         )
