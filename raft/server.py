@@ -551,9 +551,13 @@ class ClientServer:
         self._send_frame(ident, _encode_json(reply))
 
     def _send_frame(self, ident: bytes, frame: bytes) -> None:
-        # a ROUTER never blocks: the reply is queued, or dropped if the client is gone
+        # a ROUTER never blocks: the reply is queued, or dropped if the client is gone. Two
+        # sends with plain int flags: send_multipart combines enum flags in Python (1.3 us
+        # a reply against 3.6, measured)
+        sock = self._sock
         with contextlib.suppress(zmq.ZMQError):
-            self._sock.send_multipart([ident, frame], zmq.NOBLOCK)
+            sock.send(ident, _NOBLOCK_MORE)
+            sock.send(frame, _NOBLOCK)
         self._reader.recheck()
 
     # -- writes: no task, a callback on the proposal's future ----------------------------------
@@ -719,6 +723,9 @@ class ClientServer:
             self._guard.close()
         self._ctx.term()
 
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 #: the reply to a successful write (never mutated: the fast path sends it pre-encoded)
 _OK: dict[str, Any] = {"ok": True}
