@@ -1,20 +1,35 @@
-"""Benchmark of the linearizability checker; prints one JSON document.
+"""Benchmark of the linearizability checker against issue 15's targets; prints one JSON document.
 
-Cases (seeded, linearizable by construction: every op takes effect at one random instant of its
-window in a simulated register):
+Generated cases (seeded, linearizable by construction: every op takes effect at one random
+instant of its window in a simulated register; ``-planted`` ones get a stale read appended):
 
-* ``a``: 100,000 ops, 50 keys, 30 processes, 1% info, unique written values;
-* ``b``: 5,000 ops, one key, 20 processes, unique written values;
-* ``c``: 5,000 ops, one key, 10 processes, values drawn from 0..4;
-* ``b-planted`` / ``c-planted``: the same with a stale read appended (must be found).
+* ``cas``: one key, 5,000 ops, 20 processes, unique values, 10 % cas, 3 % info, 2 % fail
+  (valid, and planted): each within 10 s;
+* ``unique-20k``: one key, 20,000 ops, 30 processes, unique values, 1 % info: within 10 s;
+* ``small-10k`` / ``small-100k``: one key, 10,000 / 100,000 ops, values 0..4, 1 % info: within
+  1 s / 10 s;
+* ``big-unique`` / ``big-small``: 1,000,000 ops over 200 keys, 30 processes, 2 % info, unique
+  values / values 0..4: within 30 s, under 2 GB in all processes together (this process's peak
+  plus ``jobs`` times the largest worker's: an upper bound);
+* ``startup``: ``orbital check`` on a 10-op file, wall time of the whole command (median of 7
+  runs): within 0.15 s;
+* ``porcupine``: the Jepsen etcd histories Porcupine ships in ``test_data/jepsen`` (converted to
+  our format in a cache directory, never committed), checked by ONE ``orbital check`` process
+  and by Porcupine (a Go driver built against its module) in the same run: every verdict must
+  agree, with Porcupine and with the verdicts its own tests expect, and our checking time must
+  be within Porcupine's. Its ``test_data/kv`` files use an append/put/get model that a
+  read/write/cas register history cannot express, so they are left out.
 
-Each case runs in its own child process so that its peak RSS (``ru_maxrss``) is its own. The
-histories are written to a temporary directory; ``seconds`` is reading + validating + checking
-the file (what ``orbital check`` does), ``check_seconds`` the check alone. When ``go`` is on the
-PATH, the same files are checked by Porcupine (github.com/anishathalye/porcupine) through a
-throwaway Go driver built in a temporary directory, and the time ratio is printed.
+Each generated case runs as ``orbital check`` would (:class:`harness.checker.run.Checker`,
+all cores) in a child process of its own, so that its memory is its own; ``seconds`` is reading
++ validating + checking the file.
 
-Usage: ``python bench/checker.py [--cases a,b,c] [--no-porcupine] [--keep DIR]``
+Porcupine's source comes from ``--porcupine-src`` (a checkout, or a bare git directory such as
+a mirror), else from the Go module cache (``go mod download``); it is copied into
+``--cache`` (default ``~/.cache/orbital-bench``). Without Go or the source the Porcupine part
+says why and the rest still runs.
+
+Usage: ``python bench/checker.py [--cases a,b] [--porcupine-src DIR] [--no-porcupine]``
 """
 
 from __future__ import annotations
@@ -25,8 +40,10 @@ import itertools
 import json
 import os
 import random
+import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,27 +52,21 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+BASE = {"keys": 1, "processes": 20, "info": 0.0, "values": None, "cas": 0.2, "fail": 0.0}
 CASES: dict[str, dict[str, Any]] = {
-    "a": {"ops": 100_000, "keys": 50, "processes": 30, "info": 0.01, "values": None},
-    "b": {"ops": 5_000, "keys": 1, "processes": 20, "info": 0.0, "values": None},
-    "c": {"ops": 5_000, "keys": 1, "processes": 10, "info": 0.0, "values": 5},
-    "b-planted": {
-        "ops": 5_000,
-        "keys": 1,
-        "processes": 20,
-        "info": 0.0,
-        "values": None,
-        "plant": True,
-    },
-    "c-planted": {
-        "ops": 5_000,
-        "keys": 1,
-        "processes": 10,
-        "info": 0.0,
-        "values": 5,
-        "plant": True,
-    },
+    "cas": BASE | {"ops": 5_000, "cas": 0.1, "info": 0.03, "fail": 0.02, "target_s": 10},
+    "cas-planted": BASE
+    | {"ops": 5_000, "cas": 0.1, "info": 0.03, "fail": 0.02, "plant": True, "target_s": 10},
+    "unique-20k": BASE | {"ops": 20_000, "processes": 30, "info": 0.01, "target_s": 10},
+    "small-10k": BASE | {"ops": 10_000, "values": 5, "info": 0.01, "target_s": 1},
+    "small-100k": BASE | {"ops": 100_000, "values": 5, "info": 0.01, "target_s": 10},
+    "big-unique": BASE
+    | {"ops": 1_000_000, "keys": 200, "processes": 30, "info": 0.02, "target_s": 30},
+    "big-small": BASE
+    | {"ops": 1_000_000, "keys": 200, "processes": 30, "info": 0.02, "values": 5, "target_s": 30},
 }
+MEMORY_TARGET_MB = 2048
+STARTUP_TARGET_S = 0.15
 
 
 class Register:
@@ -63,6 +74,7 @@ class Register:
 
     def __init__(self, keys: int, values: int | None, rng: random.Random) -> None:
         self.state: dict[str, int | None] = {f"k{i}": None for i in range(keys)}
+        self.keys = list(self.state)
         self.values = values
         self.rng = rng
         self.counter = itertools.count(1)
@@ -70,13 +82,16 @@ class Register:
     def new_value(self) -> int:
         return next(self.counter) if self.values is None else self.rng.randrange(self.values)
 
-    def new_op(self) -> tuple[str, str, Any]:
-        key = self.rng.choice(list(self.state))
+    def new_op(self, cas: float) -> tuple[str, str, Any]:
+        key = self.rng.choice(self.keys)
         r = self.rng.random()
-        if r < 0.5:
+        if r < cas:
+            return self.new_cas(key)
+        if r < cas + (1 - cas) * 0.55:
             return "read", key, None
-        if r < 0.8:
-            return "write", key, self.new_value()
+        return "write", key, self.new_value()
+
+    def new_cas(self, key: str) -> tuple[str, str, Any]:
         current = self.state[key]
         expected = current if self.rng.random() < 0.7 else self.new_value()
         return "cas", key, [expected, self.new_value()]
@@ -114,11 +129,12 @@ def generate(spec: dict[str, Any], seed: int) -> list[dict[str, Any]]:
             if started >= spec["ops"]:
                 continue
             started += 1
-            f, key, value = reg.new_op()
+            f, key, value = reg.new_op(spec["cas"])
             events.append(_event(events, now, p, "invoke", f, key, value))
             lost = rng.random() < spec["info"]
-            current[slot] = {"f": f, "key": key, "value": value, "lost": lost}
-            if lost and rng.random() < 0.5:  # an info op that never takes effect
+            failed = not lost and rng.random() < spec["fail"]
+            current[slot] = {"f": f, "key": key, "value": value, "lost": lost, "failed": failed}
+            if failed or (lost and rng.random() < 0.5):  # never takes effect
                 heapq.heappush(heap, (now + rng.randrange(100, 5000), next(seq), "complete", slot))
             else:
                 heapq.heappush(heap, (now + rng.randrange(10, 2000), next(seq), "apply", slot))
@@ -153,6 +169,9 @@ def _complete(events: list[dict[str, Any]], now: int, p: int, op: dict[str, Any]
     f, key = op["f"], op["key"]
     if op["lost"]:
         events.append(_event(events, now, p, "info", f, key, None if f == "read" else op["value"]))
+    elif op["failed"]:
+        event = _event(events, now, p, "fail", f, key, None if f == "read" else op["value"])
+        events.append(event | {"error": "unavailable"})
     elif op["type"] == "mismatch":
         event = _event(events, now, p, "fail", f, key, op["value"])
         events.append(event | {"error": "mismatch"})
@@ -177,43 +196,63 @@ def plant_stale_read(events: list[dict[str, Any]]) -> None:
         events.append(_event(events, t, p, type_, f, key, value))
 
 
-def run_case(name: str, directory: Path, seed: int) -> dict[str, Any]:
-    """Generate, write and check one case in this process; return its measurements."""
-    sys.path.insert(0, str(ROOT))
-    from harness.checker.cli import check_file
-    from harness.checker.linearizable import check_history
-    from harness.history import read_history
-
+def write_case(name: str, directory: Path, seed: int) -> tuple[Path, int, int]:
+    """Generate a case's history file (cached by name and seed); (path, ops, info ops)."""
     spec = CASES[name]
+    path = directory / f"{name}-{seed}.jsonl"
+    meta = directory / f"{name}-{seed}.json"
+    if path.is_file() and meta.is_file():
+        m = json.loads(meta.read_text())
+        return path, m["ops"], m["info"]
     events = generate(spec, seed)
     if spec.get("plant"):
         plant_stale_read(events)
-    path = directory / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
+    with path.open("w") as fh:
+        fh.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
     ops = sum(1 for e in events if e["type"] == "invoke")
-    t0 = time.perf_counter()
-    result = check_file(str(path), 60.0, os.cpu_count() or 1)
-    seconds = time.perf_counter() - t0
-    history = read_history(path)
-    t1 = time.perf_counter()
-    in_process = check_history(history, time_limit=60.0)
-    check_seconds = time.perf_counter() - t1
-    assert in_process.valid == result.valid, (in_process.valid, result.valid)
-    methods = sorted({r.method for r in result.keys.values()})
-    return {
+    info = sum(1 for e in events if e["type"] == "info") + _pending(events)
+    meta.write_text(json.dumps({"ops": ops, "info": info}))
+    return path, ops, info
+
+
+def run_case(name: str, directory: Path, seed: int) -> dict[str, Any]:
+    """Check one case's file in this process, as ``orbital check`` does; measure it."""
+    sys.path.insert(0, str(ROOT))
+    from harness.checker.run import Checker
+
+    spec = CASES[name]
+    path, ops, info = write_case(name, directory, seed)
+    with Checker(time_limit=120.0, jobs=0) as checker:
+        t0 = time.perf_counter()
+        result = checker.check_file(str(path))
+        seconds = time.perf_counter() - t0
+        jobs = checker.jobs
+    this = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    bound = this + (jobs * worker if worker else 0)
+    expected = not spec.get("plant")
+    anomaly = result.anomaly
+    out: dict[str, Any] = {
         "case": name,
         "ops": ops,
         "keys": spec["keys"],
         "processes": spec["processes"],
-        "info_ops": sum(1 for e in events if e["type"] == "info") + _pending(events),
+        "info_ops": info,
         "verdict": result.valid,
-        "methods": methods,
+        "expected_verdict": expected,
+        "methods": sorted({r.method for r in result.keys.values()}),
         "seconds": round(seconds, 3),
-        "ops_per_second": round(ops / seconds),
-        "check_seconds": round(check_seconds, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "file": str(path),
+        "target_seconds": spec["target_s"],
+        "peak_rss_mb_this_process": round(this, 1),
+        "peak_rss_mb_largest_worker": round(worker, 1),
+        "peak_rss_mb_all_processes_bound": round(bound, 1),
+        "met": result.valid == expected and seconds <= spec["target_s"],
     }
+    if spec["ops"] >= 1_000_000:
+        out["met"] = out["met"] and bound <= MEMORY_TARGET_MB
+    if anomaly is not None:
+        out["anomaly"] = {"key": anomaly.key, "kind": anomaly.kind}
+    return out
 
 
 def _pending(events: list[dict[str, Any]]) -> int:
@@ -222,6 +261,35 @@ def _pending(events: list[dict[str, Any]]) -> int:
         (open_.add if e["type"] == "invoke" else open_.discard)(e["process"])
     return len(open_)
 
+
+def startup(directory: Path) -> dict[str, Any]:
+    """Wall time of ``orbital check`` on a 10-op file, the whole command (median of 7)."""
+    path = directory / "ten-ops.jsonl"
+    events: list[dict[str, Any]] = []
+    for n in range(5):
+        for type_ in ("invoke", "ok"):
+            events.append(_event(events, len(events) * 10, n % 2, type_, "write", "x", n + 1))
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    orbital = ROOT / ".venv" / "bin" / "orbital"
+    command = [str(orbital)] if orbital.exists() else [sys.executable, "-m", "harness.cli"]
+    walls = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        done = subprocess.run([*command, "check", str(path)], capture_output=True, check=False)
+        walls.append(time.perf_counter() - t0)
+        assert done.returncode == 0, done.stderr
+    median = statistics.median(walls)
+    return {
+        "case": "startup",
+        "command": "orbital check ten-ops.jsonl",
+        "median_seconds": round(median, 3),
+        "all_seconds": [round(w, 3) for w in walls],
+        "target_seconds": STARTUP_TARGET_S,
+        "met": median <= STARTUP_TARGET_S,
+    }
+
+
+# ----------------------------------------------------------------------------- Porcupine
 
 GO_DRIVER = r"""
 package main
@@ -272,7 +340,19 @@ func parseVal(raw *json.RawMessage) (*int64, *int64) {
 }
 
 func main() {
-	f, _ := os.Open(os.Args[1])
+	total := 0.0
+	for _, name := range os.Args[1:] {
+		verdict, secs := checkFile(name)
+		total += secs
+		fmt.Printf("{\"file\": %q, \"verdict\": %s, \"seconds\": %.6f}\n", name, verdict, secs)
+	}
+	fmt.Printf("{\"total_seconds\": %.6f}\n", total)
+}
+
+func checkFile(name string) (string, float64) {
+	f, _ := os.Open(name)
+	defer f.Close()
+	start := time.Now()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	type pend struct {
@@ -280,6 +360,7 @@ func main() {
 		call int64
 	}
 	open := map[int]pend{}
+	var unknown []pend
 	var ops []porcupine.Operation
 	var last int64
 	add := func(p pend, ret int64, o out) {
@@ -312,10 +393,13 @@ func main() {
 		case e.Type == "fail" && e.F == "cas" && e.Error == "mismatch":
 			add(p, e.Index, out{ok: false})
 		case e.Type == "info" && e.F != "read":
-			open[-1-len(ops)] = p
+			unknown = append(unknown, p)
 		}
 	}
 	for _, p := range open {
+		unknown = append(unknown, p)
+	}
+	for _, p := range unknown {
 		if p.e.F != "read" {
 			add(p, last+1, out{unknown: true})
 		}
@@ -364,106 +448,267 @@ func main() {
 		},
 		Equal: func(a, b interface{}) bool { return eq(a.(*int64), b.(*int64)) },
 	}
-	start := time.Now()
 	res := porcupine.CheckOperationsTimeout(model, ops, 60*time.Second)
 	secs := time.Since(start).Seconds()
 	verdict := map[porcupine.CheckResult]string{
 		porcupine.Ok: "true", porcupine.Illegal: "false", porcupine.Unknown: "\"unknown\""}[res]
-	fmt.Printf("{\"verdict\": %s, \"seconds\": %.3f}\n", verdict, secs)
+	return verdict, secs
 }
 """
 
 
-def build_porcupine(workdir: Path) -> tuple[Path | None, str]:
-    """Build the Go driver; return (binary, "") or (None, why not)."""
+MODULE = "github.com/anishathalye/porcupine"
+
+
+def porcupine_source(cache: Path, given: Path | None) -> tuple[Path | None, str]:
+    """A directory with Porcupine's source and test data, copied into the cache."""
+    target = cache / "porcupine-src"
+    if (target / "go.mod").is_file():
+        return target, ""
+    if given is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        if (given / "go.mod").is_file():
+            shutil.copytree(given, target, dirs_exist_ok=True)
+            return target, ""
+        archive = subprocess.run(
+            ["git", f"--git-dir={given}", "archive", "HEAD"], capture_output=True, check=False
+        )
+        if archive.returncode == 0:
+            subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+            return target, ""
+        return None, f"{given} is neither a checkout nor a git directory of Porcupine"
+    go = shutil.which("go")
+    if go is None:
+        return None, "go is not on the PATH and no --porcupine-src was given"
+    done = subprocess.run(
+        [go, "mod", "download", "-json", f"{MODULE}@latest"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=os.environ | {"GOFLAGS": "-mod=mod"},
+    )
+    if done.returncode != 0:
+        return None, f"go mod download failed: {done.stderr.strip()[-300:]}"
+    shutil.copytree(json.loads(done.stdout)["Dir"], target, dirs_exist_ok=True)
+    subprocess.run(["chmod", "-R", "u+w", str(target)], check=False)
+    return target, ""
+
+
+def build_driver(cache: Path, source: Path) -> tuple[Path | None, str]:
+    """Build the Go driver against the Porcupine source (no network: a replace directive)."""
     go = shutil.which("go")
     if go is None:
         return None, "go is not on the PATH"
-    src = workdir / "porcupine-driver"
-    src.mkdir()
+    src = cache / "porcupine-driver"
+    src.mkdir(parents=True, exist_ok=True)
     (src / "main.go").write_text(GO_DRIVER)
-    env = os.environ | {"GOFLAGS": "-mod=mod", "GOPATH": str(workdir / "gopath")}
-    steps = [
-        [go, "mod", "init", "driver"],
-        [go, "get", "github.com/anishathalye/porcupine@latest"],
+    (src / "go.mod").write_text(
+        f"module driver\n\ngo 1.21\n\nrequire {MODULE} v0.0.0\n\nreplace {MODULE} => {source}\n"
+    )
+    env = os.environ | {"GOFLAGS": "-mod=mod", "GOPROXY": "off"}
+    done = subprocess.run(
         [go, "build", "-o", "driver", "."],
-    ]
-    for cmd in steps:
-        done = subprocess.run(
-            cmd, cwd=src, env=env, capture_output=True, text=True, timeout=300, check=False
-        )
-        if done.returncode != 0:
-            return None, f"{' '.join(cmd[1:])} failed: {done.stderr.strip()[-400:]}"
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        return None, f"go build failed: {done.stderr.strip()[-400:]}"
     return src / "driver", ""
 
 
-def run_porcupine(binary: Path, path: str) -> dict[str, Any]:
-    """Time Porcupine (including its JSON parsing) on one history file."""
+_LINE = re.compile(r"^INFO\s+jepsen\.util\s+-\s+(\d+)\s+:(\w+)\s+:(\w+)\s+(.*)$")
+
+
+def convert_etcd_log(text: str) -> list[dict[str, Any]]:
+    """A Jepsen etcd log (Porcupine's ``test_data/jepsen``) as our history events."""
+    events: list[dict[str, Any]] = []
+    open_: dict[int, dict[str, Any]] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m is None:
+            continue
+        p, type_, f, rest = int(m[1]), m[2], m[3], m[4].strip()
+        if type_ == "invoke":
+            value: Any = None
+            if f == "write":
+                value = int(rest)
+            elif f == "cas":
+                a, b = rest.strip("[]").split()
+                value = [int(a), int(b)]
+            ev = {"process": p, "type": "invoke", "f": f, "key": "r", "value": value}
+            open_[p] = ev
+            events.append(ev)
+            continue
+        inv = open_.pop(p, None)
+        if inv is None:
+            continue
+        done: dict[str, Any] = {"process": p, "f": f, "key": "r", "value": inv["value"]}
+        if type_ == "ok":
+            done["type"] = "ok"
+            if f == "read":
+                done["value"] = None if rest == "nil" else int(rest)
+        elif type_ == "fail" and f == "cas":
+            done |= {"type": "fail", "error": "mismatch"}
+        elif type_ == "fail":
+            done |= {"type": "fail", "error": rest.lstrip(":")}  # a read that timed out
+        else:
+            done |= {"type": "info", "error": rest.lstrip(":")}
+        events.append(done)
+    return [{"index": i, "time": i, **e} for i, e in enumerate(events)]
+
+
+_EXPECTED = re.compile(r"checkJepsen\(t,\s*(\d+),\s*(true|false)\)")
+
+
+def porcupine_part(cache: Path, given: Path | None) -> dict[str, Any]:
+    """Every Jepsen etcd history: our verdicts and time against Porcupine's."""
+    source, why = porcupine_source(cache, given)
+    if source is None:
+        return {"available": False, "why": why}
+    logs = sorted((source / "test_data" / "jepsen").glob("etcd_*.log"))
+    if not logs:
+        return {"available": False, "why": f"no test_data/jepsen/etcd_*.log under {source}"}
+    expected = {
+        int(n): v == "true"
+        for n, v in _EXPECTED.findall((source / "porcupine_test.go").read_text())
+    }
+    histories = cache / "etcd-histories"
+    histories.mkdir(parents=True, exist_ok=True)
+    files = []
+    for log in logs:
+        out = histories / (log.stem + ".jsonl")
+        if not out.is_file():
+            events = convert_etcd_log(log.read_text())
+            out.write_text("".join(json.dumps(e) + "\n" for e in events))
+        files.append(out)
+    ours = _orbital_many(files)
+    report: dict[str, Any] = {"available": True, "files": len(files), "orbital": ours}
+    agree_expected = [
+        ours["verdicts"][f.stem] == expected.get(int(f.stem.split("_")[1]))
+        for f in files
+        if int(f.stem.split("_")[1]) in expected
+    ]
+    report["agrees_with_porcupine_tests"] = f"{sum(agree_expected)}/{len(agree_expected)}"
+    binary, why = build_driver(cache, source)
+    if binary is None:
+        report["porcupine"] = {"available": False, "why": why}
+        report["met"] = all(agree_expected)
+        return report
     t0 = time.perf_counter()
     done = subprocess.run(
-        [str(binary), path], capture_output=True, text=True, timeout=300, check=False
+        [str(binary), *map(str, files)], capture_output=True, text=True, timeout=900, check=False
+    )
+    wall = time.perf_counter() - t0
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.strip()]
+    theirs = {Path(x["file"]).stem: x["verdict"] for x in lines if "file" in x}
+    total = next((x["total_seconds"] for x in lines if "total_seconds" in x), None)
+    empty = [f.stem for f in files if f.stat().st_size == 0]
+    disagree = [k for k, v in ours["verdicts"].items() if theirs.get(k) != v and k not in empty]
+    report["empty_histories"] = {
+        k: {"orbital": ours["verdicts"][k], "porcupine": theirs.get(k)} for k in empty
+    }  # no operations: Porcupine says Ok, orbital says unknown (issue 15: never "valid")
+    report["porcupine"] = {
+        "check_seconds": total,
+        "process_wall_seconds": round(wall, 3),
+        "verdicts_valid": sum(v is True for v in theirs.values()),
+        "verdicts_invalid": sum(v is False for v in theirs.values()),
+    }
+    report["disagreements"] = disagree
+    report["check_seconds_ratio_orbital_over_porcupine"] = (
+        round(ours["check_seconds"] / total, 2) if total else None
+    )
+    report["met"] = (
+        not disagree
+        and all(agree_expected)
+        and (total is not None and ours["check_seconds"] <= total)
+    )
+    return report
+
+
+def _orbital_many(files: list[Path]) -> dict[str, Any]:
+    """Check every file in ONE process, as ``orbital check FILE...`` does."""
+    code = (
+        "import json, sys, time\n"
+        "from harness.checker.run import Checker\n"
+        "t0 = time.perf_counter(); out = {}; spent = 0.0\n"
+        "with Checker(time_limit=60.0, jobs=1) as c:\n"
+        "    for p in sys.argv[1:]:\n"
+        "        r = c.check_file(p); spent += r.seconds\n"
+        "        out[p] = r.valid\n"
+        "print(json.dumps({'verdicts': out, 'check_seconds': spent,"
+        " 'in_process_seconds': time.perf_counter() - t0}))\n"
+    )
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+        check=False,
     )
     wall = time.perf_counter() - t0
     if done.returncode != 0:
-        return {"error": done.stderr.strip()[-400:]}
-    result: dict[str, Any] = json.loads(done.stdout)
-    result["wall_seconds"] = round(wall, 3)
-    return result
+        return {"error": done.stderr[-800:]}
+    doc = json.loads(done.stdout)
+    return {
+        "verdicts": {Path(k).stem: v for k, v in doc["verdicts"].items()},
+        "check_seconds": round(doc["check_seconds"], 4),
+        "read_and_check_seconds": round(doc["in_process_seconds"], 4),
+        "process_wall_seconds": round(wall, 3),
+        "verdicts_valid": sum(v is True for v in doc["verdicts"].values()),
+        "verdicts_invalid": sum(v is False for v in doc["verdicts"].values()),
+        "verdicts_unknown": sum(v == "unknown" for v in doc["verdicts"].values()),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=",".join([*CASES, "startup"]))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-porcupine", action="store_true")
-    parser.add_argument("--keep", type=Path, help="write the histories here instead of a temp dir")
+    parser.add_argument("--porcupine-src", type=Path, default=None)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "orbital-bench")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_case(args.child, args.keep, args.seed)))
+        print(json.dumps(run_case(args.child, args.dir, args.seed)))
         return 0
-    workdir = Path(tempfile.mkdtemp(prefix="orbital-bench-"))
-    directory = args.keep or workdir
+    args.cache.mkdir(parents=True, exist_ok=True)
+    directory = args.cache / "histories"
     directory.mkdir(parents=True, exist_ok=True)
-    results = [_child(name, directory, args.seed) for name in args.cases.split(",")]
+    results = []
+    for name in args.cases.split(","):
+        if name == "startup":
+            results.append(startup(Path(tempfile.mkdtemp(prefix="orbital-bench-"))))
+        else:
+            results.append(_child(name, directory, args.seed))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     report: dict[str, Any] = {
-        "benchmark": "linearizability checker",
+        "benchmark": "linearizability checker (issue 15 targets)",
         "seed": args.seed,
+        "cpus": os.cpu_count(),
         "cases": results,
     }
     if not args.no_porcupine:
-        report["porcupine"] = _porcupine(workdir, results)
+        report["porcupine_etcd"] = porcupine_part(args.cache, args.porcupine_src)
     print(json.dumps(report, indent=2))
     return 0
 
 
 def _child(name: str, directory: Path, seed: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", name, "--keep", str(directory), "--seed", str(seed)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd = [sys.executable, __file__, "--child", name, "--dir", str(directory), "--seed", str(seed)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
     if done.returncode != 0:
         return {"case": name, "error": done.stderr.strip()[-800:]}
     result: dict[str, Any] = json.loads(done.stdout)
     return result
-
-
-def _porcupine(workdir: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
-    try:
-        binary, why = build_porcupine(workdir)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        binary, why = None, str(exc)
-    if binary is None:
-        return {"available": False, "why": why}
-    out: dict[str, Any] = {"available": True, "cases": {}}
-    for r in results:
-        if "file" not in r:
-            continue
-        p = run_porcupine(binary, r["file"])
-        if "wall_seconds" in p:
-            p["ratio_orbital_over_porcupine"] = round(
-                r["seconds"] / max(p["wall_seconds"], 1e-3), 2
-            )
-        out["cases"][r["case"]] = p
-    return out
 
 
 if __name__ == "__main__":

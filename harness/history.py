@@ -16,7 +16,10 @@ sequence of *events* (:class:`Op`), one JSON object per line, in the order they 
   ``info`` never invokes again.
 
 Any violation raises :class:`HistoryError` (a ``ValueError``) naming the file, the line and the
-field. :func:`pair_operations` turns events into :class:`Operation` objects (an invoke and its
+field. The rules themselves live in :mod:`harness.checker.events` (plain Python, no pydantic),
+which ``orbital check`` uses directly; this module adds the pydantic models and the writers.
+Time never goes backwards: every event's ``time`` is at least the previous event's.
+:func:`pair_operations` turns events into :class:`Operation` objects (an invoke and its
 completion, or ``None`` when the history ended first — which counts as ``info``); the checker
 and the report work on those. :class:`HistoryWriter` is what workload clients use: it assigns
 ``index`` and ``time``, validates each event as it is appended and flushes every line, so a
@@ -36,50 +39,29 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from harness.checker.events import EventReader, HistoryError, decode_lines, value_problem
+
+__all__ = [
+    "Fault",
+    "FaultWriter",
+    "HistoryError",
+    "HistoryValidator",
+    "HistoryWriter",
+    "Op",
+    "OpF",
+    "OpType",
+    "Operation",
+    "Value",
+    "pair_operations",
+    "parse_history",
+    "read_faults",
+    "read_history",
+]
+
 OpType: TypeAlias = Literal["invoke", "ok", "fail", "info"]
 OpF: TypeAlias = Literal["read", "write", "cas"]
 #: ``null``/int for reads, int for writes, ``(expected, new)`` for cas.
 Value: TypeAlias = int | tuple[int | None, int] | None
-
-
-class HistoryError(ValueError):
-    """A history or fault file that breaks the format: names the file, line and field."""
-
-    def __init__(
-        self, message: str, *, path: str = "<history>", line: int = 0, field: str = ""
-    ) -> None:
-        self.path = path
-        self.line = line
-        self.field = field
-        self.message = message
-        where = f"{path}:{line}" if line else path
-        what = f"field '{field}': " if field else ""
-        super().__init__(f"{where}: {what}{message}")
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _value_problem(f: str, type_: str, value: object) -> str | None:
-    """Why ``value`` has the wrong shape for ``f``/``type_``, or ``None`` when it is fine."""
-    if f == "read":
-        if type_ == "invoke" and value is not None:
-            return f"a read invoke carries null, got {value!r}"
-        if type_ == "ok" and not (value is None or _is_int(value)):
-            return f"a read ok carries an integer or null, got {value!r}"
-        if value is not None and not _is_int(value):
-            return f"a read carries an integer or null, got {value!r}"
-        return None
-    if f == "write":
-        return None if _is_int(value) else f"a write carries an integer, got {value!r}"
-    ok_pair = (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and (value[0] is None or _is_int(value[0]))
-        and _is_int(value[1])
-    )
-    return None if ok_pair else f"a cas carries [expected, new] (integers), got {value!r}"
 
 
 class Op(BaseModel):
@@ -103,7 +85,7 @@ class Op(BaseModel):
         f, type_ = info.data.get("f"), info.data.get("type")
         if f is None or type_ is None:
             return value  # their own errors are reported
-        problem = _value_problem(f, type_, value)
+        problem = value_problem(f, type_, value)
         if problem:
             raise ValueError(problem)
         return tuple(value) if isinstance(value, list) else value
@@ -150,65 +132,42 @@ class Operation:
 
 
 class HistoryValidator:
-    """Stream rules of a history: feed events in order with :meth:`check`."""
+    """Stream rules of a history: feed events in order with :meth:`check` (the rules are
+    :class:`harness.checker.events.EventReader`'s)."""
 
     def __init__(self, path: str = "<history>") -> None:
         self.path = path
-        self.expected_index = 0
+        self.reader = EventReader(path)
         self.outstanding: dict[int, Op] = {}
-        self.crashed: set[int] = set()
 
-    def _error(self, op: Op, field: str, message: str) -> HistoryError:
-        return HistoryError(message, path=self.path, line=self.expected_index + 1, field=field)
+    @property
+    def expected_index(self) -> int:
+        return self.reader.count
 
-    def check(self, op: Op) -> None:
+    def check(self, op: Op, line: int | None = None) -> None:
         """Raise :class:`HistoryError` if ``op`` cannot follow the events seen so far."""
-        if op.index != self.expected_index:
-            raise self._error(op, "index", f"expected {self.expected_index}, got {op.index}")
+        self.reader.feed(_op_dict(op), self.reader.count + 1 if line is None else line)
         if op.type == "invoke":
-            self._check_invoke(op)
+            self.outstanding[op.process] = op
         else:
-            self._check_completion(op)
-        self.expected_index += 1
+            self.outstanding.pop(op.process, None)
 
-    def _check_invoke(self, op: Op) -> None:
-        if op.process in self.crashed:
-            raise self._error(
-                op, "process", f"process {op.process} got info and may not invoke again"
-            )
-        previous = self.outstanding.get(op.process)
-        if previous is not None:
-            raise self._error(
-                op,
-                "process",
-                f"process {op.process} invoked while its operation at index "
-                f"{previous.index} is outstanding",
-            )
-        self.outstanding[op.process] = op
 
-    def _check_completion(self, op: Op) -> None:
-        invoke = self.outstanding.pop(op.process, None)
-        if invoke is None:
-            raise self._error(
-                op, "process", f"process {op.process} completes with no invoke outstanding"
-            )
-        for field in ("f", "key"):
-            if getattr(op, field) != getattr(invoke, field):
-                raise self._error(
-                    op, field, f"completion does not match its invoke at index {invoke.index}"
-                )
-        if op.f != "read" and op.value != invoke.value:
-            raise self._error(
-                op,
-                "value",
-                f"{op.value!r} differs from {invoke.value!r} of its invoke at index {invoke.index}",
-            )
-        if op.time < invoke.time:
-            raise self._error(
-                op, "time", f"completion at {op.time} precedes its invoke at {invoke.time}"
-            )
-        if op.type == "info":
-            self.crashed.add(op.process)
+def _op_dict(op: Op) -> dict[str, Any]:
+    data = {
+        "index": op.index,
+        "time": op.time,
+        "process": op.process,
+        "type": op.type,
+        "f": op.f,
+        "key": op.key,
+        "value": list(op.value) if isinstance(op.value, tuple) else op.value,
+    }
+    if op.node is not None:
+        data["node"] = op.node
+    if op.error is not None:
+        data["error"] = op.error
+    return data
 
 
 def _validation_error(exc: ValidationError, path: str, line: int) -> HistoryError:
@@ -240,15 +199,13 @@ def _parse_lines(model: type[_M], lines: Iterable[str], path: str) -> Iterator[t
 
 def parse_history(lines: Iterable[str], path: str = "<history>") -> list[Op]:
     """Parse and validate history lines (blank lines are skipped)."""
-    validator = HistoryValidator(path)
+    reader = EventReader(path)
     events: list[Op] = []
-    for line_no, op in _parse_lines(Op, lines, path):
-        validator.expected_index = len(events)
-        try:
-            validator.check(op)
-        except HistoryError as exc:
-            raise HistoryError(exc.message, path=path, line=line_no, field=exc.field) from None
-        events.append(op)
+    for line_no, data in decode_lines(lines, path):
+        reader.feed(data, line_no)
+        value = data.get("value")
+        fields = data | {"value": tuple(value) if isinstance(value, list) else value}
+        events.append(Op.model_construct(**fields))
     return events
 
 

@@ -1,8 +1,12 @@
-"""The HTML report of a stored chaos run: ``orbital report STORE_RUN_DIR [-o OUT]``.
+"""The HTML report of a run or a bare history: ``orbital report PATH [-o OUT]``.
 
-One self-contained file that opens offline: inline CSS, plots as inline base64 PNG drawn with
-matplotlib's Agg canvas (no pyplot, no global state), no external URL anywhere. The chaos runner
-calls :func:`write_report` at the end of every run; the command calls it on a stored run.
+One self-contained file that opens offline: inline CSS, and an interactive figure drawn by
+plotly.js, inlined from the ``plotly`` package (:mod:`harness.report_interactive`): every
+operation per client lane with hover, zoom and pan, fault periods shaded, node roles and terms,
+latency and throughput, all on one time axis; no external URL anywhere. The chaos runner calls
+:func:`write_report` at the end of every run; ``orbital report`` calls it on a stored run
+directory or on a bare history file (with ``faults.jsonl`` beside it if present), and when
+there is no linearizability result it runs the checker first, so any history is judged.
 
 Theory of operation
 -------------------
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -52,7 +57,6 @@ from harness.report_plots import (
     FAULT_PALETTE,
     ROLE_COLORS,
     _anomaly_ops,
-    _fault_colors,
     plot_anomaly_detail,
     plot_latency_throughput,
     plot_roles,
@@ -109,6 +113,9 @@ table{border-collapse:collapse;margin:8px 0;background:#fff}
 td,th{border:1px solid #e5e7eb;padding:3px 10px;text-align:left;vertical-align:top}
 th{background:#f1f5f9}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .plot{max-width:100%;height:auto;border:1px solid #e5e7eb;background:#fff}
+.figure{width:100%;background:#fff;border:1px solid #e5e7eb}
+.hovered-box{font-size:12px;color:#374151}tr.culprit td{background:#fee2e2;font-weight:600}
+.kind{display:inline-block;padding:2px 8px;border-radius:4px;background:#dc2626;color:#fff}
 .missing{color:#6b7280;font-style:italic}.explain{border-left:4px solid #dc2626;padding:6px 12px;
  background:#fef2f2;white-space:pre-wrap}pre{background:#fff;border:1px solid #e5e7eb;padding:8px;
  overflow:auto;max-height:420px}code{font-size:12px}
@@ -117,10 +124,9 @@ th{background:#f1f5f9}td.n{text-align:right;font-variant-numeric:tabular-nums}
 SECTIONS = (
     ("summary", "Summary"),
     ("anomaly", "Anomaly"),
-    ("latency", "Latency & throughput"),
-    ("timeline", "Process timeline"),
-    ("roles", "Node roles"),
+    ("timeline", "Timeline: operations, node roles, latency, throughput"),
     ("faults", "Faults"),
+    ("files", "Files"),
     ("invariants", "Invariants"),
     ("expectations", "Expectations"),
     ("config", "Configuration"),
@@ -209,8 +215,25 @@ def _checks(results: dict[str, Any]) -> str:
     keys = lin.get("keys") if isinstance(lin, dict) else None
     per_key = _key_table(keys) if isinstance(keys, dict) and keys else ""
     counts = results.get("counts")
-    extra = f"<p>Counts reported by the runner: <code>{_e(counts)}</code></p>" if counts else ""
+    extra = _counts_table(counts) if isinstance(counts, dict) and counts else ""
     return (_table(["check", "verdict", "keys"], rows) if rows else "") + per_key + extra
+
+
+def _counts_table(counts: dict[str, Any]) -> str:
+    """The runner's counts as a table (nested maps flattened to ``a / b`` rows)."""
+    rows: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix} / {k}" if prefix else str(k), v)
+        else:
+            rows.append((prefix, value))
+
+    walk("", counts)
+    return "<h3>Counts reported by the runner</h3>" + _table(
+        ["count", "value"], rows[:TABLE_LIMIT], numeric=1
+    )
 
 
 def _key_table(keys: dict[str, Any]) -> str:
@@ -250,62 +273,86 @@ def section_anomaly(run: Run) -> str:
 
 
 def _anomaly_block(run: Run, number: int, anomaly: dict[str, Any]) -> str:
-    """One anomaly: its explanation, its operations as a table and as a zoomed timeline."""
+    """One anomaly: its kind, its paragraph, its operations (the culprit first, highlighted)
+    and the end of the longest linearizable prefix."""
     ops = _anomaly_ops(anomaly)
-    head = ["index", "process", "f", "value", "type", "error", "node", "invoke (s)", "complete (s)"]
-    rows = [
-        [o.get(k) for k in ("index", "process", "f", "value", "type", "error", "node")]
-        + [_seconds(o.get("invoke_time")), _seconds(o.get("complete_time"))]
-        for o in ops[:TABLE_LIMIT]
-    ]
-    body = (
-        f"<h3>Anomaly {number}: key <code>{_e(anomaly.get('key', '?'))}</code></h3>"
-        f'<div class="explain">{_e(str(anomaly.get("explanation", "(no explanation)")))}</div>'
-        + _table(head, rows)
+    culprit = anomaly.get("culprit")
+    head = ["", "index", "process", "f", "value", "type", "error", "node", "invoke (s)",
+            "complete (s)"]  # fmt: skip
+    rows = []
+    for o in ops[:TABLE_LIMIT]:
+        mark = "culprit" if o == culprit else ""
+        cells = [mark] + [o.get(k) for k in ("index", "process", "f", "value", "type", "error")]
+        cells += [o.get("node"), _seconds(o.get("invoke_time")), _seconds(o.get("complete_time"))]
+        tr = '<tr class="culprit">' if mark else "<tr>"
+        rows.append(tr + "".join(f"<td>{_v(c)}</td>" for c in cells) + "</tr>")
+    table = (
+        '<table class="anomaly-ops"><tr>'
+        + "".join(f"<th>{_e(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
     )
+    kind = anomaly.get("kind") or "not linearizable"
+    body = (
+        f'<h3>Anomaly {number}: <span class="kind">{_e(kind)}</span> on key '
+        f"<code>{_e(anomaly.get('key', '?'))}</code></h3>"
+        f'<div class="explain">{_e(str(anomaly.get("explanation", "(no explanation)")))}</div>'
+        + table
+    )
+    prefix = anomaly.get("prefix")
+    if isinstance(prefix, dict) and isinstance(prefix.get("last"), list):
+        prow = [
+            [o.get("index"), o.get("process"), o.get("f"), o.get("value"), o.get("after")]
+            for o in prefix["last"]
+            if isinstance(o, dict)
+        ]
+        body += (
+            f"<p>Longest linearizable prefix: {_e(prefix.get('ops'))} operations, every one "
+            f"that completed before event {_e(prefix.get('through_event'))}. Its last ones, "
+            "with the value the key holds after each:</p>"
+            + _table(["index", "process", "f", "value", "key holds after"], prow)
+        )
     if not ops:
-        return body + _missing("The anomaly lists no operations to draw.")
-    return body + _guard("anomaly detail", lambda: plot_anomaly_detail(run, anomaly))
+        body += _missing("The anomaly lists no operations.")
+    return body
+
+
+def _v(value: Any) -> str:
+    """A value cell: JSON spelling (``null``, ``[1, 2]``), empty for a missing one."""
+    if value is None or value == "":
+        return ""
+    return html.escape(value if isinstance(value, str) else json.dumps(value))
 
 
 def _seconds(ns: Any) -> str:
     return f"{ns / 1e9:.6f}" if isinstance(ns, int) and not isinstance(ns, bool) else "never"
 
 
-def section_latency(run: Run) -> str:
-    if not any(op.complete_time is not None for op in run.ops):
-        return _missing("No completed operations in history.jsonl: nothing to plot.")
-    why = "" if run.faults else _missing("No faults.jsonl events: no fault periods to shade.")
-    return why + _guard("latency", lambda: plot_latency_throughput(run))
-
-
 def section_timeline(run: Run) -> str:
     if not run.ops:
         return _missing("history.jsonl has no operations.")
-    rows, labels = process_rows(run.ops, run.end)
-    packed = (
-        f", packed into {len(labels)} lanes (a process retired by info is followed in its lane "
-        "by a later one)"
-        if len(labels) < len(rows)
-        else ""
-    )
+    from harness.report_interactive import figure_html, lanes
+
+    lane_of, labels = lanes(run.ops)
+    processes = len(lane_of)
+    roles = "" if run.roles else " No node roles were recorded (no nodes/<id>/roles.jsonl)."
     return (
-        f"<p>{len(run.ops)} operations by {len(rows)} processes{packed}. "
-        "The anomaly's operations, if any, are outlined in red.</p>"
-        + _guard("timeline", lambda: plot_timeline(run))
+        f"<p>{len(run.ops)} operations by {processes} processes in {len(labels)} client "
+        "lanes (a client whose operation ended in <i>info</i> continues as a new process in "
+        "the same lane). Hover an operation for its details; drag to zoom, double-click to "
+        "reset; the panels share the time axis. Fault periods are shaded; the anomaly's "
+        f"operations are drawn in red, the culprit marked with a cross.{roles}</p>"
+        + _guard("timeline", lambda: figure_html(run))
     )
-
-
-def section_roles(run: Run) -> str:
-    if not run.roles:
-        return _missing("No nodes/<id>/roles.jsonl in this run: node roles were not recorded.")
-    return _guard("roles", lambda: plot_roles(run))
 
 
 def section_faults(run: Run) -> str:
     if not run.faults:
         return _missing("No faults.jsonl events: the run injected no faults or did not log them.")
-    colors = _fault_colors(run.faults)
+    from harness.report_interactive import fault_colors
+
+    colors = fault_colors(run)
     rows = [
         (
             p.kind,
@@ -317,7 +364,44 @@ def section_faults(run: Run) -> str:
     ]
     legend = " ".join(f'<span style="color:{c}">■</span> {_e(k)}' for k, c in colors.items())
     cut = f"<p>First {TABLE_LIMIT} of {len(run.faults)}.</p>" * (len(run.faults) > TABLE_LIMIT)
-    return f"<p>{legend}</p>" + _table(["fault", "start (s)", "stop (s)", "detail"], rows) + cut
+    rows = [(k, a, b, _detail(d)) for k, a, b, d in rows]
+    head = ["fault", "start (s)", "stop (s)", "detail"]
+    return f"<p>{legend}</p>" + _table(head, rows) + cut
+
+
+def _detail(detail: Any) -> str:
+    """A fault's detail in words: ``groups: [n1, n2] | [n3]; node: n1``."""
+    if not isinstance(detail, dict):
+        return "" if detail is None else json.dumps(detail)
+    parts = []
+    for k, v in detail.items():
+        if k == "groups" and isinstance(v, list):
+            v = " | ".join("[" + ", ".join(map(str, g)) + "]" for g in v if isinstance(g, list))
+        elif not isinstance(v, str):
+            v = json.dumps(v)
+        parts.append(f"{k}: {v}")
+    return "; ".join(parts)
+
+
+def section_files(run: Run) -> str:
+    """Links to the run's files, relative to where the report is written."""
+    base = run.report_dir or run.path
+    found: list[Path] = []
+    if run.history is not None:
+        found.append(run.history)
+    for name in ("faults.jsonl", "results.json", "config.toml"):
+        if (run.path / name).is_file():
+            found.append(run.path / name)
+    found += sorted(p for p in run.path.glob("nodes/*/*") if p.is_file() and p.suffix != ".seg")
+    if not found:
+        return _missing("No files beside the history.")
+    items = []
+    for p in found[:TABLE_LIMIT]:
+        href = os.path.relpath(p.resolve(), base.resolve())
+        items.append(
+            f'<li><a href="{_e(Path(href).as_posix())}">{_e(Path(href).as_posix())}</a></li>'
+        )
+    return "<ul>" + "".join(items) + "</ul>"
 
 
 def section_invariants(run: Run) -> str:
@@ -388,10 +472,9 @@ def _guard(name: str, draw: Callable[[], str]) -> str:
 RENDERERS: dict[str, Callable[[Run], str]] = {
     "summary": section_summary,
     "anomaly": section_anomaly,
-    "latency": section_latency,
     "timeline": section_timeline,
-    "roles": section_roles,
     "faults": section_faults,
+    "files": section_files,
     "invariants": section_invariants,
     "expectations": section_expectations,
     "config": section_config,
@@ -408,21 +491,73 @@ def render_html(run: Run) -> str:
         f'<section id="{sid}"><h2>{_e(label)}</h2>{RENDERERS[sid](run)}</section>'
         for sid, label in SECTIONS
     )
+    from harness.report_interactive import plotly_js
+
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}'
-        f"</title><style>{CSS}</style></head><body><main><h1>{_e(title)}</h1>"
-        f"<nav>{nav}</nav>{body}</main></body></html>\n"
+        f"</title><style>{CSS}</style><script>{plotly_js()}</script></head><body><main>"
+        f"<h1>{_e(title)}</h1><nav>{nav}</nav>{body}</main></body></html>\n"
     )
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Write the HTML report of ``run_dir`` to ``out`` (default ``run_dir/report.html``)."""
+def write_report(
+    run_dir: Path,
+    out: Path | None = None,
+    *,
+    history: Path | None = None,
+    linearizability: dict[str, Any] | None = None,
+    judge: bool = False,
+    time_limit: float = 60.0,
+) -> Path:
+    """Write the HTML report of ``run_dir`` (or of the bare ``history`` file) to ``out``
+    (default ``report.html`` beside the history).
+
+    ``linearizability`` is a checker result to show (``CheckResult.to_json()``); with
+    ``judge`` and no result in ``results.json``, the checker runs first (``time_limit`` s).
+    """
     run_dir = Path(run_dir)
-    target = Path(out) if out is not None else run_dir / "report.html"
-    page = render_html(load_run(run_dir))
+    run = load_run(run_dir, history)
+    base = run.history.parent if run.history is not None else run_dir
+    target = Path(out) if out is not None else base / "report.html"
+    if (
+        linearizability is None
+        and judge
+        and not isinstance(run.results.get("linearizability"), dict)
+    ):
+        linearizability = judge_history(run, time_limit)
+    if linearizability is not None:
+        run.results = dict(run.results)
+        run.results["linearizability"] = linearizability
+        run.results.setdefault("valid", linearizability.get("valid"))
+    run.report_dir = target.resolve().parent
+    page = render_html(run)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")
     return target
+
+
+def judge_history(run: Run, time_limit: float) -> dict[str, Any]:
+    """Check the run's history now (the report of a history nobody judged yet)."""
+    from harness.checker.events import HistoryError
+    from harness.checker.run import Checker
+
+    assert run.history is not None
+    try:
+        with Checker(time_limit=time_limit) as checker:
+            result = checker.check_file(str(run.history))
+    except HistoryError as exc:
+        run.notes.append(f"not judged: {exc}")
+        return {"valid": "unknown", "reason": f"the history cannot be checked: {exc}"}
+    run.notes.append("judged by orbital report: there was no linearizability result")
+    return result.to_json()
+
+
+def write_history_report(
+    history: str | Path, out: str | Path, linearizability: dict[str, Any]
+) -> Path:
+    """The report of a bare history file with a checker result (``orbital check --report``)."""
+    path = Path(history)
+    return write_report(path.parent, Path(out), history=path, linearizability=linearizability)
 
 
 # -------------------------------------------------------------------------------------- CLI
@@ -431,26 +566,38 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``orbital report``."""
     parser.add_argument(
-        "run_dir",
+        "path",
         type=Path,
-        metavar="STORE_RUN_DIR",
-        help="a stored run: store/<scenario>/<timestamp>/",
+        metavar="PATH",
+        help="a stored run (store/<scenario>/<timestamp>/) or a bare history file",
     )
     parser.add_argument(
         "-o",
         "--out",
         type=Path,
         default=None,
-        help="where to write the HTML (default: STORE_RUN_DIR/report.html)",
+        help="where to write the HTML (default: report.html beside the history)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds for the checker when the history was not judged yet (default 60)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the report; exit 0, or 2 when the run directory cannot be reported on."""
+    """Write the report; exit 0, or 2 when the path cannot be reported on."""
+    path: Path = args.path
+    history = path if path.is_file() else None
+    run_dir = path.parent if history is not None else path
     try:
-        path = write_report(args.run_dir, args.out)
+        out = write_report(
+            run_dir, args.out, history=history, judge=True, time_limit=args.time_limit
+        )
     except ReportError as exc:
         print(f"orbital report: {exc}", file=sys.stderr)
         return 2
-    print(path)
+    print(out)
     return 0

@@ -57,7 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.history import HistoryError, Operation, pair_operations, read_faults, read_history
+from harness.checker.events import HistoryError, OpRecord, read_records
+from harness.history import read_faults
+
+__all__ = ["OpRecord"]
 
 #: Completion types in drawing order, and their colors (Jepsen's timeline palette).
 TYPE_COLORS: dict[str, str] = {"ok": "#4e9cf5", "fail": "#f06aa8", "info": "#f5a623"}
@@ -65,22 +68,6 @@ TYPE_COLORS: dict[str, str] = {"ok": "#4e9cf5", "fail": "#f06aa8", "info": "#f5a
 
 class ReportError(Exception):
     """The run directory cannot be reported on (missing, or without ``history.jsonl``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class OpRecord:
-    """One operation as drawn: an invoke and its completion (``complete_time`` None: never)."""
-
-    index: int
-    process: int
-    f: str
-    key: str
-    value: Any
-    type: str
-    invoke_time: int
-    complete_time: int | None
-    result: Any = None
-    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +101,8 @@ class Run:
     config_text: str | None
     end: int
     notes: list[str] = field(default_factory=list)
+    history: Path | None = None
+    report_dir: Path | None = None  # where the report goes (links are relative to it)
 
     @property
     def anomalies(self) -> list[dict[str, Any]]:
@@ -159,32 +148,15 @@ def _int(value: Any, default: int = 0) -> int:
 def read_ops(path: Path, notes: list[str]) -> list[OpRecord]:
     """The operations of ``history.jsonl``, in invoke order.
 
-    Read by :mod:`harness.history`, the format's single implementation. A file that breaks the
-    format (a run that crashed mid-line, a buggy client) is read leniently instead, with a note
-    saying why: a broken history is exactly the run whose report someone wants to see.
+    Read by :mod:`harness.checker.events`, the format's single validator. A file that breaks
+    the format (a run that crashed mid-line, a buggy client) is read leniently instead, with a
+    note saying why: a broken history is exactly the run whose report someone wants to see.
     """
     try:
-        events = read_history(path)
+        return read_records(path)
     except HistoryError as exc:
-        notes.append(f"history.jsonl breaks the history format, read leniently: {exc}")
+        notes.append(f"{path.name} breaks the history format, read leniently: {exc}")
         return pair_ops(_read_jsonl(path, notes), notes)
-    return [_from_operation(operation) for operation in pair_operations(events)]
-
-
-def _from_operation(operation: Operation) -> OpRecord:
-    inv, done = operation.invoke, operation.completion
-    return OpRecord(
-        index=inv.index,
-        process=inv.process,
-        f=inv.f,
-        key=inv.key,
-        value=inv.value,
-        type=operation.outcome,
-        invoke_time=inv.time,
-        complete_time=done.time if done else None,
-        result=done.value if done else None,
-        error=done.error if done else None,
-    )
 
 
 def read_fault_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
@@ -230,6 +202,8 @@ def _make_op(inv: dict[str, Any], comp: dict[str, Any] | None) -> OpRecord:
         complete_time=_int(comp.get("time")) if comp else None,
         result=comp.get("value") if comp else None,
         error=str(comp["error"]) if comp and comp.get("error") is not None else None,
+        node=str(comp["node"]) if comp and comp.get("node") is not None else None,
+        end=_int(comp.get("index"), -1) if comp else None,
     )
 
 
@@ -299,17 +273,22 @@ def _read_config(path: Path, notes: list[str]) -> tuple[dict[str, Any], str | No
         return {}, text
 
 
-def load_run(run_dir: Path) -> Run:
-    """Read a run directory; raise :class:`ReportError` when it cannot be reported on."""
-    if not run_dir.is_dir():
-        raise ReportError(f"run directory {run_dir} does not exist")
-    history = run_dir / "history.jsonl"
-    if not history.is_file():
-        raise ReportError(f"{run_dir} has no history.jsonl")
+def load_run(run_dir: Path, history: Path | None = None) -> Run:
+    """Read a run directory (or, with ``history``, a bare history file and whatever lies
+    beside it); raise :class:`ReportError` when it cannot be reported on."""
+    if history is None:
+        if not run_dir.is_dir():
+            raise ReportError(f"run directory {run_dir} does not exist")
+        history = run_dir / "history.jsonl"
+        if not history.is_file():
+            raise ReportError(f"{run_dir} has no history.jsonl")
+    elif not history.is_file():
+        raise ReportError(f"{history} does not exist")
     notes: list[str] = []
     ops = read_ops(history, notes)
     fault_events = read_fault_events(run_dir / "faults.jsonl", notes)
-    results = _read_json(run_dir / "results.json", notes)
+    bare = history.name != "history.jsonl"
+    results = {} if bare else _read_json(run_dir / "results.json", notes)
     config, config_text = _read_config(run_dir / "config.toml", notes)
     role_events = {
         p.parent.name: _read_jsonl(p, notes) for p in sorted(run_dir.glob("nodes/*/roles.jsonl"))
@@ -317,7 +296,16 @@ def load_run(run_dir: Path) -> Run:
     end = _run_end(ops, fault_events, role_events, results)
     roles = [s for node, evs in role_events.items() for s in role_spans(evs, node, end)]
     return Run(
-        run_dir, ops, fault_periods(fault_events), roles, results, config, config_text, end, notes
+        run_dir,
+        ops,
+        fault_periods(fault_events),
+        roles,
+        results,
+        config,
+        config_text,
+        end,
+        notes,
+        history,
     )
 
 

@@ -72,7 +72,12 @@ def test_inspect_of_a_file_or_a_foreign_directory(
 def test_an_empty_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "history.jsonl"
     empty.write_text("")
-    one_line_error(capsys, ["check", str(empty)], str(empty), "empty history")
+    code = orbital(["check", str(empty)])
+    out = capsys.readouterr().out
+    assert code == 2, out  # neither linearizable nor not: there is nothing to judge
+    assert out.strip().splitlines() == [
+        f"{empty}: unknown (0 ops, 0 keys, 0.00 s): the history has no operations"
+    ]
 
 
 def test_an_unknown_scenario_name(capsys: pytest.CaptureFixture[str]) -> None:

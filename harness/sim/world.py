@@ -430,7 +430,7 @@ class World:
             t, _, kind, a, b = heappop(heap)
             self.now = inv.now_us = t
             events += 1
-            if not events & 0x3FFF:
+            if not events & 0x3FF:
                 self.events = events
                 self._check_budget(events, budget)
             if kind == _DELIVER:
