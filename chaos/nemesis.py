@@ -12,11 +12,13 @@ state. Faults never overlap: an occurrence that would overlap one already accept
 (scheduled ``at`` entries are placed first), so a heal always ends exactly one fault, and every
 stop lies within the duration.
 
-:class:`NemesisExecutor` follows a schedule in real time against a
-:class:`~harness.cluster.LocalCluster`. A ``"leader"`` target is resolved when its fault starts
-(``cluster.leader()``; the drawn fallback if there is none), and the stop acts on the node the
-start chose. Blocking cluster calls (Toxiproxy's REST API, waiting for a SIGKILLed process) run
-in a worker thread so the clients' event loop keeps going. Every fault is reported to
+:class:`NemesisExecutor` follows a schedule in real time against a cluster of any system
+(:class:`FaultTarget`: ``harness.local.Cluster``; ``chaos`` never imports ``harness``, so the
+scenario and the cluster are described here as Protocols). A ``"leader"`` target is resolved
+when its fault starts (``cluster.leader()``; the drawn fallback if there is none, and always
+for a system that cannot tell who leads), and the stop acts on the node the start chose.
+Blocking cluster calls (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker
+thread so the clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
 ``cut``, are reported here as ``partition`` so that the heal closes them). :meth:`heal_all`
 is the final generator: heal the network, reset clocks, clear disk faults, resume paused nodes,
@@ -34,17 +36,91 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from chaos import node_faults
 from chaos.diskfs import DiskFSError
 from chaos.shapes import cut_links
-from harness.scenario import Nemesis, Scenario
-
-if TYPE_CHECKING:
-    from harness.cluster import LocalCluster
 
 Action = Literal["start", "stop"]
+
+
+# ---- what the nemesis needs of a scenario and a cluster -----------------------------------------
+class Nemesis(Protocol):
+    """One ``[[nemesis]]`` entry (``harness.scenario.Nemesis``)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def groups(self) -> list[str]: ...
+    @property
+    def at(self) -> float | None: ...
+    @property
+    def interval(self) -> float | None: ...
+    @property
+    def jitter(self) -> float: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def stop(self) -> float | None: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def partition_shape(self) -> str: ...
+    @property
+    def latency_ms(self) -> int: ...
+    @property
+    def latency_jitter_ms(self) -> int: ...
+    @property
+    def disk(self) -> str | None: ...
+    @property
+    def corrupt(self) -> str: ...
+    @property
+    def fsync_ms(self) -> int: ...
+    @property
+    def clock(self) -> str | None: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def jump_s(self) -> float: ...
+    @property
+    def strobe_s(self) -> float: ...
+    @property
+    def strobe_period_s(self) -> float: ...
+    @property
+    def membership(self) -> str | None: ...
+
+
+class Scenario(Protocol):
+    """What a schedule is made from (``harness.scenario.Scenario``)."""
+
+    @property
+    def nodes(self) -> list[str]: ...
+    @property
+    def groups(self) -> dict[str, list[str]]: ...
+    @property
+    def nemesis(self) -> Sequence[Nemesis]: ...
+
+
+class _Spec(Protocol):
+    @property
+    def nodes(self) -> tuple[str, ...]: ...
+
+
+class FaultTarget(node_faults.FaultCluster, Protocol):
+    """The cluster the executor acts on (``harness.local.Cluster``, any system)."""
+
+    @property
+    def spec(self) -> _Spec: ...
+    def paused(self, node: str) -> bool: ...
+    def pause(self, node: str) -> None: ...
+    def resume(self, node: str) -> None: ...
+    async def leader(self) -> tuple[str, int] | None: ...
+    def partition(self, groups: Any, clients: Any = None) -> None: ...
+    def heal(self) -> None: ...
+    def latency(self, ms: int, jitter_ms: int = 0, links: Any = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +263,7 @@ class NemesisExecutor:
 
     def __init__(
         self,
-        cluster: LocalCluster,
+        cluster: FaultTarget,
         schedule: Sequence[FaultOp],
         *,
         on_fault: Callable[[str, str, dict[str, Any]], None] | None = None,
@@ -235,7 +311,7 @@ class NemesisExecutor:
         target = self._resolve_target(f)
         if f.kind in ("kill", "pause"):
             f.node = target
-            if not self.cluster.alive(target) or self.cluster.procs[target].paused:
+            if not self.cluster.alive(target) or self.cluster.paused(target):
                 f.skipped = f"{target} is not running"
                 return
             call = self.cluster.kill if f.kind == "kill" else self.cluster.pause
@@ -329,7 +405,7 @@ class NemesisExecutor:
     def _undo(self, f: AppliedFault) -> None:
         if f.kind == "kill" and f.node is not None and not self.cluster.alive(f.node):
             self.cluster.restart(f.node)
-        elif f.kind == "pause" and f.node is not None and self.cluster.procs[f.node].paused:
+        elif f.kind == "pause" and f.node is not None and self.cluster.paused(f.node):
             self.cluster.resume(f.node)
         elif f.kind in ("partition", "latency") and self.cluster.network is not None:
             self.cluster.heal()
@@ -356,13 +432,9 @@ class NemesisExecutor:
             except DiskFSError as exc:  # noted, the heal goes on
                 self._report("disk", "stop", {"clear_failed": str(exc)})
         for node in self.cluster.members:
-            try:
-                proc = self.cluster.procs[node]
-            except KeyError:
-                continue
-            if proc.paused:
+            if self.cluster.paused(node):
                 self.cluster.resume(node)
-            elif not proc.alive():
+            elif not self.cluster.alive(node):
                 self.cluster.restart(node)
 
 

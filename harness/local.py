@@ -44,7 +44,16 @@ from chaos.diskfs import DiskMount
 from chaos.nat import GID_BASE, Route, SourceRouting
 from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
 from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
-from harness.system import Leadership, NodeStatus, System
+from harness.system import (
+    Client,
+    DiskLayout,
+    Leadership,
+    LeaderTransfer,
+    Membership,
+    NodeStatus,
+    StorageReplay,
+    System,
+)
 
 FaultSink = Callable[[str, str, dict[str, Any]], None]
 Statuses = dict[str, NodeStatus | None]
@@ -52,6 +61,10 @@ Statuses = dict[str, NodeStatus | None]
 
 class ClusterError(RuntimeError):
     """The cluster could not be started or did not behave as required."""
+
+
+class NotApplicable(RuntimeError):
+    """The system lacks the capability a step needs (the step is skipped, saying so)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +101,7 @@ class Cluster:
     ) -> None:
         self.system = system
         self.options = options
+        self.spec: ClusterOptions = options  #: the same (``harness.cluster`` narrows it)
         self._workdir = workdir.resolve()
         self._run_start_ns = run_start_ns if run_start_ns is not None else time.monotonic_ns()
         self._on_fault = on_fault
@@ -378,6 +392,63 @@ class Cluster:
         if self._on_fault is not None:
             self._on_fault(kind, action, detail)
 
+    # ---- the system's capabilities, for the runner and the nemesis ---------------------------
+    def open_client(self, addresses: Mapping[str, str], process: int, timeout: float) -> Client:
+        """A client of the system for logical process ``process``."""
+        return self.system.open_client(addresses, self, process=process, timeout=timeout)
+
+    async def disconnect(self) -> None:
+        """Let the system close its status and admin connections of this event loop."""
+        hook = getattr(self.system, "disconnect", None)
+        if hook is not None:
+            await hook()
+
+    def _needs(self, capability: type, what: str) -> Any:
+        if not isinstance(self.system, capability):
+            raise NotApplicable(f"{self.system.name} has no {what}")
+        return self.system
+
+    async def transfer_leader(self, leader: str, target: str) -> None:
+        system = self._needs(LeaderTransfer, "leader transfer")
+        await system.transfer_leader(leader, target, self)
+
+    async def add_member(self, node: str) -> dict[str, Any]:
+        system = self._needs(Membership, "membership changes")
+        detail: dict[str, Any] = await system.add_member(node, self)
+        return detail
+
+    async def remove_member(self, node: str) -> dict[str, Any]:
+        system = self._needs(Membership, "membership changes")
+        detail: dict[str, Any] = await system.remove_member(node, self)
+        return detail
+
+    @property
+    def log_prefix(self) -> str | None:
+        return self.system.log_prefix if isinstance(self.system, DiskLayout) else None
+
+    def pick_corruption(self, node: str, target: str, seed: int) -> tuple[str, int, Any]:
+        """Where a corruption of ``target`` lands in ``node``'s durable data (the disk's
+        backing directory: what is fsynced)."""
+        if not isinstance(self.system, DiskLayout):
+            raise ValueError(f"{self.system.name} does not say where its data can be corrupted")
+        disk = self.disks.get(node)
+        where = disk.backing if disk is not None else self.data_dir(node)
+        return self.system.pick_corruption(where, target, seed)
+
+    def replay(self, nodes: Iterable[str]) -> dict[str, Any] | None:
+        """The system's storage replay of ``nodes``' data dirs; None if it has none."""
+        if not isinstance(self.system, StorageReplay):
+            return None
+        return self.system.replay({n: self.data_dir(n) for n in nodes})
+
+    def metrics_url(self, node: str) -> str | None:
+        """Where ``node`` serves Prometheus metrics (the system's ``metrics_port``), if it
+        does."""
+        port = getattr(self.system, "metrics_port", None)
+        if port is None or port not in self.addr.get(node, {}):
+            return None
+        return f"http://{self.addr[node][port]}/metrics"
+
     # ---- observation (direct addresses, never through the proxies) ---------------------------
     async def status(self, node: str, timeout: float = 0.3) -> NodeStatus | None:
         """``node``'s own status (None if it is down, paused, silent, or the system cannot
@@ -391,7 +462,7 @@ class Cluster:
         except (TimeoutError, OSError):
             return None
 
-    async def statuses(self, timeout: float = 0.3) -> Statuses:
+    async def node_statuses(self, timeout: float = 0.3) -> Statuses:
         """Every member's own status, asked concurrently."""
         nodes = self.members
         found = await asyncio.gather(*(self.status(n, timeout) for n in nodes))
@@ -399,7 +470,7 @@ class Cluster:
 
     async def leader(self) -> tuple[str, int] | None:
         """The leader of the highest term that any member reports, if any."""
-        return leader_of(await self.statuses())
+        return leader_of(await self.node_statuses())
 
     async def wait_ready(self, timeout: float) -> float:
         """Poll until every initial node is up (:meth:`System.is_up`); how long it took.

@@ -98,6 +98,10 @@ class Operation:
     key: str
     value: Value
 
+    def to_json(self) -> list[object]:
+        value = list(self.value) if isinstance(self.value, tuple) else self.value
+        return [self.f, self.key, value]
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:

@@ -50,7 +50,14 @@ from typing import Any, Final
 import grpc
 from aetcd import rpc
 
-from harness.system import ClusterView, Completion, NodeCommand, NodeStatus, Operation
+from harness.system import (
+    ClusterView,
+    Completion,
+    NodeCommand,
+    NodeStatus,
+    Operation,
+    PeerAddressing,
+)
 
 ETCD_ENV: Final = "ETCD_BINARY"
 #: gRPC channel options: no HTTP proxy from the environment; reconnect fast after a heal
@@ -178,8 +185,8 @@ class EtcdSystem:
     ``pre_vote``, ``binary``."""
 
     name = "etcd"
-    ports = ("peer", "client")
-    peer_addressing = "shared"
+    ports: tuple[str, ...] = ("peer", "client")
+    peer_addressing: PeerAddressing = "shared"
     clock_faults_apply = False
     mmap_paths = ("member/snap/db",)
     log_prefix = "member/wal/"
