@@ -134,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
 
         return matrix.run(args)
     try:
-        scenario, _ = load_scenario(resolve_scenario(args.config))
+        path = resolve_scenario(args.config)
+        scenario, _ = load_scenario(path)
+        _find_adapters_beside(path)
         if args.time_limit is not None and args.time_limit <= 0:
             raise ScenarioError("--time-limit: must be greater than 0")
         scenario = scenario.with_overrides(
@@ -161,6 +163,14 @@ def run(args: argparse.Namespace) -> int:
 def say(text: str) -> None:
     """A progress line on stderr (the summary goes to stdout)."""
     print(f"[orbital chaos] {text}", file=sys.stderr, flush=True)
+
+
+def _find_adapters_beside(scenario_file: Path) -> None:
+    """A ``module:Class`` system may live next to its scenario file: that folder joins the
+    import path (after everything else, so it shadows nothing)."""
+    folder = str(scenario_file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
 
 
 def make_system(scenario: Scenario) -> System:

@@ -34,6 +34,13 @@ applicable", never "met":
 - ``clock_faults_apply`` (an attribute, default True) — False when libfaketime cannot change
   the system's clock (a Go binary reads the time without libc), so clock faults are skipped
   and said so.
+- ``use_timing(tick_ms, election_ticks, heartbeat_ticks, **knobs)`` — take the scenario's
+  ``[timing]`` (``knobs``: its other settings, for the system to use or ignore).
+- ``metrics_port`` (an attribute) — the port that serves Prometheus metrics at ``/metrics``;
+  the run keeps each node's last scrape in ``nodes/<id>/metrics.prom``.
+- ``mmap_paths`` (an attribute) — files under the data dir that the system memory-maps (the
+  disk-fault file system opens them through the page cache).
+- ``disconnect()`` (async) — close the connections the capabilities opened on this event loop.
 
 A scenario names its system in ``[system]``: ``kind = "orbital"``, ``"etcd"``, or a
 third-party adapter ``"package.module:ClassName"`` (:func:`load_system`); the class is built
@@ -340,7 +347,10 @@ def load_system(kind: str, options: Mapping[str, Any] | None = None) -> System:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SystemLoadError(f"system kind {kind!r}: cannot import {module_name}: {exc}") from None
+        raise SystemLoadError(
+            f"system kind {kind!r}: cannot import {module_name} ({exc}); put it next to the "
+            "scenario file or on PYTHONPATH"
+        ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
         raise SystemLoadError(f"system kind {kind!r}: {module_name} has no {class_name}")

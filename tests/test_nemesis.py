@@ -136,6 +136,9 @@ class FakeCluster:
     def alive(self, node: str) -> bool:
         return self.procs[node].running
 
+    def paused(self, node: str) -> bool:
+        return self.procs[node].paused
+
     def kill(self, node: str) -> None:
         self.calls.append(("kill", node))
         self.procs[node].running = False

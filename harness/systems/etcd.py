@@ -47,6 +47,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+# gRPC core logs at INFO to stderr each time we fork a node while its threads run; quiet it
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import grpc
 from aetcd import rpc
 
@@ -209,8 +212,11 @@ class EtcdSystem:
         #: (event loop, address) -> gRPC channel, for status and admin calls
         self._channels: dict[tuple[asyncio.AbstractEventLoop, str], Any] = {}
 
-    def use_timing(self, tick_ms: float, election_ticks: int, heartbeat_ticks: int) -> None:
-        """Take the scenario's timing where the options did not set it."""
+    def use_timing(
+        self, tick_ms: float, election_ticks: int, heartbeat_ticks: int, **knobs: Any
+    ) -> None:
+        """Take the scenario's timing where the options did not set it (Orbital's other
+        knobs, ``knobs``, do not apply to etcd)."""
         if self.heartbeat_ms is None:
             self.heartbeat_ms = heartbeat_ticks * tick_ms
         if self.election_ms is None:
