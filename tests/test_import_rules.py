@@ -67,7 +67,7 @@ def cycles(root: Path, package: str) -> list[list[str]]:
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         for _, name in imports(path, root, top_level_only=True):
-            if name in files and name != mod and not files[name].name == "__init__.py":
+            if name in files and name != mod and files[name].name != "__init__.py":
                 graph[mod].add(name)
     found: list[list[str]] = []
     state: dict[str, int] = {}
