@@ -4,8 +4,8 @@
 Its planted bug (writes acknowledged before they are durable) is caught: a few SIGKILLs lose
 acknowledged writes, the run exits 1, and the anomaly (a read of an older value than one
 acknowledged) is in results.json and report.html. The same server saving before it answers
-passes the same run (exit 0): the check has teeth and no false alarm. Expectations that need a capability the
-system lacks (who leads, storage replay) are reported "not applicable", never met.
+passes the same run (exit 0): the check has teeth and no false alarm. Expectations that need
+a capability the system lacks (who leads, storage replay) are "not applicable", never met.
 """
 
 from __future__ import annotations
