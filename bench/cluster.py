@@ -24,8 +24,11 @@ with the five nodes: on a 2-core box the client's own CPU is part of what is mea
   ``no_answer`` counts silence after a 60 s deadline. Leader and term before/after, role
   changes during the burst (roles.jsonl), each node's RSS (psutil) before, peak, after.
 * ``etcd``: if ``etcd`` is on PATH, the throughput and failover workloads against a local
-  5-member etcd (127.0.0.1 only, fsync on, 1 s election timeout as shipped) through its
-  JSON gateway (``/v3/kv/put``) with a small asyncio HTTP/1.1 client, and the ratios.
+  5-member etcd (``harness.systems.etcd.EtcdSystem`` run directly, without proxies;
+  127.0.0.1 only, fsync on, 1 s election timeout as shipped) through its v3 gRPC API (the
+  chaos runs' client: ``Put`` on one member, the next member after an error), and the
+  ratios. ``--etcd-client gateway`` uses etcd's JSON gateway (``/v3/kv/put``, a second hop
+  inside etcd) with a small asyncio HTTP/1.1 client instead, as this bench did before.
   Otherwise ``"etcd": "not installed"``.
 
 Usage: ``python -m bench.cluster [--quick] [--seconds 10] [--rounds 5] [--kills 20]
@@ -58,9 +61,11 @@ import psutil
 import zmq
 import zmq.asyncio
 
-from chaos.process import ProcessManager
-from chaos.toxiproxy import LOOPBACK, free_port
 from harness.cluster import ClusterSpec, LocalCluster, StatusPoller
+from harness.local import Cluster, ClusterOptions
+from harness.system import Operation
+from harness.systems.etcd import EtcdClient as GrpcClient
+from harness.systems.etcd import EtcdSystem
 from raft.client import KVClient
 
 T = TypeVar("T")
@@ -207,20 +212,18 @@ async def orbital_window(workdir: Path, level: int, seconds: float) -> dict[str,
 
 async def etcd_window(binary: str, workdir: Path, level: int, seconds: float) -> dict[str, Any]:
     """One measured window on a fresh etcd cluster."""
-    etcd = EtcdCluster(binary, workdir)
-    etcd.start()
-    try:
-        await etcd.wait_leader()
-        endpoints = list(etcd.client.values())
+    with etcd_cluster(binary, workdir) as etcd:
+        await etcd_steady(etcd)
+        endpoints = list(etcd.client_addresses().values())
 
-        def make(i: int) -> EtcdClient:
-            c = EtcdClient(endpoints)
-            c._at = i % len(endpoints)  # spread clients over members, as etcd does
-            return c
+        def make(i: int) -> Writer:
+            return etcd_client(endpoints, at=i)  # spread clients over members, as etcd does
 
-        return await closed_loop(make, level, seconds)
-    finally:
-        etcd.stop()
+        try:
+            return await closed_loop(make, level, seconds)
+        finally:
+            await closed_channels()
+            await etcd.disconnect()
 
 
 async def paired_throughput(
@@ -414,15 +417,97 @@ async def burst(address: str, total: int) -> tuple[Counter[str], float, int]:
 
 
 # ==== etcd ====================================================================================
+#: ``grpc`` (etcd's v3 API, the chaos runs' client) or ``gateway`` (its JSON gateway)
+ETCD_CLIENT = {"kind": "grpc"}
+
+
+class GrpcEtcd:
+    """Puts through etcd's v3 gRPC API: ``harness.systems.etcd.EtcdClient`` (one member at a
+    time, the next one after an error), retried until ``timeout``."""
+
+    def __init__(self, endpoints: list[str], attempt_timeout: float = 1.0, at: int = 0) -> None:
+        names = {f"e{i}": e for i, e in enumerate(endpoints)}
+        self.endpoints = endpoints
+        self.client = GrpcClient(names, start=at, timeout=attempt_timeout)
+
+    def point_at(self, endpoint: str) -> None:
+        self.client._at = self.endpoints.index(endpoint)
+
+    async def put(self, key: str, value: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            done = await self.client.invoke(Operation("write", key, value))
+            if done.type == "ok":
+                return
+            last = str(done.error)  # the client has moved to the next member
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"etcd put timed out: {last}")
+
+    def close(self) -> None:
+        """Close the channel (awaited by :func:`closed_channels`)."""
+        channel, self.client._channel, self.client._kv = self.client._channel, None, None
+        if channel is not None:
+            _CLOSING.add(asyncio.get_running_loop().create_task(channel.close()))
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+async def closed_channels() -> None:
+    """Wait for the channels that :meth:`GrpcEtcd.close` began closing."""
+    tasks = list(_CLOSING)
+    _CLOSING.clear()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def etcd_client(
+    endpoints: list[str], attempt_timeout: float = 1.0, at: int = 0
+) -> GrpcEtcd | EtcdClient:
+    """The configured etcd client (``--etcd-client``)."""
+    if ETCD_CLIENT["kind"] == "gateway":
+        client = EtcdClient(endpoints, attempt_timeout)
+        client._at = at % len(endpoints)
+        return client
+    return GrpcEtcd(endpoints, attempt_timeout, at % len(endpoints))
+
+
+@contextlib.contextmanager
+def etcd_cluster(binary: str, workdir: Path) -> Any:
+    """5 etcd members on 127.0.0.1, talking directly (started and stopped by us)."""
+    system = EtcdSystem(heartbeat_ms=100, election_ms=1000, binary=binary, log_level="error")
+    with Cluster(system, ClusterOptions(toxiproxy=False), workdir) as cluster:
+        yield cluster
+
+
+async def etcd_steady(cluster: Cluster, timeout: float = STEADY_TIMEOUT_S) -> tuple[str, int]:
+    """(leader, term) once every live member follows one leader."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sts = await cluster.node_statuses()
+        live = {n: s for n, s in sts.items() if s is not None and cluster.alive(n)}
+        leaders = {s.extra["leader_id"] for s in live.values()}
+        found = [n for n, s in live.items() if s.role == "leader"]
+        if len(found) == 1 and len(leaders) == 1:
+            return found[0], live[found[0]].term
+        await asyncio.sleep(0.02)
+    raise RuntimeError("etcd: no leader")
+
+
 class EtcdClient:
     """Puts through etcd's JSON gateway over one keep-alive HTTP/1.1 connection, rotating to
-    the next member on an error or a timeout (etcd followers forward proposals)."""
+    the next member on an error or a timeout (etcd followers forward proposals); the
+    ``--etcd-client gateway`` of this bench."""
 
     def __init__(self, endpoints: list[str], attempt_timeout: float = 1.0) -> None:
         self.endpoints = endpoints
         self.attempt_timeout = attempt_timeout
         self._at = 0
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    def point_at(self, endpoint: str) -> None:
+        self._drop()
+        self._at = self.endpoints.index(endpoint)
 
     async def put(self, key: str, value: int, timeout: float = 10.0) -> None:
         body = json.dumps(
@@ -443,17 +528,6 @@ class EtcdClient:
             self._at = (self._at + 1) % len(self.endpoints)
             await asyncio.sleep(0.01)
         raise TimeoutError(f"etcd put timed out: {last}")
-
-    async def status(self, endpoint: str) -> dict[str, Any]:
-        reader, writer = await asyncio.open_connection(*endpoint.rsplit(":", 1))
-        try:
-            status, reply = await _http(reader, writer, endpoint, "/v3/maintenance/status", b"{}")
-        finally:
-            writer.close()
-        if status != 200:
-            raise OSError(f"status {status}")
-        out: dict[str, Any] = json.loads(reply)
-        return out
 
     async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self._conn is None:
@@ -502,91 +576,28 @@ async def _http(
     return status, data
 
 
-class EtcdCluster:
-    """5 etcd members on 127.0.0.1 (started and stopped by us, never left running)."""
-
-    def __init__(self, binary: str, workdir: Path, members: int = 5) -> None:
-        self.workdir = workdir
-        self.names = [f"e{i + 1}" for i in range(members)]
-        self.client = {n: f"{LOOPBACK}:{free_port()}" for n in self.names}
-        self.peer = {n: f"{LOOPBACK}:{free_port()}" for n in self.names}
-        self.procs = ProcessManager()
-        self.binary = binary
-
-    def start(self) -> None:
-        initial = ",".join(f"{n}=http://{self.peer[n]}" for n in self.names)
-        for n in self.names:
-            argv = [
-                self.binary,
-                f"--name={n}",
-                f"--data-dir={self.workdir / n}",
-                f"--listen-client-urls=http://{self.client[n]}",
-                f"--advertise-client-urls=http://{self.client[n]}",
-                f"--listen-peer-urls=http://{self.peer[n]}",
-                f"--initial-advertise-peer-urls=http://{self.peer[n]}",
-                f"--initial-cluster={initial}",
-                "--initial-cluster-state=new",
-                "--initial-cluster-token=orbital-bench",
-                "--log-level=error",
-            ]
-            self.procs.start(n, argv, self.workdir / f"{n}.log")
-
-    def stop(self) -> None:
-        self.procs.stop_all()
-
-    async def leader(self) -> tuple[str, int] | None:
-        """(member name, raft term) of the leader if every live member agrees on one."""
-        ids: dict[str, str] = {}
-        leaders: set[str] = set()
-        term = 0
-        probe = EtcdClient(list(self.client.values()))
-        for n in self.names:
-            if not self.procs[n].alive():
-                continue
-            try:
-                st = await asyncio.wait_for(probe.status(self.client[n]), 1.0)
-            except (OSError, TimeoutError, ValueError, IndexError):
-                return None
-            ids[str(st["header"]["member_id"])] = n
-            leaders.add(str(st.get("leader", "")))
-            term = max(term, int(st.get("raftTerm", 0)))
-        if len(leaders) != 1:
-            return None
-        name = ids.get(leaders.pop())
-        return None if name is None else (name, term)
-
-    async def wait_leader(self, timeout: float = STEADY_TIMEOUT_S) -> tuple[str, int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = await self.leader()
-            if found is not None:
-                return found
-            await asyncio.sleep(0.02)
-        raise RuntimeError("etcd: no leader")
-
-
 async def etcd_failover(binary: str, workdir: Path, kills: int) -> dict[str, Any]:
-    etcd = EtcdCluster(binary, workdir)
-    etcd.start()
-    try:
-        await etcd.wait_leader()
-        endpoints = list(etcd.client.values())
+    with etcd_cluster(binary, workdir) as etcd:
+        await etcd_steady(etcd)
+        endpoints = list(etcd.client_addresses().values())
         recovery: list[float] = []
-        client = EtcdClient(endpoints, attempt_timeout=FAILOVER_ATTEMPT_S)
+        client = etcd_client(endpoints, attempt_timeout=FAILOVER_ATTEMPT_S)
         try:
             for k in range(kills):
-                leader, _ = await etcd.wait_leader()
+                leader, _ = await etcd_steady(etcd)
                 await asyncio.sleep(0.5)
-                client._at = (endpoints.index(etcd.client[leader]) + 1) % len(endpoints)
-                client._drop()
+                follower = endpoints[(endpoints.index(etcd.listen(leader, "client")) + 1) % 5]
+                client.point_at(follower)
                 await client.put("fo", 2 * k)
                 killed = time.monotonic()
-                etcd.procs[leader].kill()
+                etcd.kill(leader)
                 await client.put("fo", 2 * k + 1, timeout=30.0)
                 recovery.append(time.monotonic() - killed)
-                etcd.procs[leader].restart()
+                etcd.restart(leader)
         finally:
             client.close()
+            await closed_channels()
+            await etcd.disconnect()
         return {
             "kills": len(recovery),
             "recovery_median_s": round(statistics.median(recovery), 4) if recovery else None,
@@ -594,8 +605,6 @@ async def etcd_failover(binary: str, workdir: Path, kills: int) -> dict[str, Any
             "recovery_s": [round(x, 4) for x in recovery],
             "note": "client on a follower (etcd forwards); 1 s election timeout as shipped",
         }
-    finally:
-        etcd.stop()
 
 
 def _etcd_version(binary: str) -> str:
@@ -661,7 +670,8 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     if binary is None:
         result["etcd"] = "not installed"
         return result
-    etcd: dict[str, Any] = {"version": _etcd_version(binary), "throughput": paired["etcd"]}
+    etcd: dict[str, Any] = {"version": _etcd_version(binary), "client": ETCD_CLIENT["kind"]}
+    etcd["throughput"] = paired["etcd"]
     etcd["failover"] = await etcd_failover(binary, root / "etcd", args.etcd_kills)
     ours = {r["clients"]: r for r in throughput}
     theirs = {r["clients"]: r for r in etcd["throughput"]}
@@ -697,6 +707,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, help="leader kills (default 20)")
     p.add_argument("--overload", type=int, help="commands in the burst (default 20000)")
     p.add_argument("--etcd-kills", type=int, help="etcd leader kills (default 20)")
+    p.add_argument(
+        "--etcd-client",
+        choices=["grpc", "gateway"],
+        default="grpc",
+        help="etcd's v3 gRPC API (default) or its JSON gateway (the earlier baseline)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     quick = args.quick
@@ -705,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     args.kills = args.kills or (3 if quick else 20)
     args.overload = args.overload or (5000 if quick else 20_000)
     args.etcd_kills = args.etcd_kills if args.etcd_kills is not None else (2 if quick else 20)
+    ETCD_CLIENT["kind"] = args.etcd_client
     root = Path(tempfile.mkdtemp(prefix="orbital-bench-cluster-"))
     try:
         result = asyncio.run(main_async(args, root))

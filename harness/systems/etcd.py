@@ -185,7 +185,7 @@ class EtcdClient:
 class EtcdSystem:
     """etcd members as local processes (module docstring). Options (``[system] options``):
     ``heartbeat_ms``, ``election_ms`` (default: from ``[timing]``), ``snapshot_count``,
-    ``pre_vote``, ``binary``."""
+    ``pre_vote``, ``binary``, ``log_level``."""
 
     name = "etcd"
     ports: tuple[str, ...] = ("peer", "client")
@@ -202,12 +202,14 @@ class EtcdSystem:
         snapshot_count: int = 10_000,
         pre_vote: bool = False,
         binary: str | None = None,
+        log_level: str = "info",
     ) -> None:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self.snapshot_count = snapshot_count
         self.pre_vote = pre_vote
         self.binary = binary
+        self.log_level = log_level
         self.token = "orbital-etcd"
         #: (event loop, address) -> gRPC channel, for status and admin calls
         self._channels: dict[tuple[asyncio.AbstractEventLoop, str], Any] = {}
@@ -251,6 +253,7 @@ class EtcdSystem:
             f"--snapshot-count={self.snapshot_count}",
             "--logger=zap",
             "--log-outputs=stderr",
+            f"--log-level={self.log_level}",
         ]
         if self.pre_vote:
             argv.append("--pre-vote")
