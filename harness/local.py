@@ -220,6 +220,9 @@ class Cluster:
         try:
             self.procs.stop_all()
         finally:
+            close = getattr(self.system, "close", None)
+            if close is not None:
+                close()  # the system's status and admin connections
             self._unmount_disks()
             if self.routing is not None:
                 self.routing.close()

@@ -40,7 +40,8 @@ applicable", never "met":
   the run keeps each node's last scrape in ``nodes/<id>/metrics.prom``.
 - ``mmap_paths`` (an attribute) — files under the data dir that the system memory-maps (the
   disk-fault file system opens them through the page cache).
-- ``disconnect()`` (async) — close the connections the capabilities opened on this event loop.
+- ``disconnect()`` (async) — close the connections the capabilities opened on this event loop;
+  ``close()`` — release them all once the cluster has stopped.
 
 A scenario names its system in ``[system]``: ``kind = "orbital"``, ``"etcd"``, or a
 third-party adapter ``"package.module:ClassName"`` (:func:`load_system`); the class is built

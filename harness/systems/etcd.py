@@ -277,6 +277,11 @@ class EtcdSystem:
             found = self._channels[(loop, address)] = channel(address)
         return found
 
+    def close(self) -> None:
+        """Forget every channel (the cluster has stopped; those of a running event loop are
+        closed by :meth:`disconnect`)."""
+        self._channels.clear()
+
     async def disconnect(self) -> None:
         """Close the status and admin channels of the running event loop."""
         loop = asyncio.get_running_loop()

@@ -182,6 +182,12 @@ class OrbitalSystem:
             self._status_clients[(loop, node)] = found
         return found
 
+    def close(self) -> None:
+        """Close every status client (the cluster has stopped)."""
+        for client in self._status_clients.values():
+            client.close()
+        self._status_clients.clear()
+
     async def disconnect(self) -> None:
         """Close the status clients of the running event loop."""
         loop = asyncio.get_running_loop()
