@@ -90,8 +90,8 @@ def _catch_unsynced(disk: DiskMount, prefix: str) -> str | None:
     disk.call("slow-fsync", ms=CATCH_FSYNC_MS)
     deadline = time.monotonic() + CATCH_UNSYNCED_S
     while time.monotonic() < deadline:
-        unsynced = disk.call("status")["unsynced"]
-        wal = sorted(str(p) for p in unsynced if str(p).startswith(prefix))
+        unsynced = disk.call("status")["unsynced"]  # path -> unsynced bytes
+        wal = sorted(str(p) for p, n in unsynced.items() if str(p).startswith(prefix) and n)
         if wal:
             return wal[-1]
         time.sleep(0.005)
@@ -102,6 +102,11 @@ def start_disk(cluster: FaultCluster, params: dict[str, Any], node: str) -> dict
     """Apply a disk fault to ``node``; the detail says exactly what it did."""
     disk, fault = _disk(cluster, node), str(params["disk"])
     detail: dict[str, Any] = {"node": node, "disk": fault}
+    if fault == "corrupt":  # can the system say where? (before anything is done)
+        try:
+            cluster.pick_corruption(node, str(params["corrupt"]), int(params["seed"]))
+        except ValueError as exc:
+            raise FaultError(str(exc)) from None
     if fault in ("lose-unsynced", "torn-write", "corrupt"):
         prefix = cluster.log_prefix
         catch = fault != "corrupt" and cluster.alive(node) and prefix is not None

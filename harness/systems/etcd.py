@@ -31,7 +31,8 @@ Capabilities: who leads (``Maintenance.Status`` on each member's direct client a
 its leader id, term, commit and applied index), leader transfer (``MoveLeader``), membership
 (``MemberAdd`` then start the spare with ``--initial-cluster-state existing``;
 ``MemberRemove``), disk layout (its WAL under ``member/wal/``; bbolt's ``member/snap/db`` is
-memory-mapped, so the disk fault file system opens it through the page cache). Clock faults
+memory-mapped, so the disk fault file system opens it through the page cache; a ``corrupt``
+fault flips a byte inside a WAL record). Clock faults
 do not apply: etcd is a Go binary, which reads the clock through the vDSO, never through
 libc, so libfaketime cannot change it (checked in ``tests/test_etcd.py``). No storage replay.
 """
@@ -41,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import shutil
 import time
 from collections.abc import Mapping
@@ -372,5 +374,35 @@ class EtcdSystem:
         raise EtcdError(f"MemberRemove {node} refused: {last}")
 
     def pick_corruption(self, data_dir: Path, target: str, seed: int) -> tuple[str, int, Any]:
-        """Not implemented for etcd: a ``corrupt`` fault is skipped, saying so."""
-        raise ValueError("corruption targets are not implemented for etcd")
+        """A byte inside a record of etcd's WAL (``middle-record``: any but the last,
+        ``last-record``: the last), past its 8-byte length: the record's CRC no longer
+        matches. etcd has no separate hard-state or snapshot file of ours to aim at."""
+        if target not in ("middle-record", "last-record"):
+            raise ValueError(f"etcd: corruption target {target!r} does not apply (its WAL only)")
+        records = [
+            (path, start, end)
+            for path in sorted((data_dir / "member" / "wal").glob("*.wal"))
+            for start, end in wal_records(path.read_bytes())
+        ]
+        records = records[-1:] if target == "last-record" else records[:-1]
+        if not records:
+            raise ValueError(f"{data_dir}: no WAL record to corrupt ({target})")
+        rng = random.Random(seed)
+        path, start, end = rng.choice(records)
+        return str(path.relative_to(data_dir)), rng.randrange(start + 8, end), start
+
+
+def wal_records(data: bytes) -> list[tuple[int, int]]:
+    """(offset, end) of each record frame of an etcd WAL file: a little-endian uint64 whose low
+    56 bits are the record's length and, when its top bit is set, bits 56-58 the padding
+    after it; zeros (preallocated space) end the file."""
+    out, at = [], 0
+    while at + 8 <= len(data):
+        field = int.from_bytes(data[at : at + 8], "little")
+        length = field & ((1 << 56) - 1)
+        pad = (field >> 56) & 0x7 if field >> 63 else 0
+        if length == 0 or at + 8 + length + pad > len(data):
+            break
+        out.append((at, at + 8 + length))
+        at += 8 + length + pad
+    return out
