@@ -167,7 +167,8 @@ def stop_disk(cluster: FaultCluster, params: dict[str, Any], node: str) -> None:
 def start_clock(cluster: FaultCluster, params: dict[str, Any], node: str) -> dict[str, Any]:
     clock = cluster.clocks.get(node)
     if clock is None:
-        raise FaultError(f"{node} runs on the real clock (scenario without clock faults)")
+        why = getattr(cluster, "no_fake_clock", None) or "scenario without clock faults"
+        raise FaultError(f"{node} runs on the real clock ({why})")
     kind = str(params["clock"])
     if kind == "skew":
         return {"node": node, "clock": kind, **clock.skew(float(params["rate"]))}

@@ -120,6 +120,13 @@ class Cluster:
         self.retired: set[str] = set()
         #: spares that were started
         self.joined: list[str] = []
+        #: why clock faults cannot be applied, when the system says libfaketime cannot move its
+        #: clock (``clock_faults_apply = False``)
+        self.no_fake_clock: str | None = None
+        if not getattr(system, "clock_faults_apply", True):
+            self.no_fake_clock = (
+                f"clock faults do not apply to {system.name}: libfaketime cannot move its clock"
+            )
 
     # ---- the ClusterView a system sees ------------------------------------------------------
     @property
