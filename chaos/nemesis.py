@@ -6,19 +6,26 @@ As in Jepsen, the generator is pure and the side effects live elsewhere.
 :func:`make_schedule` turns a scenario's ``[[nemesis]]`` entries, a seed and a duration into a
 list of :class:`FaultOp` (``start``/``stop`` pairs sharing an ``id``), sorted by time. The same
 inputs give the same list, byte for byte (:func:`schedule_json`): every random choice (jitter,
-the node of ``target = "random"``, the sides of ``halves``, the fallback of ``"leader"``) is
-drawn from a ``random.Random`` seeded with the seed and the entry's position, never from global
-state. Faults never overlap: an occurrence that would overlap one already accepted is dropped
+the node of ``target = "random"``, the nodes of ``"minority"`` and ``"majority"``, the order in
+which ``"follower"`` picks, the sides of ``halves``, the fallback of ``"leader"``) is drawn from
+a ``random.Random`` seeded with the seed and the entry's position, never from global state.
+Faults never overlap: an occurrence that would overlap one already accepted is dropped
 (scheduled ``at`` entries are placed first), so a heal always ends exactly one fault, and every
 stop lies within the duration.
 
-:class:`NemesisExecutor` follows a schedule in real time against a cluster of any system
-(:class:`FaultTarget`: ``harness.local.Cluster``; ``chaos`` never imports ``harness``, so the
-scenario and the cluster are described here as Protocols). A ``"leader"`` target is resolved
-when its fault starts (``cluster.leader()``; the drawn fallback if there is none, and always
-for a system that cannot tell who leads), and the stop acts on the node the start chose.
-Blocking cluster calls (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker
-thread so the clients' event loop keeps going. Every fault is reported to
+:class:`NemesisExecutor` follows a schedule in real time against a cluster of any system (a
+:class:`ClusterLike`, i.e. ``harness.local.Cluster``; ``chaos`` never imports ``harness``).
+A ``"leader"`` target is resolved when its fault starts (``cluster.leader()``; the drawn
+fallback if there is none, and always for a system that cannot tell who leads), so is
+``"follower"`` (the first node of the drawn order
+that is not the leader), and the stop acts on the nodes the start chose: a kill's stop
+restarts each killed node on its own data directory, a pause's resumes it. A target that is
+down or paused when its fault starts is left out; one still starting up (or recovering its
+storage) is killed like any other: any node, any time. A ``transfer`` asks the leader to
+transfer to each of its targets at once (the system's leader transfer; skipped, saying so,
+for a system without one). Blocking cluster calls
+(Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
+clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
 ``cut``, are reported here as ``partition`` so that the heal closes them). :meth:`heal_all`
 is the final generator: heal the network, reset clocks, clear disk faults, resume paused nodes,
@@ -40,21 +47,27 @@ from typing import Any, Literal, Protocol
 
 from chaos import node_faults
 from chaos.diskfs import DiskFSError
+from chaos.node_faults import FaultCluster
 from chaos.shapes import cut_links
 
 Action = Literal["start", "stop"]
+#: targets that name a set of nodes (kills, pauses and transfers)
+GROUP_TARGETS = ("minority", "majority", "all")
+#: every target word besides a node id
+TARGET_WORDS = ("leader", "follower", "random", *GROUP_TARGETS)
 
 
-# ---- what the nemesis needs of a scenario and a cluster -----------------------------------------
-class Nemesis(Protocol):
+# ---- what the nemesis needs of a scenario and a cluster (``chaos`` never imports ``harness``:
+# ``harness.scenario.Scenario`` and ``harness.local.Cluster`` are these) ----------------------
+class NemesisSpec(Protocol):
     """One ``[[nemesis]]`` entry (``harness.scenario.Nemesis``)."""
 
     @property
     def kind(self) -> str: ...
     @property
-    def target(self) -> str: ...
-    @property
     def groups(self) -> list[str]: ...
+    @property
+    def target(self) -> str: ...
     @property
     def at(self) -> float | None: ...
     @property
@@ -68,32 +81,33 @@ class Nemesis(Protocol):
     @property
     def duration(self) -> float: ...
     @property
-    def partition_shape(self) -> str: ...
-    @property
     def latency_ms(self) -> int: ...
     @property
     def latency_jitter_ms(self) -> int: ...
     @property
-    def disk(self) -> str | None: ...
+    def partition_shape(self) -> str: ...
+    # disk, clock and membership faults (see harness.scenario.Nemesis)
     @property
-    def corrupt(self) -> str: ...
+    def disk(self) -> Any: ...
     @property
-    def fsync_ms(self) -> int: ...
+    def corrupt(self) -> Any: ...
     @property
-    def clock(self) -> str | None: ...
+    def fsync_ms(self) -> Any: ...
     @property
-    def rate(self) -> float: ...
+    def clock(self) -> Any: ...
     @property
-    def jump_s(self) -> float: ...
+    def rate(self) -> Any: ...
     @property
-    def strobe_s(self) -> float: ...
+    def jump_s(self) -> Any: ...
     @property
-    def strobe_period_s(self) -> float: ...
+    def strobe_s(self) -> Any: ...
     @property
-    def membership(self) -> str | None: ...
+    def strobe_period_s(self) -> Any: ...
+    @property
+    def membership(self) -> Any: ...
 
 
-class Scenario(Protocol):
+class ScenarioSpec(Protocol):
     """What a schedule is made from (``harness.scenario.Scenario``)."""
 
     @property
@@ -101,7 +115,7 @@ class Scenario(Protocol):
     @property
     def groups(self) -> dict[str, list[str]]: ...
     @property
-    def nemesis(self) -> Sequence[Nemesis]: ...
+    def nemesis(self) -> Sequence[NemesisSpec]: ...
 
 
 class _Spec(Protocol):
@@ -109,15 +123,17 @@ class _Spec(Protocol):
     def nodes(self) -> tuple[str, ...]: ...
 
 
-class FaultTarget(node_faults.FaultCluster, Protocol):
-    """The cluster the executor acts on (``harness.local.Cluster``, any system)."""
+class ClusterLike(FaultCluster, Protocol):
+    """The cluster the executor acts on (``harness.local.Cluster``, any system): what the node
+    faults need (:class:`chaos.node_faults.FaultCluster`), and process and network faults."""
 
     @property
     def spec(self) -> _Spec: ...
+    async def leader(self) -> tuple[str, int] | None: ...
+    async def transfer_leader(self, leader: str, target: str) -> None: ...
     def paused(self, node: str) -> bool: ...
     def pause(self, node: str) -> None: ...
     def resume(self, node: str) -> None: ...
-    async def leader(self) -> tuple[str, int] | None: ...
     def partition(self, groups: Any, clients: Any = None) -> None: ...
     def heal(self) -> None: ...
     def latency(self, ms: int, jitter_ms: int = 0, links: Any = None) -> None: ...
@@ -138,7 +154,7 @@ class FaultOp:
 
 
 # ---- the pure generator ------------------------------------------------------------------------
-def _occurrences(entry: Nemesis, rng: random.Random, duration: float) -> list[float]:
+def _occurrences(entry: NemesisSpec, rng: random.Random, duration: float) -> list[float]:
     """Start times of an entry's faults within ``duration``."""
     if entry.at is not None:
         return [entry.at]
@@ -154,11 +170,11 @@ def _occurrences(entry: Nemesis, rng: random.Random, duration: float) -> list[fl
         t += entry.interval
 
 
-def _draw_params(entry: Nemesis, scenario: Scenario, rng: random.Random) -> dict[str, Any]:
+def _draw_params(entry: NemesisSpec, scenario: ScenarioSpec, rng: random.Random) -> dict[str, Any]:
     """What a fault acts on, drawn now (pure), resolved further at run time for "leader"."""
     nodes = list(scenario.nodes)
     p: dict[str, Any] = {"target": entry.target, "fallback": rng.choice(nodes)}
-    if entry.target not in ("leader", "random"):
+    if entry.target not in TARGET_WORDS:  # a node id
         p["fallback"] = entry.target
     if entry.kind == "partition":
         p["shape"] = entry.partition_shape
@@ -184,6 +200,13 @@ def _draw_params(entry: Nemesis, scenario: Scenario, rng: random.Random) -> dict
     if entry.kind == "membership":
         p["membership"] = entry.membership
         p["seed"] = rng.randrange(2**31)  # a random target that is gone is drawn again
+    # drawn last, and only for these targets, so the older targets' schedules stay as they were
+    if entry.target == "follower":
+        p["order"] = rng.sample(nodes, len(nodes))
+    elif entry.target in GROUP_TARGETS:
+        size = {"minority": (len(nodes) - 1) // 2, "majority": len(nodes) // 2 + 1}
+        count = size.get(entry.target, len(nodes))
+        p["nodes"] = sorted(rng.sample(nodes, count))
     return p
 
 
@@ -191,9 +214,9 @@ def _overlaps(a: tuple[float, float], taken: Sequence[tuple[float, float]]) -> b
     return any(a[0] < b[1] and b[0] < a[1] for b in taken)
 
 
-def make_schedule(scenario: Scenario, seed: int, duration: float) -> list[FaultOp]:
+def make_schedule(scenario: ScenarioSpec, seed: int, duration: float) -> list[FaultOp]:
     """The fault schedule of ``scenario`` for ``seed`` and ``duration`` (pure)."""
-    candidates: list[tuple[int, float, float, Nemesis, dict[str, Any]]] = []
+    candidates: list[tuple[int, float, float, NemesisSpec, dict[str, Any]]] = []
     for number, entry in enumerate(scenario.nemesis):
         rng = random.Random(f"orbital-nemesis:{seed}:{number}")
         for start in _occurrences(entry, rng, duration):
@@ -232,7 +255,8 @@ class AppliedFault:
     id: int
     kind: str
     params: dict[str, Any]
-    node: str | None = None  #: the node acted on (kill, pause, isolate)
+    node: str | None = None  #: the node acted on (kill, pause, isolate), if there is one
+    nodes: list[str] = field(default_factory=list)  #: every node a kill or pause acted on
     groups: list[list[str]] = field(default_factory=list)  #: partition sides as applied
     leader_before: tuple[str, int] | None = None
     started_ns: int = 0  #: monotonic, just before the fault was applied
@@ -249,6 +273,7 @@ class AppliedFault:
             "kind": self.kind,
             "params": self.params,
             "node": self.node,
+            "nodes": self.nodes,
             "groups": self.groups,
             "leader_before": None if self.leader_before is None else list(self.leader_before),
             "start": rel(self.started_ns),
@@ -263,7 +288,7 @@ class NemesisExecutor:
 
     def __init__(
         self,
-        cluster: FaultTarget,
+        cluster: ClusterLike,
         schedule: Sequence[FaultOp],
         *,
         on_fault: Callable[[str, str, dict[str, Any]], None] | None = None,
@@ -308,20 +333,62 @@ class NemesisExecutor:
             self.active[op.id] = fault
 
     async def _apply_start(self, f: AppliedFault) -> None:
-        target = self._resolve_target(f)
         if f.kind in ("kill", "pause"):
-            f.node = target
-            if not self.cluster.alive(target) or self.cluster.paused(target):
-                f.skipped = f"{target} is not running"
-                return
-            call = self.cluster.kill if f.kind == "kill" else self.cluster.pause
-            await asyncio.to_thread(call, target)
-        elif f.kind == "latency":
+            await self._process_fault(f, self._resolve_targets(f))
+            return
+        if f.kind == "transfer":
+            await self._transfer(f, self._resolve_targets(f))
+            return
+        target = self._resolve_target(f)
+        if f.kind == "latency":
             await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
         elif f.kind in ("disk", "clock", "membership"):
             await self._node_fault(f, target)
         else:
             await self._partition(f, target)
+
+    async def _process_fault(self, f: AppliedFault, targets: list[str]) -> None:
+        """SIGKILL or SIGSTOP every target that is running; skipped if none is."""
+        running = [n for n in targets if self.cluster.alive(n) and not self.cluster.paused(n)]
+        f.nodes = running
+        f.node = running[0] if len(running) == 1 else None
+        if not running:
+            f.skipped = f"{', '.join(targets)}: not running"
+            return
+        call = self.cluster.kill if f.kind == "kill" else self.cluster.pause
+        for node in running:
+            await asyncio.to_thread(call, node)
+
+    async def _transfer(self, f: AppliedFault, targets: list[str]) -> None:
+        """Ask the leader, on its direct client port, to transfer to every target at once."""
+        if f.leader_before is None:
+            f.skipped = "no leader to transfer from"
+            return
+        leader = f.leader_before[0]
+        f.nodes = [n for n in targets if n != leader]
+        if not f.nodes:
+            f.skipped = f"the only target is the leader {leader}"
+            return
+        found = await asyncio.gather(
+            *(self.cluster.transfer_leader(leader, n) for n in f.nodes), return_exceptions=True
+        )
+        failed = [f"{n}: {r}" for n, r in zip(f.nodes, found, strict=True) if r is not None]
+        if len(failed) == len(f.nodes):
+            f.skipped = "; ".join(failed)
+            return
+        if self._on_fault is not None:
+            self._on_fault("transfer", "start", {"leader": leader, "to": f.nodes})
+
+    def _resolve_targets(self, f: AppliedFault) -> list[str]:
+        """The nodes a kill or pause acts on (see the module docstring)."""
+        target = str(f.params.get("target", "random"))
+        if target in GROUP_TARGETS:
+            return list(f.params["nodes"])
+        if target == "follower":
+            leader = None if f.leader_before is None else f.leader_before[0]
+            order = [str(n) for n in f.params["order"]]
+            return [next((n for n in order if n != leader), order[0])]
+        return [self._resolve_target(f)]
 
     async def _node_fault(self, f: AppliedFault, target: str) -> None:
         """Disk, clock and membership faults (:mod:`chaos.node_faults`)."""
@@ -355,6 +422,8 @@ class NemesisExecutor:
         if target == "leader":
             found = f.leader_before
             return found[0] if found is not None else str(f.params["fallback"])
+        if target == "follower":
+            return self._resolve_targets(f)[0]
         return str(f.params["fallback"]) if target == "random" else target
 
     async def _partition(self, f: AppliedFault, target: str) -> None:
@@ -403,12 +472,16 @@ class NemesisExecutor:
         fault.stopped_ns = time.monotonic_ns()
 
     def _undo(self, f: AppliedFault) -> None:
-        if f.kind == "kill" and f.node is not None and not self.cluster.alive(f.node):
-            self.cluster.restart(f.node)
-        elif f.kind == "pause" and f.node is not None and self.cluster.paused(f.node):
-            self.cluster.resume(f.node)
+        if f.kind in ("kill", "pause"):
+            for node in f.nodes:
+                if f.kind == "kill" and not self.cluster.alive(node):
+                    self.cluster.restart(node)  # on its own data directory
+                elif f.kind == "pause" and self.cluster.paused(node):
+                    self.cluster.resume(node)
         elif f.kind in ("partition", "latency") and self.cluster.network is not None:
             self.cluster.heal()
+        elif f.kind == "transfer" and self._on_fault is not None:
+            self._on_fault("transfer", "stop", {"to": f.nodes})
         elif f.kind == "disk" and f.node is not None:
             node_faults.stop_disk(self.cluster, f.params, f.node)
             self._report("disk", "stop", {"node": f.node, "disk": f.params["disk"]})
@@ -446,5 +519,9 @@ def _describe(f: AppliedFault) -> str:
         return f"partition {sides}"
     if f.kind == "latency":
         return f"latency {f.params.get('ms')}ms"
+    if f.kind == "transfer":
+        return f"transfer to {','.join(f.nodes)}"
     what = f.params.get("disk") or f.params.get("clock") or f.params.get("membership")
-    return f"{f.kind} {what} {f.node}" if what else f"{f.kind} {f.node}"
+    if what:
+        return f"{f.kind} {what} {f.node}"
+    return f"{f.kind} {','.join(f.nodes) or f.node}"

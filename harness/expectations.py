@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.nemesis import AppliedFault
-from harness.history import Op
+from harness.history import Op, Operation, pair_operations
 from harness.monitor import Sample, sample_json
 from harness.run_state import Observed, RunContext
 
@@ -48,11 +48,16 @@ def fault_sides(f: AppliedFault, nodes: list[str]) -> tuple[set[str] | None, lis
         return None, []
     if f.kind == "disk" and f.params.get("disk") not in CRASH_DISK_FAULTS:
         return None, []  # the node goes on, or stops on its own at a time of its choosing
-    if f.kind in ("kill", "pause") or not f.groups:
+    if f.kind in ("kill", "pause", "disk"):  # the nodes it takes down
+        down = f.nodes or ([f.node] if f.node else [])
+        if not down:
+            return None, []
+        rest = set(nodes) - set(down)
+        return (rest if len(rest) > len(nodes) // 2 else None), []
+    if not f.groups:
         if f.node is None:
             return None, []
-        minority = [{f.node}] if f.kind == "partition" else []
-        return set(nodes) - {f.node}, minority
+        return set(nodes) - {f.node}, [{f.node}]
     named = [set(g) for g in f.groups]
     rest = set(nodes) - set().union(*named)
     sides = [*named, rest] if rest else named
@@ -90,6 +95,8 @@ def check_expectations(
         checks += minority_checks(ctx, observed, history)
     if exp.majority_keeps_serving:
         checks += majority_checks(ctx, observed, history)
+    if exp.minority_leader_steps_down_within is not False:
+        checks += stepdown_checks(ctx, observed, roles, exp.minority_leader_steps_down_within)
     if exp.disk_faults_handled:
         checks += disk_checks(ctx, observed)
     if exp.converge_after_heal and no_leader is not None:
@@ -176,9 +183,80 @@ def _roles_election(
     return None if not times else round(max(0, min(times) - ctx.rel(cut_ns)) / 1e9, 4)
 
 
+def role_at(entries: list[dict[str, Any]], t: int) -> dict[str, Any] | None:
+    """The roles.jsonl entry in force at run time ``t`` (the last one at or before it)."""
+    found = None
+    for e in entries:
+        if e["time"] > t:
+            break
+        found = e
+    return found
+
+
+def stepdown_checks(
+    ctx: RunContext, observed: Observed, roles: dict[str, list[dict[str, Any]]], factor: float
+) -> list[dict[str, Any]]:
+    """A leader on a minority side of a partition steps down within ``factor`` election
+    timeouts of the cut (check-quorum), judged from the nodes' own roles.jsonl: one check per
+    partition; not applicable (``None``) when no minority node led at the cut, or when the
+    partition healed before the bound without a step-down."""
+    bound_ns = int(factor * ctx.scenario.timing.election_timeout_s * 1e9)
+    expected = f"<= {bound_ns / 1e9:.3f}s ({factor:g} election timeouts)"
+    end = max((e["time"] for es in roles.values() for e in es), default=0)
+    out = []
+    for f in observed.applied:
+        _, minorities = fault_sides(f, list(ctx.scenario.nodes))
+        if f.kind != "partition" or not minorities:
+            continue
+        name = f"minority_leader_steps_down[partition#{f.id}]"
+        cut, heal = _window(ctx, f, end)
+        minority = sorted(set().union(*minorities))
+        leaders = []
+        for node in minority:
+            at = role_at(roles.get(node, []), cut)
+            if at is not None and at.get("role") == "leader":
+                leaders.append((node, at))
+        if not any(roles.get(n) for n in minority):
+            out.append(check(name, None, expected, "no roles.jsonl on the minority side"))
+            continue
+        if not leaders:
+            out.append(check(name, None, expected, "no minority node led at the cut",
+                             minority=minority))  # fmt: skip
+            continue
+        for node, at in leaders:
+            out.append(_stepdown(name, roles[node], node, at, cut, heal, bound_ns, expected))
+    return out
+
+
+def _stepdown(
+    name: str, entries: list[dict[str, Any]], node: str, at: dict[str, Any], cut: int, heal: int,
+    bound_ns: int, expected: str,
+) -> dict[str, Any]:  # fmt: skip
+    """One minority leader: when it stopped leading (its next roles line after the cut)."""
+    later = [
+        e for e in entries if e["time"] > cut and (e["role"], e["term"]) != ("leader", at["term"])
+    ]
+    step = later[0] if later else None
+    if step is None or step["time"] > heal:
+        ok: bool | None = None if heal - cut < bound_ns else False
+        lasted = (heal - cut) / 1e9
+        text = f"{node} still led term {at['term']} at the heal, {lasted:.3f}s after the cut"
+        return check(name, ok, expected, text, node=node, term=at["term"], cut_ns=cut, heal_ns=heal)
+    took = step["time"] - cut
+    text = f"{node} (leader of term {at['term']}) became {step['role']} after {took / 1e9:.3f}s"
+    return check(
+        name, took <= bound_ns, expected, text, node=node, term=at["term"],
+        stepped_down_s=round(took / 1e9, 4), cut_ns=cut,
+    )  # fmt: skip
+
+
 def minority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:
-    """No operation answered ``ok`` by a node on a minority side while it was cut off."""
+    """No operation *invoked after the cut took effect* is answered ``ok`` by a node on a
+    minority side before the heal. An operation invoked earlier may rightly be acknowledged
+    after the cut: it can have committed before it (issue 9: a write invoked 8.9 ms before a
+    one-way cut and acknowledged 0.5 ms after it is no anomaly)."""
     end = history[-1].time if history else 0
+    ops = pair_operations(history)
     out = []
     for f in observed.applied:
         _, minorities = fault_sides(f, list(ctx.scenario.nodes))
@@ -186,13 +264,29 @@ def minority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> l
         if f.kind != "partition" or not minority:
             continue
         lo, hi = _window(ctx, f, end)
-        bad = [op.index for op in history
-               if op.type == "ok" and op.node in minority and lo <= op.time <= hi]  # fmt: skip
+        bad = minority_acks(ops, minority, lo, hi)
+        earlier = minority_acks(ops, minority, lo, hi, invoked_before=True)
         out.append(check(
             f"minority_silent[partition#{f.id}]", not bad, 0, len(bad),
             minority=sorted(minority), window_ns=[lo, hi], ok_ops=bad[:20],
+            invoked_before_cut=earlier[:20],
         ))  # fmt: skip
     return out
+
+
+def minority_acks(
+    ops: list[Operation], minority: set[str], lo: int, hi: int, *, invoked_before: bool = False
+) -> list[int]:
+    """History indexes (of the ``ok``) of operations a minority node acknowledged within
+    ``[lo, hi]`` and invoked at or after ``lo`` (or, with ``invoked_before``, before it)."""
+    found = []
+    for op in ops:
+        done = op.completion
+        if done is None or done.type != "ok" or done.node not in minority:
+            continue
+        if lo <= done.time <= hi and (op.invoke.time < lo) == invoked_before:
+            found.append(done.index)
+    return found
 
 
 def majority_checks(ctx: RunContext, observed: Observed, history: list[Op]) -> list[dict[str, Any]]:

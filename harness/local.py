@@ -44,6 +44,7 @@ from chaos.diskfs import DiskMount
 from chaos.nat import GID_BASE, Route, SourceRouting
 from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
 from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
+from harness.history import Op
 from harness.system import (
     Client,
     DiskLayout,
@@ -51,6 +52,7 @@ from harness.system import (
     LeaderTransfer,
     Membership,
     NodeStatus,
+    RecordChecks,
     StorageReplay,
     System,
 )
@@ -450,6 +452,21 @@ class Cluster:
         if not isinstance(self.system, StorageReplay):
             return None
         return self.system.replay({n: self.data_dir(n) for n in nodes})
+
+    def check_record(
+        self,
+        roles: dict[str, list[dict[str, Any]]],
+        nodes: list[str],
+        history: list[Op],
+        *,
+        seed: int,
+        majority: int | None,
+    ) -> dict[str, Any] | None:
+        """The system's own rules judged from its nodes' record (after :meth:`replay`); None
+        if the system has no :class:`~harness.system.RecordChecks`."""
+        if not isinstance(self.system, RecordChecks):
+            return None
+        return self.system.check_record(roles, nodes, history, seed=seed, majority=majority)
 
     def metrics_url(self, node: str) -> str | None:
         """Where ``node`` serves Prometheus metrics (the system's ``metrics_port``), if it

@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raft.core.types import HardState, LogEntry, SnapshotMeta
-from raft.storage import StorageCorrupted, StorageError, TornTail, read_data_dir
+from raft.storage import (
+    CommitMark,
+    StorageCorrupted,
+    StorageError,
+    TornTail,
+    VoteRecord,
+    read_data_dir,
+    read_votes,
+)
 
 _MOD = (1 << 61) - 1
 _BASE = 1_000_003
@@ -61,6 +69,10 @@ class NodeStorage:
     torn_tail: TornTail | None
     _prefix: list[int] = field(default_factory=list, repr=False, compare=False)
     _values: list[int] = field(default_factory=list, repr=False, compare=False)
+    #: the leader's commit decisions in its WAL (``COMMIT`` records), oldest first
+    commits: list[CommitMark] = field(default_factory=list, repr=False, compare=False)
+    #: the vote log (``None``: the directory has none)
+    votes: list[VoteRecord] | None = field(default=None, repr=False, compare=False)
 
     @property
     def first_index(self) -> int:
@@ -112,6 +124,8 @@ def read_node(node_id: str, directory: Path) -> NodeStorage:
         view.torn,
         prefix,
         values,
+        view.commits,
+        read_votes(directory),
     )
 
 

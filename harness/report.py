@@ -63,6 +63,7 @@ from harness.report_plots import (
     plot_timeline,
     process_rows,
 )
+from harness.report_raft import section_raft
 
 __all__ = [
     "ANOMALY_COLOR",
@@ -128,6 +129,7 @@ SECTIONS = (
     ("faults", "Faults"),
     ("files", "Files"),
     ("invariants", "Invariants"),
+    ("raft", "Raft rules"),
     ("expectations", "Expectations"),
     ("config", "Configuration"),
 )
@@ -434,7 +436,7 @@ def section_expectations(run: Run) -> str:
     rows = [
         (
             c.get("name", "?"),
-            "met" if c.get("ok") else "NOT MET",
+            "met" if c.get("ok") else "not applicable" if c.get("ok") is None else "NOT MET",
             c.get("expected"),
             c.get("observed"),
         )
@@ -476,6 +478,7 @@ RENDERERS: dict[str, Callable[[Run], str]] = {
     "faults": section_faults,
     "files": section_files,
     "invariants": section_invariants,
+    "raft": section_raft,
     "expectations": section_expectations,
     "config": section_config,
 }

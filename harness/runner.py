@@ -24,12 +24,14 @@ Raft invariants from the nodes' storage, and the scenario's expectations). The s
 5. stop every process; rewrite ``roles.jsonl`` times to ns since the run start (the node writes
    raw ``CLOCK_MONOTONIC``) and add ``down`` spans for kills and pauses; replay every node's
    storage from disk (the system's storage replay: Orbital's :mod:`harness.replay`); check
-   linearizability; check expectations
-   (:mod:`harness.expectations`);
+   linearizability; check expectations (:mod:`harness.expectations`); judge the protocol's
+   own rules from the nodes' record (the system's record checks: Orbital's roles, votes,
+   commit decisions and replayed log, :mod:`harness.raft_checks`).
    Just before the processes stop, every live node's Prometheus metrics are scraped into
    ``nodes/<id>/metrics.prom`` (the last scrape of the run);
-6. write ``results.json`` (the shape of :mod:`harness.report_data` plus ``expectations``) and
-   ``report.html``; print a summary table (``--json``: results.json on stdout instead).
+6. write ``results.json`` (the shape of :mod:`harness.report_data` plus ``expectations`` and
+   ``raft``) and ``report.html``; print a summary table (``--json``: results.json on stdout
+   instead).
 
 Exit: 0 valid and every expectation met, 1 an anomaly, an invariant violation or a failed
 expectation, 2 could not run (bad config, Toxiproxy missing, no leader) or undecided (checker
@@ -479,7 +481,8 @@ def judge(ctx: RunContext, cluster: Cluster, observed: Observed) -> int:
     history = read_history_safe(ctx.run_dir / "history.jsonl")
     lin = linearizability_json(history)
     checks = check_expectations(ctx, observed, history, roles)
-    valid, code = verdict(ctx, lin, replay, checks)
+    raft = raft_json(cluster, roles, nodes, history, ctx.scenario.seed, smallest_majority(ctx))
+    valid, code = verdict(ctx, lin, replay, checks, raft)
     ctx.results = {
         "scenario": ctx.scenario.name,
         "system": observed.system,
@@ -492,6 +495,7 @@ def judge(ctx: RunContext, cluster: Cluster, observed: Observed) -> int:
         "workload_duration_s": ctx.scenario.duration,
         "linearizability": lin,
         "invariants": replay,
+        "raft": raft,
         "counts": {**observed.stats, "final_reads_ok": observed.final_reads_ok},
         "expectations": {"valid": all(c["ok"] is not False for c in checks), "checks": checks},
         "schedule": [op.to_json() for op in ctx.schedule],
@@ -522,13 +526,18 @@ def write_results(ctx: RunContext) -> None:
 
 
 def verdict(
-    ctx: RunContext, lin: dict[str, Any], replay: dict[str, Any], checks: list[dict[str, Any]]
+    ctx: RunContext,
+    lin: dict[str, Any],
+    replay: dict[str, Any],
+    checks: list[dict[str, Any]],
+    raft: dict[str, Any] | None = None,
 ) -> tuple[bool | str, int]:
     """(valid, exit code) from the checks (see the module docstring)."""
     if ctx.error is not None:
         return "unknown", 2
     failed = lin.get("valid") is False or replay.get("valid") is False
     failed = failed or any(c["ok"] is False for c in checks)
+    failed = failed or (raft is not None and raft.get("valid") is False)
     valid: bool | str = False if failed else (lin.get("valid") is True or "unknown")
     if ctx.interrupted:
         return valid, signals.exit_code()
@@ -586,6 +595,38 @@ def replay_json(cluster: Cluster, nodes: list[str]) -> dict[str, Any]:
     return result
 
 
+def smallest_majority(ctx: RunContext) -> int:
+    """A majority of the smallest configuration the run can have had: the scenario's voters
+    less one per membership remove or replace (a spare added later only makes majorities
+    larger, so counting without it never flags a correct election)."""
+    sc = ctx.scenario
+    removes = sum(1 for op in ctx.schedule if op.action == "start" and op.params.get(
+        "membership") in ("remove", "replace"))  # fmt: skip
+    return max(1, len(sc.nodes) - removes) // 2 + 1
+
+
+def raft_json(
+    cluster: Cluster,
+    roles: dict[str, list[dict[str, Any]]],
+    nodes: list[str],
+    history: list[Op],
+    seed: int,
+    majority: int | None = None,
+) -> dict[str, Any]:
+    """The protocol's own rules judged from the nodes' record (the system's record checks,
+    after its storage replay), as results.json's ``raft``; not applicable for a system
+    without them; a crash of the checks makes them unknown, never met."""
+    try:
+        found = cluster.check_record(roles, nodes, history, seed=seed, majority=majority)
+    except Exception as exc:  # a crashing checker gives unknown
+        reason = f"checks failed: {type(exc).__name__}: {exc}"
+        return {"valid": "unknown", "reason": reason, "checks": []}
+    if found is None:
+        reason = f"not applicable: {cluster.system.name} keeps no record of its own to judge"
+        return {"valid": None, "reason": reason, "checks": []}
+    return found
+
+
 def linearizability_json(history: list[Op]) -> dict[str, Any]:
     """The linearizability verdict of the history (``unknown`` if the checker cannot tell)."""
     from harness.checker.linearizable import check_history
@@ -619,6 +660,11 @@ def print_summary(console: Console, results: dict[str, Any]) -> None:
     for name in ("linearizability", "invariants"):
         part = results.get(name) or {}
         table.add_row(name, _mark(part.get("valid")), str(part.get("reason") or ""))
+    raft = results.get("raft") or {}
+    if raft and not raft.get("checks"):
+        table.add_row("raft", _mark(raft.get("valid")), escape(str(raft.get("reason") or "")))
+    for check in raft.get("checks", []):
+        table.add_row(escape(check["name"]), _mark(check["ok"]), escape(str(check.get("saw"))))
     for check in results.get("expectations", {}).get("checks", []):
         table.add_row(escape(check["name"]), _mark(check["ok"]), escape(str(check.get("observed"))))
     if results.get("error"):

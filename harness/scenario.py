@@ -38,8 +38,8 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     mix = {read = 0.4, write = 0.4, cas = 0.2}
     timeout = 1.5                    # seconds per operation before it is "info"
     [[nemesis]]                      # a fault: scheduled (``at``) or recurring (``interval``)
-    kind = "partition"               # kill | pause | partition | latency | disk | clock |
-                                     # membership
+    kind = "partition"               # kill | pause | partition | latency | transfer | disk |
+                                     # clock | membership
     shape = "groups"                 # halves | isolate-leader | isolate-node | groups | one-way |
                                      # ring | bridge | majorities-ring
     groups = ["north", "antarctic"]
@@ -73,14 +73,24 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     majority_keeps_serving = true
     converge_after_heal = true
 
+A ``transfer`` fault asks the leader to hand its leadership to each node of its target (not
+itself) at once, as two operators might: several TimeoutNow in one term make several
+candidates of one term (``target = "all"``: every follower), which a node that votes twice in
+a term turns into two leaders.
+
+Nemesis ``target`` (whom a kill, pause or transfer acts on; partitions ``isolate-node`` and
+``one-way`` take a single node): ``"leader"`` (resolved when the fault starts), ``"follower"``
+(a node that is not the leader when the fault starts), ``"random"`` (drawn from the seed
+when the schedule is made), ``"minority"`` / ``"majority"`` (that many nodes, drawn from the
+seed: 2 / 3 of 5), ``"all"``, or a node id. A killed node is restarted on its own data
+directory when its fault ends; a recurring kill with a sub-second ``interval`` and
+``duration`` is a *kill storm* (see ``configs/crash-storm.toml``). Client sources are
+``client`` when clients are not placed, else ``client-<group>`` per placed group.
+
 Bundled scenarios: the repository's ``configs/*.toml`` ship in the wheel as the package data
 of ``harness.scenarios`` (pyproject.toml maps that package onto ``configs/``). They are named
 by file stem (:func:`bundled_scenarios`): ``orbital chaos run antarctic-split-brain`` works
 from any directory, in a source checkout or an installed wheel (:func:`resolve_scenario`).
-
-Nemesis ``target``: ``"leader"`` (resolved when the fault starts), ``"random"`` (drawn from the
-seed when the schedule is made) or a node id. Client sources are ``client`` when clients are not
-placed, else ``client-<group>`` per placed group.
 """
 
 from __future__ import annotations
@@ -100,7 +110,11 @@ from pydantic import (
     model_validator,
 )
 
-FaultKind = Literal["kill", "pause", "partition", "latency", "disk", "clock", "membership"]
+from chaos.nemesis import GROUP_TARGETS, TARGET_WORDS
+
+FaultKind = Literal[
+    "kill", "pause", "partition", "latency", "transfer", "disk", "clock", "membership"
+]  # fmt: skip
 Shape = Literal[
     "halves", "isolate-leader", "isolate-node", "groups", "one-way",
     "ring", "bridge", "majorities-ring",
@@ -213,7 +227,7 @@ class Nemesis(_Model):
     kind: FaultKind
     shape: Shape | None = None  #: partitions only (default: halves)
     groups: list[str] = Field(default_factory=list)  #: shape "groups": group names
-    target: str = "random"  #: "leader", "random" or a node id
+    target: str = "random"  #: "leader", "follower", "random", "minority", "majority", "all", id
     at: float | None = Field(default=None, ge=0)
     interval: float | None = Field(default=None, gt=0)
     jitter: float = Field(default=0.0, ge=0, le=1)  #: fraction of interval, drawn per fault
@@ -247,6 +261,8 @@ class Nemesis(_Model):
             raise ValueError("shape 'groups' needs groups = [names]")
         if self.latency_jitter_ms > self.latency_ms:
             raise ValueError("latency_jitter_ms must not exceed latency_ms")
+        if self.target in GROUP_TARGETS and self.kind not in ("kill", "pause", "transfer"):
+            raise ValueError(f"target {self.target!r} applies to kill, pause and transfer only")
         for kind in ("disk", "clock", "membership"):
             if (self.kind == kind) != (getattr(self, kind) is not None):
                 raise ValueError(f"kind {kind!r} and the field {kind!r} go together")
@@ -274,6 +290,18 @@ class Expect(_Model):
     converge_after_heal: bool = True
     disk_faults_handled: bool = True  #: corrupt data refused; EIO/ENOSPC stop the node
     min_ok_ops: int = Field(default=1, ge=0)
+    #: a leader cut off on a minority side steps down within this many election timeouts of
+    #: the cut (checked from the nodes' roles.jsonl, for every partition); ``false``: off
+    minority_leader_steps_down_within: float | Literal[False] = 3.0
+
+    @field_validator("minority_leader_steps_down_within", mode="before")
+    @classmethod
+    def _bound_or_false(cls, v: object) -> object:
+        if v is False:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            raise ValueError("give a number of election timeouts > 0, or false")
+        return float(v)
 
 
 class Scenario(_Model):
@@ -323,8 +351,9 @@ class Scenario(_Model):
             for name in nem.groups:
                 if name not in self.groups:
                     raise ValueError(f"nemesis.{i}.groups: unknown group {name!r}")
-            if nem.target not in ("leader", "random", *self.nodes):
-                raise ValueError(f"nemesis.{i}.target: not 'leader', 'random' or a node id")
+            if nem.target not in (*TARGET_WORDS, *self.nodes):
+                words = ", ".join(repr(w) for w in TARGET_WORDS)
+                raise ValueError(f"nemesis.{i}.target: not one of {words} or a node id")
 
     def client_sources(self) -> dict[str, int]:
         """Client source name -> number of processes on it."""

@@ -28,6 +28,8 @@ applicable", never "met":
 - :class:`Membership` — add a spare node, remove a member (membership faults).
 - :class:`StorageReplay` — read every node's data directory after the run and check the
   protocol's invariants across them (Orbital replays its WAL).
+- :class:`RecordChecks` — judge the protocol's own rules from what the nodes recorded
+  (Orbital: roles, votes, commit decisions, exactly-once), results.json's ``raft``.
 - :class:`DiskLayout` — where the node's log lives on disk and where to flip a bit of it
   (``disk`` faults ``lose-unsynced``, ``torn-write`` aim at a log write in flight; ``corrupt``
   needs :meth:`DiskLayout.pick_corruption`).
@@ -78,7 +80,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from harness.history import OpF, Value
+from harness.history import Op, OpF, Value
 
 CompletionType = Literal["ok", "fail", "info"]
 #: ``per-link``: a node's configuration can name a different address for each peer (each
@@ -306,6 +308,28 @@ class StorageReplay(Protocol):
 
 
 @runtime_checkable
+class RecordChecks(Protocol):
+    """Judge the protocol's own rules from what the nodes recorded, after :class:`StorageReplay`
+    (Orbital: election safety from ``roles.jsonl``, one vote per term from the vote logs,
+    commits of the leader's own term from the WAL's commit audit, exactly-once from the
+    replayed log: :mod:`harness.raft_checks`).
+
+    Example: ``return judge_record(self.last_replay, roles, nodes, history, seed=seed,
+    majority=majority)`` — a dict with ``valid`` and ``checks`` (results.json's ``raft``).
+    """
+
+    def check_record(
+        self,
+        roles: Mapping[str, list[dict[str, Any]]],
+        nodes: list[str],
+        history: list[Op],
+        *,
+        seed: int,
+        majority: int | None,
+    ) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class DiskLayout(Protocol):
     """Where a node keeps its log, for disk faults aimed at it.
 
@@ -325,6 +349,7 @@ CAPABILITIES: dict[str, type] = {
     "leader-transfer": LeaderTransfer,
     "membership": Membership,
     "storage-replay": StorageReplay,
+    "record-checks": RecordChecks,
     "disk-layout": DiskLayout,
 }
 

@@ -52,6 +52,12 @@ def key_name(i: int) -> str:
     return f"k{i}"
 
 
+def client_id(seed: int, process: int) -> str:
+    """The session id of a process's client: its writes and cas operations carry it, with
+    ``seq`` 1, 2, ... (:mod:`harness.exactly_once` finds them in the log by it)."""
+    return f"w{seed}-p{process}"
+
+
 def op_stream(workload: Workload, seed: int, slot: int) -> Iterator[OpSpec]:
     """The endless, deterministic sequence of operations of one slot."""
     rng = random.Random(f"orbital-workload:{seed}:{slot}")

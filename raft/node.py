@@ -93,7 +93,7 @@ from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 from raft.core.errors import RaftError
 from raft.core.messages import Message
-from raft.core.raft import RaftConfig, RaftCore, ReadState, Ready
+from raft.core.raft import RaftConfig, RaftCore, ReadState, Ready, Role
 from raft.core.types import (
     ConfChange,
     ConfChangeType,
@@ -121,6 +121,7 @@ __all__ = [
 ]
 
 SM = TypeVar("SM", bound=StateMachine)
+_LEADER = Role.LEADER
 
 #: 10 ms ticks: heartbeats every 30 ms, election timeouts drawn from [150, 300) ms
 DEFAULT_CONFIG = RaftConfig(election_ticks=15, heartbeat_ticks=3)
@@ -257,6 +258,12 @@ class RaftNode(Generic[SM]):
         self._proposals: dict[int, _Proposal] = {}
         self._read_requests: dict[int, asyncio.Future[int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: the commit audit (``FileStorage.note_commit``), if the storage keeps one; the last
+        #: commit index noted while leading
+        self._note_commit: Callable[[int, int, int], None] | None = getattr(
+            storage, "note_commit", None
+        )
+        self._commit_noted = 0
         self._state = _NEW
         self._run_task: asyncio.Task[None] | None = None
         self._leader_waiters: list[asyncio.Future[str]] = []
@@ -557,6 +564,7 @@ class RaftNode(Generic[SM]):
         """Step queued items into the core, Raft traffic first; False once a stop was asked
         for."""
         raft, core = self._raft_inbox, self.core
+        audit = self._note_commit is not None
         for _ in range(min(len(raft), MAX_BATCH_ITEMS)):
             item = raft.popleft()
             if isinstance(item, _Tick):
@@ -568,6 +576,8 @@ class RaftNode(Generic[SM]):
                 self._line(f"dropped {type(item).__name__} from {item.src}: {exc}")
                 if self.metrics is not None:
                     self.metrics.count_dropped(item, "refused")
+            if audit and core.role is _LEADER and core.log.committed > self._commit_noted:
+                self._audit_commit()
         calls = self._client_inbox
         for _ in range(min(len(calls), MAX_CALLS_PER_BATCH)):
             call = calls.popleft()
@@ -645,6 +655,18 @@ class RaftNode(Generic[SM]):
             self._persist(rd)  # small: inline beats two thread handoffs (see module doc)
         self._after_persist(rd)
 
+    def _audit_commit(self) -> None:
+        """Hand a leader's new commit index (and its entry's term) to the storage's audit,
+        which writes it with the next append. Called after every step that can advance a
+        leader's commit index (a reply stepped, ``advance``), so a checker can tell whether a
+        leader ever committed by counting replicas of an entry of an earlier term."""
+        core = self.core
+        log = core.log
+        if log.committed > self._commit_noted and self._note_commit is not None:
+            self._commit_noted = log.committed
+            term = log.term(log.committed)
+            self._note_commit(log.committed, -1 if term is None else term, core.term)
+
     def _send(self, messages: list[Message]) -> None:
         self.transport.send_batch(messages)
         if self.metrics is not None:
@@ -657,6 +679,8 @@ class RaftNode(Generic[SM]):
         self._apply(rd.committed_entries)
         self._serve_reads(rd.read_states)
         self.core.advance(rd)
+        if self.core.role is _LEADER and self.core.log.committed > self._commit_noted:
+            self._audit_commit()  # a leader's own entries count once durable
         self._wake_applied_waiters()
         if self.core.lead != self._last_lead:
             self._leader_changed()
@@ -832,6 +856,8 @@ class RaftNode(Generic[SM]):
         if now == self._last_role:
             return
         self._last_role = now
+        if self.core.role is Role.LEADER:  # what it learned as a follower is not its decision
+            self._commit_noted = self.core.log.committed
         if self.metrics is not None:
             self.metrics.role_entered(now[0])
         if self._roles is not None:

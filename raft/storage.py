@@ -27,6 +27,16 @@ directory without a running node (``orbital inspect``, the chaos run's storage r
     hardstate   term and vote; replaced atomically (temp file, fsync, rename, fsync dir)
     snapshot    snapshot metadata and data in one file; replaced atomically
     wal/        the log: segments of checksummed records (:mod:`raft.wal`)
+    votes       the vote log: one JSON line per vote granted (audit, never read back;
+                created with the first hard state, so an empty one says "no vote")
+
+Two audit trails, for checkers that judge a node from the outside (the chaos run's), cost
+nothing on the hot path: every vote this node grants (``save_state`` with a new
+``(term, voted_for)``) is appended to ``votes`` as ``{"term", "candidate", "time"}`` and
+fdatasync'ed within the same ``save_state``, after the hard state (so a vote on the log was
+durable before any reply that grants it could leave; elections only, never per command); and
+:meth:`FileStorage.note_commit` records a leader's commit decision as a ``COMMIT`` record
+that goes into the WAL with the next ``append_log`` (same write, same sync).
 
 Its rules, besides the contract: one sync per ``append_log`` (``fdatasync`` into the
 preallocated segment, plus an fsync when the segment is extended; suffix replacement
@@ -40,14 +50,16 @@ snapshot index. :func:`read_data_dir` is the same reader, read-only and without 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
 import logging
 import os
 import struct
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -58,12 +70,15 @@ from raft.core.types import ConfState, HardState, LogEntry, NodeId, Snapshot, Sn
 from raft.wal import (
     DEFAULT_SEGMENT_SIZE,
     TEMP_SUFFIX,
+    CommitMark,
     LogShape,
     StorageCorrupted,
     StorageError,
     TornTail,
     WalWriter,
     atomic_write,
+    datasync,
+    encode_commit_fields,
     encode_entries,
     encode_truncate,
     fsync_dir,
@@ -72,15 +87,18 @@ from raft.wal import (
 )
 
 __all__ = [
+    "CommitMark",
     "FileStorage",
     "MemoryStorage",
     "Storage",
     "StorageCorrupted",
     "StorageError",
     "TornTail",
+    "VoteRecord",
     "check_contiguous",
     "entries_after_snapshot",
     "read_data_dir",
+    "read_votes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,6 +192,7 @@ LOCK_NAME = "LOCK"
 HARDSTATE_NAME = "hardstate"
 SNAPSHOT_NAME = "snapshot"
 WAL_DIR = "wal"
+VOTES_NAME = "votes"
 HARDSTATE_MAGIC = b"ORBHST\x00\x01"
 SNAPSHOT_MAGIC = b"ORBSNP\x00\x01"
 #: a snapshot gives back the space of the last segment once it holds this many bytes
@@ -281,6 +300,41 @@ def read_snapshot(path: Path, *, with_data: bool = True) -> tuple[SnapshotMeta, 
     return meta, data
 
 
+# ----------------------------------------------------------------------------- the vote log
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRecord:
+    """A vote this node granted (to itself, as a candidate, too)."""
+
+    term: int
+    candidate: str
+    time_ns: int  #: ``CLOCK_MONOTONIC`` when it was made durable
+
+
+def encode_vote(state: HardState, time_ns: int) -> bytes:
+    line = {"term": state.term, "candidate": state.voted_for, "time": time_ns}
+    return json.dumps(line, separators=(",", ":")).encode() + b"\n"
+
+
+def read_votes(directory: str | os.PathLike[str]) -> list[VoteRecord] | None:
+    """The vote log of a data directory (``None`` if it has none). A line that is not a vote
+    (the last one, cut short by a crash mid-write) is skipped."""
+    path = Path(directory) / VOTES_NAME
+    if not path.exists():
+        return None
+    with io_errors("read", path):
+        text = path.read_bytes().decode(errors="replace")
+    votes = []
+    for raw in text.splitlines():
+        try:
+            obj = json.loads(raw)
+            votes.append(VoteRecord(int(obj["term"]), str(obj["candidate"]), int(obj["time"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return votes
+
+
 # ----------------------------------------------------------------------------- the reader
 
 
@@ -295,6 +349,7 @@ class DurableView:
     log: list[LogEntry]  #: what ``load_log`` returns: the stored log after the snapshot rule
     torn: TornTail | None  #: an unfinished final write (a writer would cut it off)
     segments: tuple[Path, ...]
+    commits: list[CommitMark] = field(default_factory=list)  #: the WAL's COMMIT records
 
 
 def read_data_dir(directory: str | os.PathLike[str]) -> DurableView:
@@ -309,7 +364,7 @@ def read_data_dir(directory: str | os.PathLike[str]) -> DurableView:
     wal = read_wal(path / WAL_DIR)
     segments = tuple(s.path for s in wal.shape.segments)
     log = entries_after_meta(wal.entries, meta)
-    return DurableView(path, hard_state, meta, wal.entries, log, wal.torn, segments)
+    return DurableView(path, hard_state, meta, wal.entries, log, wal.torn, segments, wal.commits)
 
 
 def _lock_directory(directory: Path) -> int:
@@ -368,9 +423,14 @@ class FileStorage:
         _make_dirs(self._waldir)
         self._lock_fd = _lock_directory(self.directory)
         self._closed = False
+        self._votes_fd = -1
+        #: commit decisions waiting for the next append: (index, term, leader term, time)
+        self._marks: list[tuple[int, int, int, int]] = []
         try:
             self._open(segment_size)
         except BaseException:
+            if self._votes_fd >= 0:
+                os.close(self._votes_fd)
             os.close(self._lock_fd)
             raise
 
@@ -387,6 +447,31 @@ class FileStorage:
         self._wal = WalWriter(
             self._waldir, wal.shape, wal.end, segment_size, torn=wal.torn is not None
         )
+        self._repair_vote_log()
+
+    def _repair_vote_log(self) -> None:
+        """A crash between the hard state and the vote log leaves the hard state's vote off
+        the log (its reply never left): append it, so the log holds every vote the node
+        may still act on."""
+        hs = self._state
+        if hs.voted_for is None:
+            return
+        votes = read_votes(self.directory) or []
+        if not votes or (votes[-1].term, votes[-1].candidate) != (hs.term, hs.voted_for):
+            self._open_vote_log(sync_dir=True)
+            self._append_vote(hs)
+
+    def _open_vote_log(self, *, sync_dir: bool) -> int:
+        """The vote log's descriptor, the file created if missing (with ``sync_dir``, its
+        creation made durable here; else the caller's next directory sync does it)."""
+        if self._votes_fd < 0:
+            path = self.directory / VOTES_NAME
+            with io_errors("open", path):
+                created = not path.exists()
+                self._votes_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if created and sync_dir:
+                fsync_dir(self.directory)
+        return self._votes_fd
 
     def __enter__(self) -> FileStorage:
         return self
@@ -402,8 +487,36 @@ class FileStorage:
 
     def save_state(self, state: HardState) -> None:
         self._check_open()
+        if self._votes_fd < 0:  # created with the first hard state: an empty log says "no
+            self._open_vote_log(sync_dir=False)  # vote"; the atomic write syncs the directory
         atomic_write(self.directory / HARDSTATE_NAME, encode_hard_state(state))
-        self._state = state
+        old, self._state = self._state, state
+        if state.voted_for is not None and (state.term, state.voted_for) != (
+            old.term,
+            old.voted_for,
+        ):
+            self._append_vote(state)
+
+    def _append_vote(self, state: HardState) -> None:
+        """Append the vote to the vote log and sync it (after the hard state: a vote on the
+        log is always durable in ``hardstate`` too)."""
+        fd = self._open_vote_log(sync_dir=True)
+        with io_errors("append to", self.directory / VOTES_NAME):
+            os.write(fd, encode_vote(state, time.monotonic_ns()))
+            datasync(fd)
+
+    def note_commit(self, index: int, term: int, leader_term: int) -> None:
+        """Audit a leader's commit decision (index, the term of its entry, the leader's term):
+        a ``COMMIT`` record written with the next :meth:`append_log`, in the same sync (none
+        of its own), or at :meth:`close`. Of consecutive decisions that commit an entry of
+        the leader's own term only the latest is kept (it implies the others, by Log
+        Matching); one that commits an earlier term's entry is always kept."""
+        mark = (index, term, leader_term, time.monotonic_ns())
+        marks = self._marks
+        if marks and term == leader_term and marks[-1][1] == marks[-1][2]:
+            marks[-1] = mark
+        else:
+            marks.append(mark)
 
     def load_state(self) -> HardState:
         return self._state
@@ -422,10 +535,16 @@ class FileStorage:
         reset = bool(shape.terms) and (first <= floor or first > shape.last + 1)
         if reset:
             records = encode_truncate(0) + records
+        if self._marks:
+            records = self._take_marks() + records
         seg = self._wal.append(records)
         if reset:
             shape.cut_after(0)
         shape.add(seg, first, terms)
+
+    def _take_marks(self) -> bytes:
+        marks, self._marks = self._marks, []
+        return b"".join(encode_commit_fields(*m) for m in marks)
 
     def _continues_snapshot(self) -> bool:
         """Whether the stored log holds the snapshot's last entry or starts right after it."""
@@ -492,6 +611,11 @@ class FileStorage:
             return
         self._closed = True
         try:
+            if self._marks:
+                with contextlib.suppress(StorageError):  # an audit record is not worth a failure
+                    self._wal.append(self._take_marks())
             self._wal.close()
         finally:
+            if self._votes_fd >= 0:
+                os.close(self._votes_fd)
             os.close(self._lock_fd)

@@ -21,7 +21,9 @@ Theory of operation (the byte layout is in ``docs/storage-format.md``):
    CRC32C and one encode for the whole group commit); ``TRUNCATE(i)`` drops entries
    ``> i`` (``TRUNCATE(0)`` empties the log). So replacing a suffix is a plain append, and
    costs one fsync like any other. An entry that would leave a gap is corruption: the
-   writer never writes one.
+   writer never writes one. A ``COMMIT`` record changes no entry: it is the audit of a
+   leader's commit decision (:class:`CommitMark`), written with the next append (same write,
+   same sync), and collected by :func:`read_wal` for the chaos run's checks.
 4. **Recovery.** A record is valid when its header is complete, its length plausible, its
    body complete and its CRC32C (over the length field and the body) matches. In the last
    segment, zeros from a record boundary to the end of the file are unused preallocated
@@ -85,12 +87,16 @@ MAX_BODY = 1 << 30
 RT_ENTRY = 1
 RT_TRUNCATE = 2
 RT_BATCH = 3
+RT_COMMIT = 4
+#: a COMMIT record's payload: the leader's term, the monotonic time of the decision (ns)
+_COMMIT = struct.Struct("<QQ")
 #: array type codes of the BATCH layout's little-endian u32 and u64 fields
 _U32 = "I" if array.array("I").itemsize == 4 else "L"
 _U64 = "Q"
 #: a BATCH record holds at most about this many bytes of commands (a bigger append is split)
 BATCH_LIMIT = 16 << 20
 _KINDS = frozenset(int(k) for k in EntryKind)
+_RTYPES = frozenset((RT_ENTRY, RT_TRUNCATE, RT_BATCH, RT_COMMIT))
 _crc_value = google_crc32c.value
 _crc_extend = google_crc32c.extend
 
@@ -233,6 +239,27 @@ def decode_batch(rec: Record) -> list[LogEntry]:
 def encode_truncate(index: int) -> bytes:
     """The record that drops every entry after ``index``."""
     return _record(RT_TRUNCATE, index, 0, 0, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitMark:
+    """A leader's commit decision: it advanced its commit index to ``index``, whose entry has
+    term ``term``, while leading in ``leader_term``, at ``time_ns`` (``CLOCK_MONOTONIC``)."""
+
+    index: int
+    term: int
+    leader_term: int
+    time_ns: int
+
+
+def encode_commit(mark: CommitMark) -> bytes:
+    """The ``COMMIT`` record of ``mark`` (it changes no entry when replayed)."""
+    return encode_commit_fields(mark.index, mark.term, mark.leader_term, mark.time_ns)
+
+
+def encode_commit_fields(index: int, term: int, leader_term: int, time_ns: int) -> bytes:
+    """:func:`encode_commit` without building the mark (the writer's path: about 1 us)."""
+    return _record(RT_COMMIT, index, term, 0, _COMMIT.pack(leader_term, time_ns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +465,9 @@ def scan_segment(path: Path, buf: bytes, *, last: bool) -> tuple[list[Record], T
             record = decode_record(buf, pos, trailer=trailer)
         except ValueError as exc:
             raise StorageCorrupted(str(exc), path=path, offset=pos) from exc
-        if record.rtype not in (RT_ENTRY, RT_TRUNCATE, RT_BATCH) or record.kind not in _KINDS:
+        if record.rtype == RT_COMMIT and len(record.command) != _COMMIT.size:
+            raise StorageCorrupted("commit record of a bad size", path=path, offset=pos)
+        if record.rtype not in _RTYPES or record.kind not in _KINDS:
             raise StorageCorrupted(
                 f"unknown record type {record.rtype} or kind {record.kind}", path=path, offset=pos
             )
@@ -510,12 +539,15 @@ class WalState:
     entries: list[LogEntry]
     torn: TornTail | None
     end: int  # where the last segment's valid data ends
+    #: the COMMIT records still stored, in order (only read with ``keep_entries``)
+    commits: list[CommitMark] = field(default_factory=list)
 
 
 def read_wal(waldir: Path, *, keep_entries: bool = True) -> WalState:
     """Read and replay every segment of ``waldir`` (no file is changed)."""
     shape = LogShape(segments=list_segments(waldir))
     entries: list[LogEntry] = []
+    commits: list[CommitMark] = []
     torn: TornTail | None = None
     end = 0
     for i, seg in enumerate(shape.segments):
@@ -524,8 +556,12 @@ def read_wal(waldir: Path, *, keep_entries: bool = True) -> WalState:
         records, torn = scan_segment(seg.path, buf, last=i == len(shape.segments) - 1)
         end = torn.offset if torn else records[-1].end if records else len(SEGMENT_MAGIC)
         for rec in records:
+            if rec.rtype == RT_COMMIT:
+                if keep_entries:
+                    commits.append(CommitMark(rec.index, rec.term, *_COMMIT.unpack(rec.command)))
+                continue
             _replay(shape, seg, rec, entries if keep_entries else None)
-    return WalState(shape, entries, torn, end)
+    return WalState(shape, entries, torn, end, commits)
 
 
 def _replay(shape: LogShape, seg: Segment, rec: Record, entries: list[LogEntry] | None) -> None:

@@ -102,6 +102,10 @@ def test_antarctic_split_brain_passes_end_to_end(tmp_path: Path) -> None:
     assert silent["observed"] == 0
     (serving,) = checks_by_prefix(results, "majority_serves")
     assert serving["observed"] > 0
+    (step,) = checks_by_prefix(results, "minority_leader_steps_down")
+    assert step["ok"] is True, step
+    assert step["node"] in ("n4", "n5")
+    assert all(c["ok"] is True for c in results["raft"]["checks"]), results["raft"]
     assert checks_by_prefix(results, "converge_after_heal")[0]["ok"] is True
     assert_store_layout(run_dir, ["n1", "n2", "n3", "n4", "n5"])
     # the stored run followed the pure schedule of its seed
@@ -126,3 +130,31 @@ def test_short_kill_leader_run_is_valid(tmp_path: Path) -> None:
     assert len(elections) == 2
     assert all(c["ok"] for c in elections)
     assert_store_layout(run_dir, ["n1", "n2", "n3", "n4", "n5"])
+
+
+def test_crash_storm_kills_any_node_and_each_restarts_on_its_own_data(tmp_path: Path) -> None:
+    """configs/crash-storm.toml cut to its first 12 s: a minority, then all five, then a storm
+    of sub-second kills of random nodes while writes flow."""
+    config = CONFIGS / "crash-storm.toml"
+    code, run_dir, out = chaos_run(config, tmp_path / "store", "--time-limit", "12")
+    results = load_results(run_dir)
+    assert code == 0, out
+    assert results["valid"] is True
+    assert all(c["ok"] is True for c in results["raft"]["checks"]), results["raft"]
+    applied = [f for f in results["faults_applied"] if f["skipped"] is None]
+    sizes = [len(f["nodes"]) for f in applied]
+    assert 2 in sizes, "a minority was killed"
+    assert 5 in sizes, "the whole cluster was killed"
+    assert sizes.count(1) >= 5, "a storm of single kills"
+    assert {n for f in applied for n in f["nodes"]} >= {"n1", "n2", "n3", "n4", "n5"}
+    killed = {n: sum(n in f["nodes"] for f in applied) for n in ("n1", "n2", "n3", "n4", "n5")}
+    config_text = (run_dir / "cluster.toml").read_text()
+    for node, kills in killed.items():
+        log = (run_dir / "nodes" / node / "node.log").read_text()
+        assert log.count("# orbital: start") == 1 + kills, (node, kills)
+        assert str(run_dir / "nodes" / node / "data") in config_text, "its own data directory"
+        roles = [json.loads(x) for x in (run_dir / "nodes" / node / "roles.jsonl").read_text()
+                 .splitlines()]  # fmt: skip
+        assert sum(r["role"] == "down" for r in roles) == kills
+        terms = [r["term"] for r in roles]
+        assert terms == sorted(terms), f"{node}: a restart never goes back a term"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from chaos.nemesis import NemesisExecutor, make_schedule, schedule_json
-from harness.scenario import Scenario, load_scenario, parse_scenario
+from harness.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from harness.workload import op_stream
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -118,6 +118,7 @@ class FakeSpec:
 class FakeCluster:
     def __init__(self, leader: str | None) -> None:
         self.spec = FakeSpec()
+        self.client_addr = {n: f"127.0.0.1:{9000 + k}" for k, n in enumerate(self.spec.nodes)}
         self.procs = {n: FakeProc() for n in self.spec.nodes}
         self.network = object()
         self.calls: list[tuple[Any, ...]] = []
@@ -217,3 +218,72 @@ def test_heal_all_ends_everything_even_mid_fault() -> None:
     assert ("resume", "n2") in cluster.calls
     assert ("heal",) in cluster.calls
     assert all(p.running and not p.paused for p in cluster.procs.values())
+
+
+@pytest.mark.parametrize(("target", "count"), [("minority", 2), ("majority", 3), ("all", 5)])
+def test_group_targets_are_drawn_at_schedule_time_and_all_restart(target: str, count: int) -> None:
+    cluster = FakeCluster(leader="n1")
+    sc = scenario({"kind": "kill", "target": target, "at": 0.0, "duration": 0.05})
+    drawn = make_schedule(sc, 1, 1.0)[0].params["nodes"]
+    assert len(drawn) == count == len(set(drawn))
+    ex = run_executor(cluster, sc, 1.0)
+    assert cluster.calls == [("kill", n) for n in drawn] + [("restart", n) for n in drawn]
+    assert ex.applied[0].nodes == drawn
+    assert all(p.running for p in cluster.procs.values())
+
+
+def test_follower_target_never_picks_the_leader() -> None:
+    for seed in range(20):
+        cluster = FakeCluster(leader="n2")
+        sc = scenario({"kind": "kill", "target": "follower", "at": 0.0, "duration": 0.01})
+        ex = NemesisExecutor(cluster, make_schedule(sc, seed, 1.0))  # type: ignore[arg-type]
+        asyncio.run(ex.run(time.monotonic()))
+        (killed,) = ex.applied[0].nodes
+        assert killed != "n2"
+        assert cluster.calls == [("kill", killed), ("restart", killed)]
+
+
+def test_a_target_that_is_down_is_left_out() -> None:
+    cluster = FakeCluster(leader="n1")
+    sc = scenario({"kind": "kill", "target": "all", "at": 0.0, "duration": 0.05})
+    cluster.procs["n3"].running = False
+    ex = run_executor(cluster, sc, 1.0)
+    assert ex.applied[0].nodes == ["n1", "n2", "n4", "n5"]
+    assert ("kill", "n3") not in cluster.calls
+
+
+def test_kill_storm_is_many_short_kills() -> None:
+    sc = scenario({"kind": "kill", "target": "random", "interval": 0.5, "duration": 0.25,
+                   "jitter": 0.2, "start": 0.5, "stop": 5.0})  # fmt: skip
+    starts = [op for op in make_schedule(sc, 3, 6.0) if op.action == "start"]
+    assert len(starts) >= 8
+    assert len({op.params["fallback"] for op in starts}) > 1, "random nodes, not one"
+
+
+def test_group_targets_are_for_process_faults_only() -> None:
+    with pytest.raises(ScenarioError, match="applies to kill, pause and transfer only"):
+        scenario({"kind": "partition", "target": "majority", "at": 1.0})
+
+
+def test_transfer_asks_the_leader_for_every_target_at_once() -> None:
+    cluster = FakeCluster(leader="n2")
+    sc = scenario({"kind": "transfer", "target": "all", "at": 0.0, "duration": 0.05})
+    asked: list[tuple[str, str]] = []
+
+    class Client:
+        def __init__(self, addr: dict[str, str], **_: Any) -> None:
+            self.addr = addr
+
+        async def transfer(self, to: str) -> None:
+            asked.append((next(iter(self.addr)), to))
+
+        def close(self) -> None:
+            pass
+
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("chaos.nemesis.KVClient", Client)
+        ex = run_executor(cluster, sc, 1.0, on_fault=lambda *e: events.append(e))
+    assert sorted(asked) == [("n2", "n1"), ("n2", "n3"), ("n2", "n4"), ("n2", "n5")]
+    assert ex.applied[0].nodes == ["n1", "n3", "n4", "n5"]
+    assert [(k, a) for k, a, _ in events] == [("transfer", "start"), ("transfer", "stop")]

@@ -17,9 +17,10 @@ completions: a value is ``ok``, :class:`~raft.client.CasMismatch` is ``fail`` wi
 Every capability of :mod:`harness.system`: who leads (``status`` on the direct client port),
 leader transfer, membership (the spare starts first and is added with ``add_voter``: a
 learner the leader promotes once it has caught up), storage replay (the WAL of every node,
-:mod:`harness.replay`), the disk layout (``wal/``; a corruption lands in a record, the hard
-state or the snapshot, :func:`chaos.disk.pick_corruption`), and clock faults (a Python
-process reads the time through libc, which libfaketime replaces).
+:mod:`harness.replay`), record checks (Raft's rules from roles, votes, the commit audit and
+exactly-once, :mod:`harness.raft_checks`), the disk layout (``wal/``; a corruption lands in a
+record, the hard state or the snapshot, :func:`chaos.disk.pick_corruption`), and clock faults
+(a Python process reads the time through libc, which libfaketime replaces).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Any
 
 import tomli_w
 
+from harness.history import Op
+from harness.replay import ReplayResult
 from harness.system import (
     ClusterView,
     Completion,
@@ -42,6 +45,7 @@ from harness.system import (
     Operation,
     PeerAddressing,
 )
+from harness.workload import client_id
 from raft.client import CasMismatch, KVClient, KVError, Rejected, Unknown
 
 #: how long an added learner may take to catch up before the change is given up
@@ -119,6 +123,8 @@ class OrbitalSystem:
         #: seed each node's election-timeout RNG from the run's seed (and its position)
         self.seed_timeouts = seed_timeouts
         self._status_clients: dict[tuple[asyncio.AbstractEventLoop, str], KVClient] = {}
+        #: the stored state read by the last :meth:`replay`
+        self.last_replay: ReplayResult | None = None
 
     def use_timing(
         self, tick_ms: float, election_ticks: int, heartbeat_ticks: int, **knobs: Any
@@ -164,10 +170,8 @@ class OrbitalSystem:
         self, addresses: Mapping[str, str], cluster: ClusterView, *, process: int, timeout: float
     ) -> OrbitalClient:
         attempt = min(1.0, max(0.2, timeout / 3))
-        client_id = f"w{cluster.seed}-p{process}"
-        kv = KVClient(
-            dict(addresses), client_id=client_id, timeout=timeout, attempt_timeout=attempt
-        )
+        session = client_id(cluster.seed or 0, process)  # harness.exactly_once finds it by this
+        kv = KVClient(dict(addresses), client_id=session, timeout=timeout, attempt_timeout=attempt)
         return OrbitalClient(kv)
 
     # ---- capabilities -----------------------------------------------------------------------
@@ -237,10 +241,30 @@ class OrbitalSystem:
         return {"removed": node}
 
     def replay(self, data_dirs: Mapping[str, Path]) -> dict[str, Any]:
-        """Raft's invariants across every node's WAL (:mod:`harness.replay`)."""
+        """Raft's invariants across every node's WAL (:mod:`harness.replay`); the stored
+        state is kept for :meth:`check_record`."""
         from harness.replay import replay_cluster
 
-        return replay_cluster(dict(data_dirs)).to_dict()
+        self.last_replay = None
+        self.last_replay = replay_cluster(dict(data_dirs))
+        return self.last_replay.to_dict()
+
+    def check_record(
+        self,
+        roles: Mapping[str, list[dict[str, Any]]],
+        nodes: list[str],
+        history: list[Op],
+        *,
+        seed: int,
+        majority: int | None,
+    ) -> dict[str, Any]:
+        """Raft's own rules from the record (:mod:`harness.raft_checks`): roles, votes, the
+        commit audit and the log read back by :meth:`replay` (None if it failed)."""
+        from harness.raft_checks import judge_record
+
+        return judge_record(
+            self.last_replay, dict(roles), nodes, history, seed=seed, majority=majority
+        )
 
     def pick_corruption(self, data_dir: Path, target: str, seed: int) -> tuple[str, int, Any]:
         from chaos.disk import DiskFaultError, pick_corruption

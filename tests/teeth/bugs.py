@@ -261,12 +261,14 @@ BUGS: dict[str, Bug] = {
             "grants a vote although it voted for another candidate in this term (§5.2)",
             ((RaftCore, "handle_vote_request", _vote_ignoring_earlier_vote),),
             frozenset({"vote_not_durable", "double_vote", "election_safety"}),
+            real="`election_safety`, `votes_one_per_term` (test_real_elections.py)",
         ),
         Bug(
             "no_check_quorum",
             "a leader cut off from a majority never steps down (dissertation §6.2)",
             ((RaftCore, "_quorum_active", _quorum_always_active),),
             frozenset({"leader_without_quorum"}),
+            real="`minority_leader_steps_down_within` (test_real_check_quorum.py)",
         ),
         Bug(
             "commit_earlier_term_by_counting",
@@ -275,6 +277,7 @@ BUGS: dict[str, Bug] = {
             frozenset(
                 {"leader_commit_term", "leader_completeness", "state_machine_safety", "durability"}
             ),
+            real="`commit_current_term`, from the leaders' commit audit (test_real_commits.py)",
         ),
         Bug(
             "ack_before_fsync",
@@ -354,6 +357,7 @@ BUGS: dict[str, Bug] = {
             "the session table does not recognise a retried command (§6.3)",
             ((KVStore, "_apply_in_session", _session_forgetting_retries),),
             frozenset({"exactly_once", NOT_LINEARIZABLE}),
+            real="`exactly_once` of the replayed logs (test_real_exactly_once.py)",
         ),
     ]
 }

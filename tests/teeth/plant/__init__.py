@@ -1,0 +1,1 @@
+"""Planting bugs in real node processes (see ``sitecustomize.py``)."""
