@@ -108,6 +108,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", help="override the seeds: a comma-separated list")
     parser.add_argument("--time-limit", type=float, metavar="S", help="seconds of workload")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--system", metavar="KIND", help="run every scenario against this system (etcd, ...)"
+    )
 
 
 def _seeds(text: str | None, default: list[int]) -> list[int]:
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         task = progress.add_task("matrix", total=len(runs))
         for r in runs:
             progress.update(task, description=f"{r.scenario} seed {r.seed}")
-            execute_one(r, args.store, logs, time_limit, matrix.run_timeout)
+            execute_one(r, args.store, logs, time_limit, matrix.run_timeout, args.system)
             write_index(args.store)
             progress.advance(task)
             if args.no_progress:
@@ -158,13 +161,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute_one(
-    r: MatrixRun, store: Path, logs: Path, time_limit: float | None, timeout: float
+    r: MatrixRun,
+    store: Path,
+    logs: Path,
+    time_limit: float | None,
+    timeout: float,
+    system: str | None = None,
 ) -> None:
     """One ``orbital chaos run`` in its own process, stopped (SIGINT) past ``timeout``."""
     argv = [sys.executable, "-m", "harness.cli", "chaos", "run", str(r.config)]
     argv += ["--seed", str(r.seed), "--store", str(store), "--no-progress"]
     if time_limit is not None:
         argv += ["--time-limit", str(time_limit)]
+    if system is not None:
+        argv += ["--system", system]
     r.log = logs / f"{r.scenario}-seed{r.seed}.log"
     t0 = time.monotonic()
     with r.log.open("wb") as log:
