@@ -37,6 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness.scenario import ScenarioError, load_scenario
+from harness.system import SystemLoadError, load_system
 from harness.store_index import write_index
 
 #: how long an interrupted run gets to stop its processes and judge what it has
@@ -131,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
         seeds = _seeds(args.seeds, matrix.seeds)
         if args.time_limit is not None and args.time_limit <= 0:
             raise MatrixError("--time-limit: must be greater than 0")
-    except MatrixError as exc:
+        if args.system is not None:
+            load_system(args.system)  # a bad kind: one line, exit 2, before any run
+    except (MatrixError, SystemLoadError) as exc:
         print(f"orbital chaos matrix: {exc}", file=sys.stderr)
         return 2
     time_limit = args.time_limit if args.time_limit is not None else matrix.time_limit
