@@ -37,8 +37,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness.scenario import ScenarioError, load_scenario
-from harness.system import SystemLoadError, load_system
 from harness.store_index import write_index
+from harness.system import SystemLoadError, load_system
 
 #: how long an interrupted run gets to stop its processes and judge what it has
 STOP_GRACE_S = 90.0
