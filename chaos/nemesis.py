@@ -261,7 +261,7 @@ class AppliedFault:
     leader_before: tuple[str, int] | None = None
     started_ns: int = 0  #: monotonic, just before the fault was applied
     applied_ns: int = 0  #: monotonic, once it was fully in place
-    stopped_ns: int | None = None
+    stopped_ns: int | None = None  #: monotonic, just before the fault began to be undone
     skipped: str | None = None
 
     def to_json(self, run_start_ns: int) -> dict[str, Any]:
@@ -468,8 +468,10 @@ class NemesisExecutor:
         fault = self.active.pop(op.id, None)
         if fault is None:
             return
-        await asyncio.to_thread(self._undo, fault)
+        # the heal begins now: healing link by link takes a while, and what the nodes do
+        # meanwhile (a cut-off leader learning a newer term) is no longer the fault's
         fault.stopped_ns = time.monotonic_ns()
+        await asyncio.to_thread(self._undo, fault)
 
     def _undo(self, f: AppliedFault) -> None:
         if f.kind in ("kill", "pause"):
