@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -659,6 +660,20 @@ def _serve_conn(fs: DiskFS, conn: socket.socket) -> None:
             f.flush()
 
 
+#: a Unix socket path longer than this (sun_path is 108 bytes) is bound in the abstract
+#: namespace instead, under a name derived from the path
+_MAX_SOCKET_PATH = 100
+
+
+def socket_address(path: Path) -> str:
+    """Where the control socket of ``path`` listens: ``path`` itself, or, if it is too long
+    for a Unix socket (a deep store directory), an abstract name derived from it."""
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        return str(path)
+    digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:24]
+    return f"\0orbital-diskfs-{digest}"
+
+
 class DiskControl:
     """A client of one file system's control socket."""
 
@@ -671,7 +686,7 @@ class DiskControl:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(self.timeout)
             try:
-                s.connect(str(self.path))
+                s.connect(socket_address(self.path))
                 s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
                 with s.makefile("rb") as f:
                     line = f.readline()
@@ -768,7 +783,10 @@ class DiskMount:
             if self._proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise DiskFSError(f"the disk file system exited at start:\n{tail}")
-            if self.control.path.exists() and mounted(self.mountpoint):
+            listening = self.control.path.exists() or socket_address(self.control.path) != str(
+                self.control.path
+            )
+            if listening and mounted(self.mountpoint):
                 with contextlib.suppress(DiskFSError):
                     self.control.call("ping")
                     return
@@ -854,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl_path = args.state / "control.sock"
     ctl_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(ctl_path))
+    sock.bind(socket_address(ctl_path))
     sock.listen(16)
     threading.Thread(target=serve_control, args=(fs, sock), daemon=True).start()
     threading.Thread(target=_watch_parent, args=(args.mount,), daemon=True).start()
