@@ -8,7 +8,9 @@ the proxies, so a partition does not hide a node from the monitor) about every
 system without it gives no samples (expectations that need them are "not applicable").
 Each answer becomes a :class:`Sample` stamped with the monotonic time it
 arrived; samples of leaders are kept, so elections can be timed against the faults afterwards
-(:mod:`harness.expectations`). A paused, dead or silent node gives ``None``. The cluster has
+(:mod:`harness.expectations`), and every node's changes of role are kept
+(:attr:`StatusMonitor.role_changes`: the role record of a system whose nodes keep none). A
+paused, dead or silent node gives ``None``. The cluster has
 *converged* when every node answers with one (commit, applied, last index).
 """
 
@@ -43,6 +45,9 @@ class StatusMonitor:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.leader_samples: list[Sample] = []
+        #: node -> every change of (role, term) it reported: (monotonic ns, role, term); the
+        #: role record of a system whose nodes keep none of their own
+        self.role_changes: dict[str, list[tuple[int, str, int]]] = {}
         self.latest: dict[str, Sample | None] = {}
         self.leader: tuple[str, int] | None = None
 
@@ -52,6 +57,12 @@ class StatusMonitor:
         found = await asyncio.gather(*(self._poll_node(n) for n in nodes))
         out = dict(zip(nodes, found, strict=True))
         self.latest = out
+        for s in out.values():
+            if s is None:
+                continue
+            seen = self.role_changes.setdefault(s.node, [])
+            if not seen or seen[-1][1:] != (s.role, s.term):
+                seen.append((s.time_ns, s.role, s.term))
         leaders = [s for s in out.values() if s is not None and s.role == "leader"]
         self.leader_samples.extend(leaders)
         best = max(leaders, key=lambda s: s.term, default=None)

@@ -78,5 +78,9 @@ class Observed:
     #: the system under test and its capabilities (``harness.system.capabilities``)
     system: str = "orbital"
     capabilities: set[str] = field(default_factory=set)
+    #: node -> (monotonic ns, role, term) at each change its status polls showed
+    role_changes: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)
+    #: where the role record came from: the nodes' roles.jsonl, or the status polls
+    roles_from: str = "roles.jsonl"
     #: expectation name -> why it could not be judged in this run
     not_applicable: dict[str, str] = field(default_factory=dict)

@@ -334,6 +334,7 @@ async def _drive(
     finally:
         observed.applied = list(nemesis.applied.values())
         observed.leader_samples = monitor.leader_samples
+        observed.role_changes = monitor.role_changes
         observed.stats = _stats_json(workers)
         monitor.close()
 
@@ -474,6 +475,11 @@ def judge(ctx: RunContext, cluster: Cluster, observed: Observed) -> int:
     say("nodes stopped; replaying storage, checking the history, writing the report")
     nodes = [*ctx.scenario.nodes, *cluster.joined]
     roles = {n: fix_roles(ctx, cluster.node_dir(n) / "roles.jsonl", n) for n in nodes}
+    if not any(roles.values()) and observed.role_changes:  # the nodes keep no role record
+        roles = polled_roles(ctx, observed, nodes)
+        for n, lines in roles.items():  # for the report's timeline
+            text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in lines)
+            (cluster.node_dir(n) / "roles.jsonl").write_text(text, encoding="utf-8")
     corrupted = {  # their storage was damaged on purpose: they refuse it, replay skips it
         f.node for f in observed.applied if f.kind == "disk" and f.params.get("disk") == "corrupt"
     }
@@ -501,6 +507,7 @@ def judge(ctx: RunContext, cluster: Cluster, observed: Observed) -> int:
         "schedule": [op.to_json() for op in ctx.schedule],
         "faults_applied": [f.to_json(ctx.run_start_ns) for f in observed.applied],
         "leader_changes": leader_changes(ctx, observed.leader_samples),
+        "roles_from": observed.roles_from,
         "final_status": {n: sample_json(s) for n, s in observed.final_status.items()},
         "setup_leader": observed.setup_leader,
         "error": ctx.error,
@@ -560,6 +567,22 @@ def fix_roles(ctx: RunContext, path: Path, node: str) -> list[dict[str, Any]]:
         text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in merged)
         path.write_text(text, encoding="utf-8")
     return merged
+
+
+def polled_roles(ctx: RunContext, observed: Observed, nodes: list[str]) -> dict[str, list[Any]]:
+    """The role record as the status polls saw it (a system whose nodes write no
+    roles.jsonl), in run time, with ``down`` at kills and pauses; written to each node's
+    roles.jsonl (results.json's ``roles_from`` says "status polls")."""
+    observed.roles_from = "status polls"
+    out = {}
+    for n in nodes:
+        lines = [
+            {"time": ctx.rel(t), "node": n, "role": role, "term": term}
+            for t, role, term in observed.role_changes.get(n, [])
+        ]
+        events = [(t, a) for t, node, a in ctx.process_events if node == n]
+        out[n] = _merge_down(lines, events, n)
+    return out
 
 
 def _merge_down(
