@@ -132,8 +132,10 @@ def start_disk(cluster: FaultCluster, params: dict[str, Any], node: str) -> dict
                 path, offset, record = cluster.pick_corruption(
                     node, str(params["corrupt"]), int(params["seed"])
                 )
-            except ValueError as exc:
-                raise FaultError(str(exc)) from None
+            except ValueError as exc:  # the crash lost it all: the crash stands, said so
+                detail["corrupt"] = None
+                detail["note"] = f"nothing left to corrupt after the crash: {exc}"
+                return detail
             detail["corrupt"] = disk.call("corrupt", path=path, offset=offset)
             detail["record"] = record
             cluster.retired.add(node)  # it must refuse to start from now on

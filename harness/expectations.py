@@ -331,6 +331,10 @@ def disk_checks(ctx: RunContext, observed: Observed) -> list[dict[str, Any]]:
             continue
         log = ctx.run_dir / "nodes" / f.node / "node.log"
         last = _last_line(log)
+        if fault == "corrupt" and f.params.get("applied", {}).get("corrupt", {}) is None:
+            why = str(f.params["applied"].get("note", "nothing was corrupted"))
+            out.append(not_applicable(f"corrupt_refused[disk#{f.id}]", "refuses to start", why))
+            continue
         if fault == "corrupt":
             applied = f.params.get("applied", {}).get("corrupt", {})
             where = f"{applied.get('path', '?')} at byte offset"
