@@ -171,8 +171,16 @@ class OrbitalSystem:
     ) -> OrbitalClient:
         attempt = min(1.0, max(0.2, timeout / 3))
         session = client_id(cluster.seed or 0, process)  # harness.exactly_once finds it by this
-        kv = KVClient(dict(addresses), client_id=session, timeout=timeout, attempt_timeout=attempt)
+        kv = self.kv_client(addresses, client_id=session, timeout=timeout, attempt_timeout=attempt)
         return OrbitalClient(kv)
+
+    def kv_client(
+        self, addresses: Mapping[str, str], *, role: str = "client", **kw: Any
+    ) -> KVClient:
+        """A client of the nodes at ``addresses``, as ``role`` (``client`` for the workload,
+        ``admin`` for status, transfers and membership changes: the one place a client of
+        this system is made)."""
+        return KVClient(dict(addresses), **kw)
 
     # ---- capabilities -----------------------------------------------------------------------
     def _status_client(self, node: str, cluster: ClusterView, timeout: float) -> KVClient:
@@ -182,7 +190,7 @@ class OrbitalSystem:
         found = self._status_clients.get((loop, node))
         if found is None:
             address = {node: cluster.listen(node, "client")}
-            found = KVClient(address, timeout=timeout, attempt_timeout=timeout)
+            found = self.kv_client(address, role="admin", timeout=timeout, attempt_timeout=timeout)
             self._status_clients[(loop, node)] = found
         return found
 
@@ -210,13 +218,15 @@ class OrbitalSystem:
 
     async def transfer_leader(self, leader: str, target: str, cluster: ClusterView) -> None:
         address = {leader: cluster.listen(leader, "client")}
-        async with KVClient(address, timeout=1.0, attempt_timeout=0.5) as client:
+        async with self.kv_client(
+            address, role="admin", timeout=1.0, attempt_timeout=0.5
+        ) as client:
             await client.transfer(target)
 
     async def _change(self, action: str, node: str, cluster: ClusterView) -> dict[str, Any]:
         members = [n for n in cluster.members if n != node or action != "add_voter"]
         addrs = {n: cluster.listen(n, "client") for n in members}
-        async with KVClient(addrs, timeout=10.0) as client:
+        async with self.kv_client(addrs, role="admin", timeout=10.0) as client:
             try:
                 return await client.membership(action, node)
             except KVError as exc:
