@@ -23,6 +23,10 @@ with the five nodes: on a 2-core box the client's own CPU is part of what is mea
   must get an answer: ``ok``, ``busy`` (back-pressure: certainly not applied), ``unknown``;
   ``no_answer`` counts silence after a 60 s deadline. Leader and term before/after, role
   changes during the burst (roles.jsonl), each node's RSS (psutil) before, peak, after.
+* ``curve``: the nodes speak CURVE on every socket (``raft.security``), as ``orbital cluster
+  up`` runs them. ``--systems orbital,orbital-nocurve`` adds windows of the same cluster
+  without keys, alternating with the others, and ``curve_cost`` reports the secured
+  cluster's throughput as a share of the unsecured one's per level (the issue's bar: 0.85).
 * ``etcd``: if ``etcd`` is on PATH, the throughput and failover workloads against a local
   5-member etcd (``harness.systems.etcd.EtcdSystem`` run directly, without proxies;
   127.0.0.1 only, fsync on, 1 s election timeout as shipped) through its v3 gRPC API (the
@@ -32,7 +36,7 @@ with the five nodes: on a 2-core box the client's own CPU is part of what is mea
   Otherwise ``"etcd": "not installed"``.
 
 Usage: ``python -m bench.cluster [--quick] [--seconds 10] [--rounds 5] [--kills 20]
-[--overload 20000]``.
+[--overload 20000] [--systems orbital,orbital-nocurve,etcd] [--throughput-only]``.
 Five rounds by default: on the shared 2-core machine one round's 1-client ratio to etcd
 ranged from 0.73 to 1.57 (2026-11-23), so the verdict takes each system's median window of
 five.
@@ -67,6 +71,7 @@ from harness.system import Operation
 from harness.systems.etcd import EtcdClient as GrpcClient
 from harness.systems.etcd import EtcdSystem
 from raft.client import KVClient
+from raft.security import ClientKeys
 
 T = TypeVar("T")
 Status = dict[str, dict[str, Any] | None]
@@ -199,13 +204,15 @@ async def closed_loop(
     }
 
 
-async def orbital_window(workdir: Path, level: int, seconds: float) -> dict[str, Any]:
-    """One measured window on a fresh orbital cluster."""
-    async with steady_cluster(ClusterSpec(toxiproxy=False), workdir) as cluster:
+async def orbital_window(
+    workdir: Path, level: int, seconds: float, curve: bool = True
+) -> dict[str, Any]:
+    """One measured window on a fresh orbital cluster (with CURVE keys, or without)."""
+    async with steady_cluster(ClusterSpec(toxiproxy=False, curve=curve), workdir) as cluster:
         addrs = cluster.client_addresses()
 
         def make(i: int) -> KVClient:
-            return KVClient(addrs, client_id=f"t{level}-{i}", timeout=5.0)
+            return cluster.kv_client(addrs, client_id=f"t{level}-{i}", timeout=5.0)
 
         return await closed_loop(make, level, seconds)
 
@@ -227,22 +234,27 @@ async def etcd_window(binary: str, workdir: Path, level: int, seconds: float) ->
 
 
 async def paired_throughput(
-    workdir: Path, seconds: float, rounds: int, etcd_binary: str | None
+    workdir: Path,
+    seconds: float,
+    rounds: int,
+    etcd_binary: str | None,
+    systems: list[str],
+    levels: tuple[int, ...] = LEVELS,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per level, ``rounds`` windows of each system on fresh clusters, alternating which goes
-    first (orbital, etcd, etcd, orbital, ...): both see the same machine conditions, so the
+    first (orbital, etcd, etcd, orbital, ...): all see the same machine conditions, so the
     ratio holds up when other work shares the machine. Each system's summary per level is
     its window with the median writes/s; every window's figures are kept beside it."""
-    systems = ["orbital"] + (["etcd"] if etcd_binary else [])
+    systems = [s for s in systems if s != "etcd" or etcd_binary]
     windows: dict[str, dict[int, list[dict[str, Any]]]] = {
-        s: {n: [] for n in LEVELS} for s in systems
+        s: {n: [] for n in levels} for s in systems
     }
-    for level in LEVELS:
+    for level in levels:
         for r in range(rounds):
             for system in systems if r % 2 == 0 else systems[::-1]:
                 where = workdir / f"{system}-{level}-{r}"
-                if system == "orbital":
-                    w = await orbital_window(where, level, seconds)
+                if system.startswith("orbital"):
+                    w = await orbital_window(where, level, seconds, system == "orbital")
                 else:
                     assert etcd_binary is not None
                     w = await etcd_window(etcd_binary, where, level, seconds)
@@ -251,7 +263,7 @@ async def paired_throughput(
     out: dict[str, list[dict[str, Any]]] = {}
     for system, by_level in windows.items():
         out[system] = []
-        for level in LEVELS:
+        for level in levels:
             ws = sorted(by_level[level], key=lambda w: float(w["writes_per_s"]))
             median = dict(ws[(len(ws) - 1) // 2])
             median["windows_writes_per_s"] = [w["writes_per_s"] for w in by_level[level]]
@@ -268,7 +280,7 @@ async def orbital_failover(workdir: Path, kills: int) -> dict[str, Any]:
     election: list[float] = []
     async with steady_cluster(spec, workdir) as cluster:
         poller = StatusPoller(cluster)
-        client = KVClient(
+        client = cluster.kv_client(
             cluster.client_addresses(), client_id="fo", attempt_timeout=FAILOVER_ATTEMPT_S
         )
         try:
@@ -327,7 +339,9 @@ async def orbital_overload(workdir: Path, total: int) -> dict[str, Any]:
 
             sampler = asyncio.create_task(sample())
             burst_start = time.monotonic_ns()
-            counts, seconds, max_outstanding = await burst(cluster.client_addr[before[0]], total)
+            counts, seconds, max_outstanding = await burst(
+                cluster.client_addr[before[0]], total, cluster.keys(), before[0]
+            )
             after = (await poller.until(steady, STEADY_TIMEOUT_S))[0]
             sampling = False
             await sampler
@@ -359,9 +373,12 @@ async def orbital_overload(workdir: Path, total: int) -> dict[str, Any]:
     }
 
 
-async def burst(address: str, total: int) -> tuple[Counter[str], float, int]:
-    """Send ``total`` puts over ``OVERLOAD_SOCKETS`` DEALERs without waiting; count the
-    answers by outcome; the time until the last answer, and the most requests outstanding."""
+async def burst(
+    address: str, total: int, keys: ClientKeys | None, node: str
+) -> tuple[Counter[str], float, int]:
+    """Send ``total`` puts over ``OVERLOAD_SOCKETS`` DEALERs without waiting (CURVE clients
+    of ``node`` with ``keys``); count the answers by outcome; the time until the last
+    answer, and the most requests outstanding."""
     ctx = zmq.asyncio.Context()
     counts: Counter[str] = Counter()
     socks = []
@@ -370,6 +387,8 @@ async def burst(address: str, total: int) -> tuple[Counter[str], float, int]:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
+        if keys is not None:
+            keys.apply(s, node)
         s.connect(f"tcp://{address}")
         socks.append(s)
     pending: set[int] = set(range(total))
@@ -649,6 +668,7 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "setup": {
             "nodes": 5,
             "transport": "direct ZeroMQ (ClusterSpec(toxiproxy=False)), 127.0.0.1",
+            "curve": "on every socket ('orbital'); 'orbital-nocurve': no keys",
             "fsync": "on (FileStorage: fsync before replies, group commit)",
             "election_timeout_ms": "150-300 (15 ticks of 10 ms, randomized)",
             "value": "int (100-byte values cannot be expressed; commands ~75 B of JSON)",
@@ -657,10 +677,24 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         },
     }
-    binary = shutil.which("etcd")
-    paired = await paired_throughput(root / "throughput", args.seconds, args.rounds, binary)
+    binary = shutil.which("etcd") if "etcd" in args.systems else None
+    paired = await paired_throughput(
+        root / "throughput", args.seconds, args.rounds, binary, args.systems, args.levels
+    )
     throughput = paired["orbital"]
     result["throughput"] = throughput
+    if "orbital-nocurve" in paired:
+        plain = {r["clients"]: r for r in paired["orbital-nocurve"]}
+        result["throughput_without_curve"] = paired["orbital-nocurve"]
+        result["curve_cost"] = {
+            f"secured_share_{r['clients']}": round(
+                r["writes_per_s"] / plain[r["clients"]]["writes_per_s"], 3
+            )
+            for r in throughput
+            if plain[r["clients"]]["writes_per_s"]
+        } | {"target": ">= 0.85"}
+    if args.throughput_only:
+        return result
     failover = await orbital_failover(root / "failover", args.kills)
     result["failover"] = failover
     overload = await orbital_overload(root / "overload", args.overload)
@@ -714,7 +748,28 @@ def main(argv: list[str] | None = None) -> int:
         help="etcd's v3 gRPC API (default) or its JSON gateway (the earlier baseline)",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument(
+        "--systems",
+        default="orbital,etcd",
+        help="comma-separated: orbital (CURVE on), orbital-nocurve, etcd (default orbital,etcd)",
+    )
+    p.add_argument(
+        "--throughput-only", action="store_true", help="skip failover, overload, etcd failover"
+    )
+    p.add_argument(
+        "--levels", default="1,16,64", help="clients per level, with --throughput-only (1,16,64)"
+    )
     args = p.parse_args(argv)
+    args.systems = [x.strip() for x in args.systems.split(",") if x.strip()]
+    try:
+        args.levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
+    except ValueError:
+        p.error(f"--levels: comma-separated client counts, got {args.levels!r}")
+    if args.levels != LEVELS and not args.throughput_only:
+        p.error("--levels needs --throughput-only (the other parts judge levels 1 and 64)")
+    unknown = set(args.systems) - {"orbital", "orbital-nocurve", "etcd"}
+    if unknown or "orbital" not in args.systems:
+        p.error(f"--systems: must include orbital; unknown {sorted(unknown)}")
     quick = args.quick
     args.seconds = args.seconds or (2.0 if quick else 10.0)
     args.rounds = args.rounds or (1 if quick else 5)

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("harness.inspect", "print a node's durable state from its data directory"),
     "node": ("raft.server", "run one Raft node process"),
     "kv": ("raft.client", "talk to a running cluster: get, put, cas, status, submit, ..."),
+    "keys": ("raft.keys", "CURVE keys and a cluster file for a deployment"),
     "cluster": ("harness.cluster", "run a local cluster in the foreground"),
     "chaos": ("harness.runner", "run, list or matrix chaos scenarios on a local cluster"),
     "completion": ("harness.cli", "print the shell completion script (bash, zsh, fish)"),

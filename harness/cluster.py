@@ -15,6 +15,13 @@ Every fault goes through the cluster: network faults to the proxy network, proce
 (SIGKILL, SIGSTOP/SIGCONT, restart on the same data directory) to the process manager. Each is
 reported to ``on_fault(kind, action, detail)`` so a runner can write ``faults.jsonl``.
 
+Security: unless ``ClusterSpec.curve`` is off, ``start()`` first creates CURVE keys in
+``keys/`` (a pair per node, one client pair, one admin pair; secret keys mode 0600) and lists
+the public keys in ``cluster.toml``, so every socket of the run speaks CURVE, through the
+proxies too (Toxiproxy forwards the encrypted bytes untouched). :meth:`LocalCluster.keys`
+gives a client's keys (``client`` or ``admin``), :meth:`LocalCluster.kv_client` a client
+holding them.
+
 The harness watches the cluster on the nodes' *direct* client ports (``status``), never through
 the proxies: what it sees must not depend on the faults it injects. Clients under test use
 ``client_addresses(source)``, through the proxies.
@@ -30,7 +37,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -40,6 +47,8 @@ from chaos.toxiproxy import ToxiproxyError
 from harness import signals
 from harness.local import Cluster, ClusterError, ClusterOptions, FaultSink
 from harness.systems.orbital import OrbitalSystem
+from raft.security import ADMIN, ClientKeys
+from raft.security import CLIENT as CLIENT_KEY
 
 if TYPE_CHECKING:
     from raft.client import KVClient
@@ -68,6 +77,7 @@ class ClusterSpec(ClusterOptions):
     max_uncommitted: int = 20_000
     lease_read: bool = False
     lease_drift: float = 0.1
+    curve: bool = True  #: CURVE keys on every socket (raft.security)
 
     @property
     def election_timeout_s(self) -> float:
@@ -95,8 +105,10 @@ class LocalCluster(Cluster):
             max_uncommitted=spec.max_uncommitted,
             lease_read=spec.lease_read,
             lease_drift=spec.lease_drift,
+            curve=spec.curve,
         )
         super().__init__(system, spec, workdir, on_fault=on_fault, run_start_ns=run_start_ns)
+        self.orbital = system
         self.spec: ClusterSpec = spec
         self.config_path = self.workdir / "cluster.toml"
 
@@ -112,6 +124,28 @@ class LocalCluster(Cluster):
     def metrics_addr(self) -> dict[str, str]:
         """Each node's Prometheus metrics (HTTP, direct: never through a proxy)."""
         return self.direct_addresses("metrics")
+
+    # ---- CURVE keys (the system creates them in ``keys/``) -----------------------------------
+    @property
+    def keys_dir(self) -> Path:
+        return self.orbital.keys_dir(self)
+
+    @property
+    def public_keys(self) -> dict[str, bytes]:
+        """Public keys: every node's by id, and the client's and admin's."""
+        return self.orbital.public_keys
+
+    def keys(self, role: str = CLIENT_KEY) -> ClientKeys | None:
+        """A client's keys (``client`` or ``admin``) for this cluster; None without CURVE."""
+        return self.orbital.keys(role)
+
+    def kv_client(
+        self, addresses: Mapping[str, str] | None = None, *, role: str = CLIENT_KEY, **kw: Any
+    ) -> KVClient:
+        """A :class:`KVClient` of this cluster holding ``role``'s keys (``addresses``:
+        default the direct client ports)."""
+        addrs = dict(self.client_addr if addresses is None else addresses)
+        return self.orbital.kv_client(addrs, role=role, **kw)
 
     # ---- clock faults (libfaketime: ``spec.fake_clocks``) ------------------------------------
     def clock(self, node: str) -> FakeClock:
@@ -160,8 +194,9 @@ class StatusPoller:
         from raft.client import KVClient
 
         self.cluster = cluster
+        keys = cluster.keys(ADMIN)
         self.clients: dict[str, KVClient] = {
-            n: KVClient({n: a}, timeout=timeout, attempt_timeout=timeout)
+            n: KVClient({n: a}, timeout=timeout, attempt_timeout=timeout, keys=keys)
             for n, a in cluster.client_addr.items()
         }
 
@@ -215,6 +250,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--json", action="store_true", help="once ready, print the cluster as one JSON line"
     )
+    up.add_argument(
+        "--no-curve", action="store_true", help="no CURVE keys (traffic unauthenticated)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -225,7 +263,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="orbital-cluster-"))
     spec = ClusterSpec(
-        nodes=tuple(f"n{i + 1}" for i in range(args.nodes)), toxiproxy=not args.no_toxiproxy
+        nodes=tuple(f"n{i + 1}" for i in range(args.nodes)),
+        toxiproxy=not args.no_toxiproxy,
+        curve=not args.no_curve,
     )
     try:
         with LocalCluster(spec, workdir) as cluster:
@@ -253,6 +293,7 @@ def _serve(cluster: LocalCluster, as_json: bool) -> int:
     }
     info = {
         "config": str(cluster.config_path),
+        "keys": str(cluster.keys_dir) if spec.curve else None,
         "nodes": nodes,
         "toxiproxy_pid": None if cluster.server is None else cluster.server.pid,
         "leader": found[0],
@@ -264,6 +305,8 @@ def _serve(cluster: LocalCluster, as_json: bool) -> int:
         print(f"cluster file: {cluster.config_path}")
         for n, d in nodes.items():
             print(f"  {n}: raft {d['raft']}  client {d['client']}  metrics {d['metrics']}")
+        if spec.curve:
+            print(f"keys: {cluster.keys_dir} (CURVE on every socket)")
         print(f"leader: {found[0]} (term {found[1]}) after {found[2]:.3f}s")
         print(f"try: orbital kv --config {cluster.config_path} put x 1")
         print("Ctrl-C stops the cluster", flush=True)

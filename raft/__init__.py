@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from raft.core.types import ConfChange, ConfChangeType, LogEntry, NodeId, Snapshot
     from raft.kv import KVStore, StateMachine
     from raft.node import NodeStopped, OutcomeUnknown, ProposalLost, RaftNode, ReadFailed
+    from raft.security import ClientKeys, KeyFileError, KeyPair, NodeKeys, load_key_pair
     from raft.sessions import Sessions
     from raft.storage import FileStorage, MemoryStorage, Storage, StorageCorrupted, StorageError
     from raft.transport import MemoryNetwork, MemoryTransport, Transport, ZmqTransport
@@ -65,22 +66,32 @@ _WHERE = {
     "Rejected": "raft.client",
     "CasMismatch": "raft.client",
     "Unknown": "raft.client",
+    # CURVE keys (docs/library.md, section 4)
+    "KeyPair": "raft.security",
+    "NodeKeys": "raft.security",
+    "ClientKeys": "raft.security",
+    "KeyFileError": "raft.security",
+    "load_key_pair": "raft.security",
 }
 
 __all__ = [
     "CasMismatch",
     "ClientError",
+    "ClientKeys",
     "ConfChange",
     "ConfChangeError",
     "ConfChangeType",
     "FileStorage",
     "KVClient",
     "KVStore",
+    "KeyFileError",
+    "KeyPair",
     "LogEntry",
     "MemoryNetwork",
     "MemoryStorage",
     "MemoryTransport",
     "NodeId",
+    "NodeKeys",
     "NodeStopped",
     "NotLeader",
     "OutcomeUnknown",
@@ -102,6 +113,7 @@ __all__ = [
     "Unknown",
     "ZmqTransport",
     "__version__",
+    "load_key_pair",
 ]
 
 

@@ -23,6 +23,12 @@ retries be definite. The outcome of an operation is one of:
 * :class:`Unknown` — the deadline passed after a request may have reached a node: it may take
   effect later, or never — a history ``info``.
 
+With :class:`~raft.security.ClientKeys` every connection speaks CURVE: the client proves its
+key (a client key, or an admin key for ``transfer`` and membership changes) and checks each
+node's public key. ``orbital kv --key FILE`` names the secret key file (default: the
+``ORBITAL_KEY`` environment variable, else ``keys/admin.key_secret`` next to the cluster file
+for admin operations and ``keys/client.key_secret`` for the others).
+
 All clients of a process share one ZeroMQ context (one I/O thread), so a process running many
 clients (a benchmark, a chaos run's workers) does not run two threads per client. Replies are
 read by a :class:`~raft.transport.ZmqReader` (a descriptor callback, NOBLOCK receives) and
@@ -36,13 +42,17 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Self
 
 import zmq
 
+from raft import netaddr
+from raft.security import ClientKeys, KeyFileError, load_key_pair
 from raft.transport import ZmqReader
 
 __all__ = [
@@ -113,9 +123,11 @@ class RaftClient:
         client_id: str | None = None,
         timeout: float = 5.0,
         attempt_timeout: float = ATTEMPT_TIMEOUT_S,
+        keys: ClientKeys | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("no nodes to talk to")
+        self.keys = keys
         self.nodes = dict(sorted(nodes.items()))
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self.timeout = timeout
@@ -244,7 +256,7 @@ class RaftClient:
     def _socket(self, node: str) -> _Connection:
         conn = self._socks.get(node)
         if conn is None:
-            conn = self._socks[node] = _Connection(self._ctx, self.nodes[node])
+            conn = self._socks[node] = _Connection(self._ctx, self.nodes[node], node, self.keys)
         conn.reader.start()
         return conn
 
@@ -286,13 +298,23 @@ def _result(reply: dict[str, Any]) -> bytes:
 class _Connection:
     """One DEALER to one node; the reply to the request in flight resolves its future."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        address: str,
+        node: str,
+        keys: ClientKeys | None,
+    ) -> None:
         sock = self.sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
-        sock.connect(f"tcp://{address}")
+        if netaddr.is_ipv6(address):
+            sock.setsockopt(zmq.IPV6, 1)
+        if keys is not None:
+            keys.apply(sock, node)
+        sock.connect(netaddr.endpoint(address))
         self.reader = ZmqReader(sock, self._received, burst=16)
         #: the request awaiting its reply: (id, future)
         self.waiting: tuple[int, asyncio.Future[dict[str, Any]]] | None = None
@@ -359,6 +381,16 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default if default is argparse.SUPPRESS else False,
         help="print the result as JSON",
     )
+    parser.add_argument(
+        "--key",
+        dest="key_file",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help="secret key file, for a cluster with keys (default: $ORBITAL_KEY, else"
+        " keys/admin.key_secret next to the cluster file for transfer/add/remove and"
+        " keys/client.key_secret for the others)",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -417,8 +449,11 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
     try:
-        cfg, _ = load_config(args.config)
-    except ConfigError as exc:
+        cfg, base = load_config(args.config)
+        keys = None
+        if cfg.secure:
+            keys = cfg.client_keys(load_key_pair(_key_path(args, base)))
+    except (ConfigError, KeyFileError) as exc:
         print(f"orbital kv: {exc}", file=sys.stderr)
         return 2
     if node is not None and args.action != "transfer" and node not in cfg.nodes:
@@ -426,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     nodes = {n: c.client for n, c in cfg.nodes.items()}
     try:
-        out = asyncio.run(_run_action(args, nodes))
+        out = asyncio.run(_run_action(args, nodes, keys))
     except Unknown as exc:
         _fail(args, "unknown", exc)
         return 3
@@ -488,8 +523,22 @@ def status_table(statuses: list[dict[str, Any]]) -> str:
     )
 
 
-async def _run_action(args: argparse.Namespace, nodes: dict[str, str]) -> Any:
-    async with KVClient(nodes, timeout=args.timeout) as c:
+def _key_path(args: argparse.Namespace, base: Path) -> Path:
+    if args.key_file is not None:
+        return Path(args.key_file)
+    env = os.environ.get("ORBITAL_KEY")
+    if env:
+        return Path(env)
+    admin = base / "keys" / "admin.key_secret"
+    if args.action in ("transfer", "add", "remove") and admin.exists():
+        return admin
+    return base / "keys" / "client.key_secret"
+
+
+async def _run_action(
+    args: argparse.Namespace, nodes: dict[str, str], keys: ClientKeys | None
+) -> Any:
+    async with KVClient(nodes, timeout=args.timeout, keys=keys) as c:
         a = args.action
         if a == "get":
             return {

@@ -85,7 +85,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +210,8 @@ class RaftNode(Generic[SM]):
 
     ``timeline``: a callback for each event line (``[t=0.150s] n1: ...``); by default events
     go to :mod:`logging`. ``metrics_address``: serve Prometheus metrics there while running.
+    ``roster``: every node that may ever be a member (the guard's roster, see
+    :mod:`raft.core.guard`; ``None`` turns its sender rule off).
     """
 
     def __init__(
@@ -230,6 +232,7 @@ class RaftNode(Generic[SM]):
         roles_path: Path | None = None,
         persist_inline_bytes: int = PERSIST_INLINE_BYTES,
         metrics_address: str | None = None,
+        roster: Iterable[str] | None = None,
     ) -> None:
         self.id = NodeId(node_id)
         self._inline_bytes = persist_inline_bytes
@@ -277,6 +280,8 @@ class RaftNode(Generic[SM]):
 
             self.metrics = NodeMetrics(self)
         self.core = self._load(peers, config or DEFAULT_CONFIG, seed)
+        if roster is not None:  # every node that may ever be a member (raft.core.guard)
+            self.core.guard.roster = frozenset(NodeId(n) for n in roster)
         self._record_role()
 
     def _load(self, peers: list[str], config: RaftConfig, seed: int | None) -> RaftCore:
@@ -488,6 +493,7 @@ class RaftNode(Generic[SM]):
             "snapshot_index": log.snap_index,
             "voters": sorted(conf.voters),
             "learners": sorted(conf.learners),
+            "refused": dict(core.guard.refused),
             # leader only: how far each peer's log is known to reach, and what it lacks
             "peers": {
                 p: {"match": pr.match, "lag": max(0, log.last_index() - pr.match)}

@@ -34,15 +34,32 @@ Cluster file::
     lease_read = false           # serve reads on a leader lease (no heartbeat round): safe
     lease_drift = 0.1            #   only while clock rates differ by at most this fraction
 
+    [security]                   # CURVE keys (orbital keys init writes all of this)
+    client_keys = ["Z85..."]     # public keys of clients: get, put, cas, status
+    admin_keys = ["Z85..."]      # public keys of admins: also membership and transfer
+    insecure = false             # true: no keys, and yet addresses beyond loopback
+
     [nodes.n1]
-    raft = "127.0.0.1:7001"      # the node's ROUTER for Raft messages
-    client = "127.0.0.1:8001"    # the node's ROUTER for clients
-    metrics = "127.0.0.1:9101"   # optional: Prometheus metrics over HTTP
+    raft = "10.0.0.1:7001"       # the node's ROUTER for Raft messages (IPv4, or [IPv6])
+    client = "10.0.0.1:8001"     # the node's ROUTER for clients
+    listen = "0.0.0.0"           # optional: bind those ports on this address instead
+    metrics = "127.0.0.1:9101"   # optional: Prometheus metrics over HTTP (no keys: keep
+                                 # it on loopback or a management network)
+    public_key = "Z85..."        # n1's public key (every node has one, or none has)
+    secret_key_file = "keys/n1.key_secret"   # the default; only n1's machine needs it
     [nodes.n1.peers]             # optional: where n1 reaches its peers (Toxiproxy proxies)
     n2 = "127.0.0.1:9012"
 
     [nodes.n4]
     initial = false              # not in the bootstrap configuration: joins by membership change
+
+Keys: with public keys listed, every socket speaks CURVE (:mod:`raft.security`): nodes admit
+only node keys on their Raft port (and a message only from the node its key belongs to), and
+only client and admin keys on their client port; ``transfer`` and ``membership`` need an
+admin key (``forbidden`` otherwise). Without keys, every address must be loopback unless
+``insecure = true``; nothing is then authenticated and every client may do everything. The
+guard's roster (``raft.core.guard``) is the file's nodes: every node that may ever be a
+member must be listed (``initial = false`` for those that join later).
 
 Client protocol (one JSON object per ZeroMQ frame, DEALER to the node's client ROUTER)::
 
@@ -59,8 +76,9 @@ submit and query), or ``"ok": false`` with an
 ``error`` code. Definite rejections (the command did not and will not take effect):
 ``not_leader`` (with ``leader`` and ``leader_client`` when known), ``busy`` (back-pressure),
 ``lost`` (overwritten by another leader), ``mismatch`` (cas; ``value`` is the current value),
-``stale``, ``read_failed``, ``bad_request``, ``refused`` (membership), ``failed`` (the state
-machine's ``query`` raised). Indefinite:
+``stale``, ``read_failed``, ``bad_request``, ``refused`` (membership), ``forbidden`` (an
+admin operation with a client key), ``failed`` (the state machine's ``query`` raised).
+Indefinite:
 ``unknown`` (timed out or covered by a snapshot: it may take effect).
 
 Admission control: at most ``max_in_flight`` requests are being worked on at once. Beyond
@@ -101,16 +119,30 @@ from typing import Any, Literal, TypeVar
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raft import netaddr
 from raft.core.errors import ConfChangeError, NotLeader, ProposalDropped, RaftError
 from raft.core.raft import RaftConfig
 from raft.core.types import ConfChange, ConfChangeType, NodeId
 from raft.kv import Cas, KVStore, Write, decode_result, encode_command
 from raft.node import NodeStopped, OutcomeUnknown, ProposalLost, RaftNode, ReadFailed
+from raft.security import (
+    ADMIN,
+    CLIENT,
+    ClientKeys,
+    GuardedServer,
+    KeyFileError,
+    KeyPair,
+    NodeKeys,
+    ServerCurve,
+    guard_server,
+    load_key_pair,
+    parse_public_key,
+)
 from raft.sessions import SessionError, Sessions
 from raft.sessions import decode_result as decode_session_result
 from raft.sessions import encode_command as encode_session_command
 from raft.storage import FileStorage, StorageError
-from raft.transport import ZmqReader, ZmqTransport
+from raft.transport import ZmqReader, ZmqTransport, check_bind
 
 __all__ = [
     "ClusterConfig",
@@ -140,11 +172,31 @@ REPLY_HWM = 100_000
 
 
 # ==== the cluster file ========================================================================
-def _check_loopback(addr: str) -> str:
-    host, sep, port = addr.rpartition(":")
-    if not sep or host != "127.0.0.1" or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"must be 127.0.0.1:PORT, got {addr!r}")
-    return addr
+#: operations only an admin key may ask for
+ADMIN_OPS = frozenset({"transfer", "membership"})
+
+
+def _public_key(v: str) -> str:
+    try:
+        parse_public_key(v)
+    except KeyFileError as exc:
+        raise ValueError(str(exc)) from None
+    return v
+
+
+class SecurityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    client_keys: list[str] = []
+    admin_keys: list[str] = []
+    #: no keys, and yet addresses beyond loopback: traffic readable and forgeable by anyone
+    #: on the network (the file must say so in so many words)
+    insecure: bool = False
+
+    @field_validator("client_keys", "admin_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        return [_public_key(k) for k in v]
 
 
 class NodeConfig(BaseModel):
@@ -152,27 +204,54 @@ class NodeConfig(BaseModel):
 
     raft: str
     client: str
+    #: bind the raft and client ports on this IP instead (e.g. "0.0.0.0", "::": every
+    #: interface); others still dial ``raft`` and ``client``
+    listen: str | None = None
     peers: dict[str, str] = {}
     data_dir: str | None = None
     initial: bool = True
     metrics: str | None = None
+    public_key: str | None = None
+    secret_key_file: str | None = None
 
     @field_validator("raft", "client")
     @classmethod
-    def _loopback(cls, v: str) -> str:
-        return _check_loopback(v)
+    def _own(cls, v: str) -> str:
+        return netaddr.validate(v, bind=True)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            netaddr.validate(_with_port(v, 1), bind=True)
+        return v
 
     @field_validator("metrics")
     @classmethod
-    def _metrics_loopback(cls, v: str | None) -> str | None:
-        return None if v is None else _check_loopback(v)
+    def _metrics(cls, v: str | None) -> str | None:
+        return None if v is None else netaddr.validate(v, bind=True)
 
     @field_validator("peers")
     @classmethod
-    def _peer_loopback(cls, v: dict[str, str]) -> dict[str, str]:
+    def _peer_addresses(cls, v: dict[str, str]) -> dict[str, str]:
         for addr in v.values():
-            _check_loopback(addr)
+            netaddr.validate(addr, bind=False)
         return v
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        return None if v is None else _public_key(v)
+
+    def bind_address(self, address: str) -> str:
+        """Where this node binds the port of ``address`` (its ``listen`` host, if any)."""
+        if self.listen is None:
+            return address
+        return _with_port(self.listen, netaddr.split(address)[1])
+
+
+def _with_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ClusterConfig(BaseModel):
@@ -188,6 +267,7 @@ class ClusterConfig(BaseModel):
     max_uncommitted: int = Field(default=20_000, ge=1)
     lease_read: bool = False  # reads on a leader lease: safe only within lease_drift
     lease_drift: float = Field(default=0.1, ge=0, lt=1)
+    security: SecurityConfig = SecurityConfig()
     nodes: dict[str, NodeConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -200,9 +280,49 @@ class ClusterConfig(BaseModel):
                 raise ValueError(f"nodes.{nid}.peers: unknown node(s) {unknown}")
         if not any(n.initial for n in self.nodes.values()):
             raise ValueError("nodes: at least one node must have initial = true")
+        self._check_keys()
+        if not self.secure and not self.security.insecure:
+            self._check_loopback()
         return self
 
+    def _check_keys(self) -> None:
+        keyed = [n for n, c in self.nodes.items() if c.public_key is not None]
+        if keyed and len(keyed) != len(self.nodes):
+            missing = sorted(set(self.nodes) - set(keyed))
+            raise ValueError(
+                f"nodes: every node needs a public_key once one has; {missing} lack it"
+            )
+        sec = self.security
+        if not keyed and (sec.client_keys or sec.admin_keys):
+            raise ValueError("security: client or admin keys, but no node has a public_key")
+        every = [c.public_key for c in self.nodes.values()] + sec.client_keys + sec.admin_keys
+        if keyed and len(set(every)) != len(every):
+            raise ValueError("security: a public key is listed twice (each key has one role)")
+        if keyed and sec.insecure:
+            raise ValueError("security.insecure: a cluster with keys is not insecure")
+
+    def _check_loopback(self) -> None:
+        for nid, node in self.nodes.items():
+            addresses = [("raft", node.raft), ("client", node.client)]
+            addresses += [(f"peers.{p}", a) for p, a in node.peers.items()]
+            if node.listen is not None:
+                addresses.append(("listen", node.bind_address(node.raft)))
+            if node.metrics is not None:
+                addresses.append(("metrics", node.metrics))
+            for name, addr in addresses:
+                if not netaddr.is_loopback(addr):
+                    raise ValueError(
+                        f"nodes.{nid}.{name}: {addr} is not loopback, and this cluster has no"
+                        " keys: anyone on that network could read and forge its traffic"
+                        " (give every node a public_key, or set security.insecure = true)"
+                    )
+
     # -- derived ------------------------------------------------------------------------------
+    @property
+    def secure(self) -> bool:
+        """Every socket speaks CURVE (the nodes have keys)."""
+        return any(c.public_key is not None for c in self.nodes.values())
+
     def initial_voters(self) -> list[str]:
         return sorted(n for n, c in self.nodes.items() if c.initial)
 
@@ -223,6 +343,40 @@ class ClusterConfig(BaseModel):
             lease_read=self.lease_read,
             lease_drift=self.lease_drift,
         )
+
+    def public_keys(self) -> dict[str, bytes]:
+        """Every node's public key, by id (empty without keys)."""
+        return {
+            n: parse_public_key(c.public_key)
+            for n, c in sorted(self.nodes.items())
+            if c.public_key is not None
+        }
+
+    def secret_key_path(self, node_id: str, base: Path) -> Path:
+        own = self.nodes[node_id].secret_key_file
+        return base / (own if own is not None else os.path.join("keys", f"{node_id}.key_secret"))
+
+    def node_keys(self, node_id: str, base: Path) -> NodeKeys | None:
+        """``node_id``'s keys (None without keys); ``KeyFileError`` if its secret key file is
+        missing, too widely readable, or not the pair of its public key in the file."""
+        if not self.secure:
+            return None
+        path = self.secret_key_path(node_id, base)
+        pair = load_key_pair(path)
+        public = self.public_keys()
+        if pair.public != public[node_id]:
+            raise KeyFileError(f"{path} is not the key pair of {node_id}'s public_key")
+        return NodeKeys(pair, public)
+
+    def client_curve(self, pair: KeyPair) -> ServerCurve:
+        """A node's client port: its own key pair; client and admin keys may connect."""
+        allowed = {k.encode(): CLIENT for k in self.security.client_keys}
+        allowed.update({k.encode(): ADMIN for k in self.security.admin_keys})
+        return ServerCurve(pair, allowed)
+
+    def client_keys(self, pair: KeyPair) -> ClientKeys:
+        """What a client holding ``pair`` needs to reach every node."""
+        return ClientKeys(pair, self.public_keys())
 
 
 class ConfigError(ValueError):
@@ -282,13 +436,17 @@ class ClientServer:
         address: str,
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
+        curve: ServerCurve | None = None,
+        insecure: bool = False,
     ) -> None:
+        check_bind(address, secure=curve is not None, insecure=insecure)
         self.node = node
         self.cfg = cfg
         #: a user's state machine in Sessions (submit/query); None: the KV store (get/put/cas)
         sm = getattr(node, "sm", None)
         self.sessions: Sessions[Any] | None = sm if isinstance(sm, Sessions) else None
         self.max_in_flight = max_in_flight
+        self._secure = curve is not None
         self.in_flight = 0
         self.refused = 0  #: requests answered "busy" by admission control
         self._closed = False
@@ -299,15 +457,28 @@ class ClientServer:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self._sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
-        self._sock.bind(f"tcp://{address}")
-        # writes are queued with the node during a burst and stepped together at its end
-        self._reader = ZmqReader(
-            self._sock, self._on_frames, burst=SERVE_BURST, on_burst_end=node.kick
-        )
         self._tasks: set[asyncio.Task[None]] = set()
         #: writes in flight -> their deadline (loop time), oldest first
         self._writes: dict[asyncio.Future[bytes], float] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._guard: GuardedServer | None = None
+        if curve is not None:
+            self._guard = guard_server(self._ctx, self._sock, curve, f"client/{node.id}")
+        if netaddr.is_ipv6(address):
+            self._sock.setsockopt(zmq.IPV6, 1)
+        try:
+            self._sock.bind(netaddr.endpoint(address))
+        except zmq.ZMQError:
+            self.close()
+            raise
+        # writes are queued with the node during a burst and stepped together at its end
+        self._reader = ZmqReader(
+            self._sock,
+            self._on_frames,
+            burst=SERVE_BURST,
+            on_burst_end=node.kick,
+            authenticated=curve is not None,
+        )
         self._ok_tail = f', "node": {json.dumps(node.id)}}}'.encode()
 
     async def serve(self) -> None:
@@ -318,12 +489,21 @@ class ClientServer:
         finally:
             self._reader.stop()
 
-    def _on_frames(self, parts: list[bytes]) -> None:
-        if len(parts) == 2:
-            self._admit(parts[0], parts[1])
+    @property
+    def refused_connections(self) -> int:
+        """Connections to the client port refused for their keys or their handshake."""
+        return 0 if self._guard is None else self._guard.refused
 
-    def _admit(self, ident: bytes, frame: bytes) -> None:
-        """Refuse (``busy``), reject (``bad_request``), or start working on one request."""
+    def _on_frames(self, parts: list[bytes]) -> None:
+        role = ADMIN.encode()  # without keys nothing tells clients apart: all may do all
+        if self._secure:
+            role, parts = parts[0], parts[1:]
+        if len(parts) == 2:
+            self._admit(parts[0], parts[1], role == b"admin")
+
+    def _admit(self, ident: bytes, frame: bytes, admin: bool = True) -> None:
+        """Refuse (``busy``), reject (``bad_request``, ``forbidden``), or start working on one
+        request."""
         if self.in_flight >= self.max_in_flight:
             self.refused += 1
             busy = {"ok": False, "error": "busy", "message": "too many requests in flight"}
@@ -336,6 +516,10 @@ class ClientServer:
             loc = ".".join(str(x) for x in err["loc"])
             bad = {"ok": False, "error": "bad_request", "message": f"{loc}: {err['msg']}"}
             self._send(ident, None, bad)
+            return
+        if req.op in ADMIN_OPS and not admin:
+            message = f"{req.op} needs an admin key; this connection holds a client key"
+            self._send(ident, req.id, {"ok": False, "error": "forbidden", "message": message})
             return
         self.in_flight += 1
         if req.op in ("put", "cas", "submit"):
@@ -477,7 +661,10 @@ class ClientServer:
 
     async def _dispatch(self, req: Request) -> dict[str, Any]:
         if req.op == "status":  # clock_s: this process's monotonic clock, as it reads it
-            return {"ok": True, "value": {**self.node.status(), "clock_s": time.monotonic()}}
+            status = {**self.node.status(), "clock_s": time.monotonic()}
+            transport = getattr(self.node.transport, "refused_connections", 0)
+            status["refused_connections"] = {"raft": transport, "client": self.refused_connections}
+            return {"ok": True, "value": status}
         if req.op == "get":
             if self.sessions is not None:
                 raise ValueError(f"op 'get': this node runs {self._sm_name()}: use query")
@@ -514,12 +701,15 @@ class ClientServer:
 
     def close(self) -> None:
         self._closed = True
-        self._reader.stop()
+        if hasattr(self, "_reader"):
+            self._reader.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for t in self._tasks:
             t.cancel()
         self._sock.close(linger=0)
+        if self._guard is not None:  # after the socket: never a CURVE socket without ZAP
+            self._guard.close()
         self._ctx.term()
 
 
@@ -680,6 +870,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(serve_node(cfg, base, args, sm, metrics))
+    except KeyFileError as exc:
+        print(f"orbital node {args.id}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, zmq.ZMQError, RaftError, StorageError) as exc:
         print(f"orbital node {args.id}: {exc}", file=sys.stderr)
         return 1
@@ -695,9 +888,22 @@ async def serve_node(
 ) -> None:
     node_id: str = args.id
     me = cfg.nodes[node_id]
+    keys = cfg.node_keys(node_id, base)  # before anything is opened: a bad key file exits 2
     data_dir = node_data_dir(cfg, base, node_id)
     storage = FileStorage(data_dir)
-    transport = ZmqTransport(NodeId(node_id), cfg.cluster_id, me.raft, cfg.peer_addresses(node_id))
+    insecure = cfg.security.insecure
+    try:
+        transport = ZmqTransport(
+            NodeId(node_id),
+            cfg.cluster_id,
+            me.bind_address(me.raft),
+            cfg.peer_addresses(node_id),
+            keys=keys,
+            insecure=insecure,
+        )
+    except BaseException:
+        storage.close()
+        raise
     try:
         node = RaftNode(
             node_id,
@@ -710,9 +916,11 @@ async def serve_node(
             seed=args.seed,
             record_clock=system_monotonic_ns,
             roles_path=Path(args.roles) if args.roles else data_dir / "roles.jsonl",
+            roster=cfg.nodes,
             metrics_address=metrics,
         )
-        server = ClientServer(node, cfg, me.client)
+        curve = None if keys is None else cfg.client_curve(keys.pair)
+        server = ClientServer(node, cfg, me.bind_address(me.client), curve=curve, insecure=insecure)
     except BaseException:
         transport.close()
         storage.close()

@@ -77,9 +77,13 @@ class WireMeta(_Wire):
     conf: WireConf
 
 
+#: longest node id a frame may carry (a node id is a short name; a megabyte of one is not)
+MAX_NODE_ID = 256
+
+
 class _WireMsg(_Wire):
-    src: str
-    dst: str
+    src: str = Field(max_length=MAX_NODE_ID)
+    dst: str = Field(max_length=MAX_NODE_ID)
     term: int = Field(ge=0)
 
 

@@ -117,5 +117,14 @@ PY
       say "chromium is not installed: the report rendering test will be skipped"
     fi
   fi
+  if ! command -v ip >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing Debian's iproute2 for the network-namespace cluster test"
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+    else
+      say "ip (iproute2) is not installed: the network-namespace test will be skipped"
+    fi
+  fi
 fi
 say "ready: $root/.venv/bin/orbital"

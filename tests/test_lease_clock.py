@@ -20,7 +20,7 @@ import pytest
 from harness.checker.linearizable import CheckResult, check_history
 from harness.cluster import ClusterSpec, LocalCluster
 from harness.history import HistoryWriter, read_history
-from raft.client import KVClient, KVError
+from raft.client import KVError
 
 pytestmark = [
     pytest.mark.integration,
@@ -39,8 +39,8 @@ async def scenario(cluster: LocalCluster, history: HistoryWriter, *, strobe: boo
     others = [n for n in NODES if n != old]
     addrs = cluster.client_addresses()
     async with (
-        KVClient(addrs, timeout=10.0) as writer,
-        KVClient({old: addrs[old]}, timeout=3.0) as reader,
+        cluster.kv_client(addrs, timeout=10.0) as writer,
+        cluster.kv_client({old: addrs[old]}, timeout=3.0) as reader,
     ):
         history.invoke(0, "write", "x", 1)
         await writer.put("x", 1)
@@ -54,7 +54,7 @@ async def scenario(cluster: LocalCluster, history: HistoryWriter, *, strobe: boo
         for other in others:
             cluster.cut(old, other)
             cluster.cut(other, old)
-        async with KVClient({n: addrs[n] for n in others}, timeout=10.0) as majority:
+        async with cluster.kv_client({n: addrs[n] for n in others}, timeout=10.0) as majority:
             history.invoke(1, "write", "x", 2)
             await majority.put("x", 2)  # a new leader among the others
             history.complete(1, "ok", node=majority.last_node)

@@ -162,6 +162,9 @@ class FakeCluster:
     def heal(self) -> None:
         self.calls.append(("heal",))
 
+    def keys(self, role: str = "client") -> None:
+        return None  # no CURVE keys
+
 
 def run_executor(cluster: FakeCluster, sc: Scenario, duration: float, **kw: Any) -> NemesisExecutor:
     ex = NemesisExecutor(cluster, make_schedule(sc, 1, duration), **kw)  # type: ignore[arg-type]

@@ -221,5 +221,6 @@ def test_the_declaration_check_has_teeth() -> None:
 
 def test_the_library_alone_needs_no_framework_package() -> None:
     base, _ = _declared()
-    assert base == {"pydantic", "pyzmq", "google-crc32c", "prometheus-client"}
+    # tomli-w: ``orbital keys init`` writes a deployment's cluster file
+    assert base == {"pydantic", "pyzmq", "google-crc32c", "prometheus-client", "tomli-w"}
     assert not _imports("raft") & {"psutil", "rich", "matplotlib", "requests", "toxiproxy"}

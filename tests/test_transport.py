@@ -188,9 +188,24 @@ def test_zmq_drops_bad_frames_and_keeps_serving() -> None:
     asyncio.run(main())
 
 
-def test_bind_only_loopback() -> None:
-    with pytest.raises(ValueError, match=r"127\.0\.0\.1"):
-        ZmqTransport(A, "c1", "0.0.0.0:0", {})
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "10.1.2.3:0", "[::]:0", "[fd00::1]:0"])
+def test_without_keys_only_loopback_is_bound(address: str) -> None:
+    """No keys: a non-loopback address would expose unauthenticated traffic to the network."""
+    with pytest.raises(ValueError, match="without CURVE keys"):
+        ZmqTransport(A, "c1", address, {})
+
+
+@pytest.mark.integration
+def test_without_keys_loopback_ipv6_and_insecure_wildcard_bind() -> None:
+    """[::1] is loopback; 0.0.0.0 binds when the caller says insecure=True in so many words."""
+    for address, insecure in (("[::1]:0", False), ("0.0.0.0:0", True)):
+        t = ZmqTransport(A, "c1", address, {}, insecure=insecure)
+        try:
+            host, port = t.address.rsplit(":", 1)
+            assert host == address.rsplit(":", 1)[0]
+            assert int(port) > 0
+        finally:
+            t.close()
 
 
 @given(messages)

@@ -15,7 +15,10 @@ seeded runs:
 * current-term commit — a leader moves its commit index only onto an entry of its own term
   (§5.4.2; counting replicas of an older entry is what Figure 8 shows to be unsafe);
 * commit index monotonic — within a node's life, ``committed`` never goes back;
-* durability — every acknowledged command stays at its index (also across crashes).
+* durability — every acknowledged command stays at its index (also across crashes);
+* guard — no node's guard (``raft.core.guard``) refuses a message: every simulated node is
+  correct, so a refusal is a rule that would cost a real cluster a correct message (checked
+  by the world, which sees the core's events).
 
 The world (:mod:`harness.sim.world`) adds checks that need what it alone can see:
 

@@ -286,6 +286,9 @@ class World:
             for n in self.nodes:
                 n.applied_log = {}
         self.initial_conf = ConfState(frozenset(NodeId(n) for n in names[: cfg.nodes]))
+        #: every node of the run, spares included: the guard's roster (raft.core.guard), as
+        #: a real node's is its cluster file's nodes
+        self.roster = frozenset(n.name for n in self.nodes)
         self.blocked: set[tuple[str, str]] = set()
         self.drop_p = 0.0
         self.dup_p = 0.0
@@ -416,6 +419,14 @@ class World:
         if self._digest is not None:
             self._digest.update(f"{self.now} {text}\n".encode())
 
+    def _core_event(self, name: str, text: str) -> None:
+        self.log(f"{name}: {text}")
+        if text.startswith("refused "):
+            # Every node here is correct: a message its guard refuses (raft.core.guard) is a
+            # rule that would cost a real cluster a correct message (the guard logs the first
+            # refusal of each kind, so none goes unseen).
+            self.inv.fail("guard_refused", f"{name} {text}")
+
     def trace_digest(self) -> str:
         assert self._digest is not None, "World(digest=True) to compute a digest"
         return self._digest.hexdigest()
@@ -523,8 +534,9 @@ class World:
             hard_state=disk.load_state(),
             snapshot=snap,
             entries=entries,
-            log=lambda text: self.log(f"{name}: {text}"),
+            log=lambda text: self._core_event(name, text),
         )
+        node.core.guard.roster = self.roster
         node.last_commit = node.core.log.committed
         self._rebuild_chains(node, snap, entries)
         if self.clients is not None:

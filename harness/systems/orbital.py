@@ -8,6 +8,11 @@ and metrics address, its data directory, and, per peer, the address it dials (th
 that directed link: ``peer_addressing = "per-link"``). The node appends its role changes to
 ``nodes/<id>/roles.jsonl`` (raw ``CLOCK_MONOTONIC``; the runner rewrites them in run time).
 
+Every socket speaks CURVE unless ``curve = false``: :meth:`OrbitalSystem.prepare` makes a key
+pair per node and a client and an admin pair in ``keys/`` (secret keys 0600) and lists the
+public keys in the cluster file; every client this system makes holds its role's keys
+(:meth:`OrbitalSystem.kv_client`: ``admin`` for status, transfers and membership changes).
+
 The client (:class:`OrbitalClient`) is a :class:`~raft.client.KVClient` with a session of its
 own (exactly once across retries), following leader hints; its outcomes map to history
 completions: a value is ``ok``, :class:`~raft.client.CasMismatch` is ``fail`` with
@@ -47,6 +52,8 @@ from harness.system import (
 )
 from harness.workload import client_id
 from raft.client import CasMismatch, KVClient, KVError, Rejected, Unknown
+from raft.security import ADMIN, ClientKeys, KeyPair, create_key_pair, load_key_pair
+from raft.security import CLIENT as CLIENT_KEY
 
 #: how long an added learner may take to catch up before the change is given up
 CATCH_UP_TIMEOUT_S = 20.0
@@ -108,6 +115,7 @@ class OrbitalSystem:
         lease_read: bool = False,
         lease_drift: float = 0.1,
         seed_timeouts: bool = True,
+        curve: bool = True,
     ) -> None:
         self.settings: dict[str, Any] = {
             "cluster_id": cluster_id,
@@ -122,6 +130,12 @@ class OrbitalSystem:
         }
         #: seed each node's election-timeout RNG from the run's seed (and its position)
         self.seed_timeouts = seed_timeouts
+        #: CURVE keys on every socket (raft.security): a pair per node, a client and an admin
+        #: pair, made by :meth:`prepare` in ``keys/``
+        self.curve = curve
+        self.public_keys: dict[str, bytes] = {}
+        self._pairs: dict[str, KeyPair] = {}
+        self._nodes: tuple[str, ...] = ()
         self._status_clients: dict[tuple[asyncio.AbstractEventLoop, str], KVClient] = {}
         #: the stored state read by the last :meth:`replay`
         self.last_replay: ReplayResult | None = None
@@ -138,9 +152,30 @@ class OrbitalSystem:
     def config_path(self, cluster: ClusterView) -> Path:
         return cluster.workdir / "cluster.toml"
 
+    def keys_dir(self, cluster: ClusterView) -> Path:
+        return cluster.workdir / "keys"
+
+    def _create_keys(self, cluster: ClusterView) -> None:
+        keys_dir = self.keys_dir(cluster)
+        for name in (*cluster.all_nodes, CLIENT_KEY, ADMIN):
+            secret = keys_dir / f"{name}.key_secret"
+            pair = load_key_pair(secret) if secret.exists() else create_key_pair(keys_dir, name)
+            self._pairs[name] = pair  # (a restarted run reuses its keys)
+            self.public_keys[name] = pair.public
+
+    def keys(self, role: str = CLIENT_KEY) -> ClientKeys | None:
+        """A client's keys (``client`` or ``admin``); None without CURVE."""
+        if not self.curve or not self._pairs:
+            return None
+        return ClientKeys(self._pairs[role], {n: self.public_keys[n] for n in self._nodes})
+
     # ---- the System protocol --------------------------------------------------------------
     def prepare(self, cluster: ClusterView) -> None:
-        """Write ``cluster.toml`` (per node: its addresses, data dir, and its peers' proxies)."""
+        """Write ``cluster.toml`` (per node: its addresses, data dir, and its peers' proxies;
+        with CURVE its public key and secret key file, and the client and admin keys)."""
+        self._nodes = cluster.all_nodes
+        if self.curve:
+            self._create_keys(cluster)
         nodes: dict[str, Any] = {}
         for node in cluster.all_nodes:
             nodes[node] = {
@@ -151,7 +186,16 @@ class OrbitalSystem:
                 "initial": node in cluster.nodes,
                 "peers": {p: cluster.dial(node, p) for p in cluster.all_nodes if p != node},
             }
-        doc = {**self.settings, "nodes": nodes}
+            if self.curve:
+                nodes[node]["public_key"] = self.public_keys[node].decode()
+                secret = self.keys_dir(cluster) / f"{node}.key_secret"
+                nodes[node]["secret_key_file"] = str(secret)
+        doc: dict[str, Any] = {**self.settings, "nodes": nodes}
+        if self.curve:
+            doc["security"] = {
+                "client_keys": [self.public_keys[CLIENT_KEY].decode()],
+                "admin_keys": [self.public_keys[ADMIN].decode()],
+            }
         self.config_path(cluster).write_bytes(tomli_w.dumps(doc).encode())
 
     def command(self, node: str, cluster: ClusterView) -> NodeCommand:
@@ -175,12 +219,12 @@ class OrbitalSystem:
         return OrbitalClient(kv)
 
     def kv_client(
-        self, addresses: Mapping[str, str], *, role: str = "client", **kw: Any
+        self, addresses: Mapping[str, str], *, role: str = CLIENT_KEY, **kw: Any
     ) -> KVClient:
         """A client of the nodes at ``addresses``, as ``role`` (``client`` for the workload,
         ``admin`` for status, transfers and membership changes: the one place a client of
-        this system is made)."""
-        return KVClient(dict(addresses), **kw)
+        this system is made), holding that role's CURVE keys."""
+        return KVClient(dict(addresses), keys=self.keys(role), **kw)
 
     # ---- capabilities -----------------------------------------------------------------------
     def _status_client(self, node: str, cluster: ClusterView, timeout: float) -> KVClient:
@@ -190,7 +234,7 @@ class OrbitalSystem:
         found = self._status_clients.get((loop, node))
         if found is None:
             address = {node: cluster.listen(node, "client")}
-            found = self.kv_client(address, role="admin", timeout=timeout, attempt_timeout=timeout)
+            found = self.kv_client(address, role=ADMIN, timeout=timeout, attempt_timeout=timeout)
             self._status_clients[(loop, node)] = found
         return found
 
@@ -218,18 +262,21 @@ class OrbitalSystem:
 
     async def transfer_leader(self, leader: str, target: str, cluster: ClusterView) -> None:
         address = {leader: cluster.listen(leader, "client")}
-        async with self.kv_client(
-            address, role="admin", timeout=1.0, attempt_timeout=0.5
-        ) as client:
+        async with self.kv_client(address, role=ADMIN, timeout=1.0, attempt_timeout=0.5) as client:
             await client.transfer(target)
 
     async def _change(self, action: str, node: str, cluster: ClusterView) -> dict[str, Any]:
         members = [n for n in cluster.members if n != node or action != "add_voter"]
         addrs = {n: cluster.listen(n, "client") for n in members}
-        async with self.kv_client(addrs, role="admin", timeout=10.0) as client:
+        async with self.kv_client(addrs, role=ADMIN, timeout=10.0) as client:
             try:
                 return await client.membership(action, node)
             except KVError as exc:
+                # The client retries a request whose answer was lost; the retry of a change
+                # that did take effect is refused as already done: the outcome asked for.
+                done = "is already a member" if action.startswith("add") else "is not a member"
+                if done in str(exc):
+                    return {"already": True, "detail": str(exc)}
                 raise RuntimeError(f"membership {action} {node} refused: {exc}") from exc
 
     async def add_member(self, node: str, cluster: ClusterView) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from raft.core.errors import ConfChangeError, NotLeader, ProposalDropped, RaftUsageError
+from raft.core.guard import Guard
 from raft.core.log import RaftLog
 from raft.core.messages import (
     LEADER_MESSAGES,
@@ -236,6 +237,9 @@ class RaftCore:
         self._transfer_elapsed = 0
         self._applied_since_snapshot = 0
         self._applied_bytes_since_snapshot = 0
+        #: checks every message before step acts on it (raft.core.guard); the driver may
+        #: set ``guard.roster``
+        self.guard = Guard()
         self._reset_randomized_timeout()
         self._event(f"follower, term={self.term}")
 
@@ -297,6 +301,10 @@ class RaftCore:
             self._check_outside_ready()
         if m.dst != self.id:
             raise RaftUsageError(f"{self.id} got a message for {m.dst}")
+        refused = self.guard.check(self, m)  # peer input is hostile (raft.core.guard)
+        if refused is not None:
+            self.guard.refuse(self, m, refused)
+            return
         if m.term > self.term:
             if not self._accept_higher_term(m):
                 return
@@ -592,6 +600,8 @@ class RaftCore:
 
     # ==== elections =======================================================================
     def campaign(self, *, pre_vote: bool, transfer: bool, reason: str) -> None:
+        if not self.guard.may_campaign(self):
+            return
         if pre_vote:
             self.become_pre_candidate()
             vote_term = self.term + 1
