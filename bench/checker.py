@@ -7,7 +7,8 @@ instant of its window in a simulated register; ``-planted`` ones get a stale rea
   (valid, and planted): each within 10 s;
 * ``unique-20k``: one key, 20,000 ops, 30 processes, unique values, 1 % info: within 10 s;
 * ``small-10k`` / ``small-100k``: one key, 10,000 / 100,000 ops, values 0..4, 1 % info: within
-  1 s / 10 s;
+  1 s / 10 s; ``small-100k-planted`` (not an issue target): the same with a stale read of a
+  value written once appended, within 10 s;
 * ``big-unique`` / ``big-small``: 1,000,000 ops over 200 keys, 30 processes, 2 % info, unique
   values / values 0..4: within 30 s, under 2 GB in all processes together (this process's peak
   plus ``jobs`` times the largest worker's: an upper bound);
@@ -22,14 +23,17 @@ instant of its window in a simulated register; ``-planted`` ones get a stale rea
 
 Each generated case runs as ``orbital check`` would (:class:`harness.checker.run.Checker`,
 all cores) in a child process of its own, so that its memory is its own; ``seconds`` is reading
-+ validating + checking the file.
++ validating + checking the file (wall clock: what the targets are about), ``cpu_seconds`` the
+CPU time that took in this process and its worker processes together (what a loaded machine
+does not inflate), with the load average before and after.
 
 Porcupine's source comes from ``--porcupine-src`` (a checkout, or a bare git directory such as
 a mirror), else from the Go module cache (``go mod download``); it is copied into
 ``--cache`` (default ``~/.cache/orbital-bench``). Without Go or the source the Porcupine part
 says why and the rest still runs.
 
-Usage: ``python bench/checker.py [--cases a,b] [--porcupine-src DIR] [--no-porcupine]``
+Usage: ``python bench/checker.py [--cases a,b] [--porcupine-src DIR] [--no-porcupine]
+[--porcupine-cases small-10k,small-100k]`` (the last: Porcupine on the generated files too).
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ CASES: dict[str, dict[str, Any]] = {
     "unique-20k": BASE | {"ops": 20_000, "processes": 30, "info": 0.01, "target_s": 10},
     "small-10k": BASE | {"ops": 10_000, "values": 5, "info": 0.01, "target_s": 1},
     "small-100k": BASE | {"ops": 100_000, "values": 5, "info": 0.01, "target_s": 10},
+    "small-100k-planted": BASE
+    | {"ops": 100_000, "values": 5, "info": 0.01, "plant": True, "target_s": 10},
     "big-unique": BASE
     | {"ops": 1_000_000, "keys": 200, "processes": 30, "info": 0.02, "target_s": 30},
     "big-small": BASE
@@ -222,11 +228,15 @@ def run_case(name: str, directory: Path, seed: int) -> dict[str, Any]:
 
     spec = CASES[name]
     path, ops, info = write_case(name, directory, seed)
+    load_before = os.getloadavg()
+    cpu_self, cpu_children = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     with Checker(time_limit=120.0, jobs=0) as checker:
         t0 = time.perf_counter()
         result = checker.check_file(str(path))
         seconds = time.perf_counter() - t0
         jobs = checker.jobs
+    cpu_self = _cpu(resource.RUSAGE_SELF) - cpu_self
+    cpu_workers = _cpu(resource.RUSAGE_CHILDREN) - cpu_children  # the pool is joined by now
     this = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     bound = this + (jobs * worker if worker else 0)
@@ -243,6 +253,11 @@ def run_case(name: str, directory: Path, seed: int) -> dict[str, Any]:
         "methods": sorted({r.method for r in result.keys.values()}),
         "seconds": round(seconds, 3),
         "target_seconds": spec["target_s"],
+        "cpu_seconds": round(cpu_self + cpu_workers, 3),
+        "cpu_seconds_workers": round(cpu_workers, 3),
+        "jobs": jobs,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "peak_rss_mb_this_process": round(this, 1),
         "peak_rss_mb_largest_worker": round(worker, 1),
         "peak_rss_mb_all_processes_bound": round(bound, 1),
@@ -253,6 +268,12 @@ def run_case(name: str, directory: Path, seed: int) -> dict[str, Any]:
     if anomaly is not None:
         out["anomaly"] = {"key": anomaly.key, "kind": anomaly.kind}
     return out
+
+
+def _cpu(who: int) -> float:
+    """User + system CPU seconds of this process or of its waited-for children."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _pending(events: list[dict[str, Any]]) -> int:
@@ -630,6 +651,32 @@ def porcupine_part(cache: Path, given: Path | None) -> dict[str, Any]:
     return report
 
 
+def porcupine_cases(
+    cache: Path, given: Path | None, names: list[str], directory: Path, seed: int
+) -> dict[str, Any]:
+    """Porcupine on the generated cases' own files (its driver gives up after 60 s)."""
+    source, why = porcupine_source(cache, given)
+    binary = None
+    if source is not None:
+        binary, why = build_driver(cache, source)
+    if binary is None:
+        return {"available": False, "why": why}
+    out: dict[str, Any] = {"available": True}
+    for name in names:
+        path, _, _ = write_case(name, directory, seed)
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [str(binary), str(path)], capture_output=True, text=True, timeout=300, check=False
+        )
+        first = next((json.loads(x) for x in done.stdout.splitlines() if '"file"' in x), {})
+        out[name] = {
+            "verdict": first.get("verdict"),
+            "seconds": first.get("seconds"),
+            "process_wall_seconds": round(time.perf_counter() - t0, 3),
+        }
+    return out
+
+
 def _orbital_many(files: list[Path]) -> dict[str, Any]:
     """Check every file in ONE process, as ``orbital check FILE...`` does."""
     code = (
@@ -674,6 +721,11 @@ def main() -> int:
     parser.add_argument("--no-porcupine", action="store_true")
     parser.add_argument("--porcupine-src", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "orbital-bench")
+    parser.add_argument(
+        "--porcupine-cases",
+        default="",
+        help="also check these generated cases (comma-separated) with Porcupine, 60 s each",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -698,6 +750,11 @@ def main() -> int:
     }
     if not args.no_porcupine:
         report["porcupine_etcd"] = porcupine_part(args.cache, args.porcupine_src)
+    if args.porcupine_cases:
+        names = args.porcupine_cases.split(",")
+        report["porcupine_cases"] = porcupine_cases(
+            args.cache, args.porcupine_src, names, directory, args.seed
+        )
     print(json.dumps(report, indent=2))
     return 0
 

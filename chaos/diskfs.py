@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -62,6 +61,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -660,18 +660,23 @@ def _serve_conn(fs: DiskFS, conn: socket.socket) -> None:
             f.flush()
 
 
-#: a Unix socket path longer than this (sun_path is 108 bytes) is bound in the abstract
-#: namespace instead, under a name derived from the path
-_MAX_SOCKET_PATH = 100
+#: the longest socket path ``bind``/``connect`` take as is (``sun_path`` holds 108 bytes)
+MAX_SOCKET_PATH = 100
 
 
-def socket_address(path: Path) -> str:
-    """Where the control socket of ``path`` listens: ``path`` itself, or, if it is too long
-    for a Unix socket (a deep store directory), an abstract name derived from it."""
-    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
-        return str(path)
-    digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:24]
-    return f"\0orbital-diskfs-{digest}"
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """An address for the Unix socket at ``path`` that fits ``sun_path``: ``path`` itself, or,
+    when it is too long (a deep run directory), the same file reached through an open file
+    descriptor of its directory (``/proc/self/fd/N/name``), valid while the context lasts."""
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 class DiskControl:
@@ -686,7 +691,8 @@ class DiskControl:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(self.timeout)
             try:
-                s.connect(socket_address(self.path))
+                with socket_address(self.path) as address:
+                    s.connect(address)
                 s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
                 with s.makefile("rb") as f:
                     line = f.readline()
@@ -783,10 +789,7 @@ class DiskMount:
             if self._proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise DiskFSError(f"the disk file system exited at start:\n{tail}")
-            listening = self.control.path.exists() or socket_address(self.control.path) != str(
-                self.control.path
-            )
-            if listening and mounted(self.mountpoint):
+            if self.control.path.exists() and mounted(self.mountpoint):
                 with contextlib.suppress(DiskFSError):
                     self.control.call("ping")
                     return
@@ -872,7 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     ctl_path = args.state / "control.sock"
     ctl_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(socket_address(ctl_path))
+    with socket_address(ctl_path) as address:
+        sock.bind(address)
     sock.listen(16)
     threading.Thread(target=serve_control, args=(fs, sock), daemon=True).start()
     threading.Thread(target=_watch_parent, args=(args.mount,), daemon=True).start()

@@ -23,7 +23,8 @@ restarts each killed node on its own data directory, a pause's resumes it. A tar
 down or paused when its fault starts is left out; one still starting up (or recovering its
 storage) is killed like any other: any node, any time. A ``transfer`` asks the leader to
 transfer to each of its targets at once (the system's leader transfer; skipped, saying so,
-for a system without one). Blocking cluster calls
+for a system without one); a membership ``remove`` with a group target asks for the removal
+of each of them at once (the system's membership changes). Blocking cluster calls
 (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
 clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
@@ -339,6 +340,9 @@ class NemesisExecutor:
         if f.kind == "transfer":
             await self._transfer(f, self._resolve_targets(f))
             return
+        if f.kind == "membership" and f.params.get("target") in GROUP_TARGETS:
+            await self._removals(f, [str(n) for n in f.params["nodes"]])
+            return
         target = self._resolve_target(f)
         if f.kind == "latency":
             await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
@@ -378,6 +382,34 @@ class NemesisExecutor:
             return
         if self._on_fault is not None:
             self._on_fault("transfer", "start", {"leader": leader, "to": f.nodes})
+
+    async def _removals(self, f: AppliedFault, targets: list[str]) -> None:
+        """Ask for the removal of every target at once (each its own request, as several
+        operators might); stop the nodes removed. A Raft leader takes one change at a time:
+        the others are refused while it is uncommitted."""
+        if f.leader_before is None:
+            f.skipped = "no leader to ask"
+            return
+        f.nodes = [
+            n for n in targets if n in self.cluster.members and n not in self.cluster.retired
+        ]
+        found = await asyncio.gather(
+            *(self.cluster.remove_member(n) for n in f.nodes), return_exceptions=True
+        )
+        # (a retry whose first answer was lost, refused as already done, comes back done)
+        done = [isinstance(r, dict) for r in found]
+        removed = [n for n, ok in zip(f.nodes, done, strict=True) if ok]
+        refused = {n: str(r) for n, r, ok in zip(f.nodes, found, done, strict=True) if not ok}
+        if not removed:
+            f.skipped = "; ".join(f"{n}: {r}" for n, r in refused.items()) or "no target"
+            return
+        for node in removed:
+            self.cluster.retired.add(node)
+        alive = [n for n in removed if self.cluster.alive(n)]
+        await asyncio.gather(*(asyncio.to_thread(self.cluster.stop_node, n) for n in alive))
+        detail = {"membership": "remove", "removed": removed, "refused": refused}
+        f.params["applied"] = detail
+        self._report("membership", "start", detail)
 
     def _resolve_targets(self, f: AppliedFault) -> list[str]:
         """The nodes a kill or pause acts on (see the module docstring)."""

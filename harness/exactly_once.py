@@ -30,7 +30,8 @@ writes and cas operations 1, 2, ... (:func:`harness.workload.client_id`). Anomal
 Each anomaly names the operation (history index, process, client, seq), the log indexes and
 the nodes whose final logs hold them. ``info`` operations constrain nothing. When every
 node's log starts after a snapshot, the model starts from the newest such snapshot's image
-(sessions included) and operations it may hide are not judged. A log whose commands carry no
+(sessions included) and operations it may hide are not judged; so it does when no node holds
+any entry at all (everything compacted). A log whose commands carry no
 session of this run's clients (another system, another workload) is not applicable; an
 empty log under acknowledged writes is judged (they were all lost).
 """
@@ -148,6 +149,9 @@ def committed_log(replay: ReplayResult) -> tuple[list[LogEntry], NodeStorage | N
         counts = Counter((e.term, e.command, e.kind) for e in held)
         term, command, kind = counts.most_common(1)[0][0]
         out.append(LogEntry(index, term, command, kind))
+    if not out:  # every committed entry is compacted away: the newest snapshot holds them
+        base = max((s for s in nodes if s.snapshot_index > 0),
+                   key=lambda s: s.snapshot_index, default=None)  # fmt: skip
     return out, base
 
 

@@ -78,6 +78,8 @@ class Op(BaseModel):
     value: Value = None
     node: str | None = None
     error: str | None = None
+    client: str | None = None
+    group: str | None = None
 
     @field_validator("value", mode="before")
     @classmethod
@@ -163,10 +165,10 @@ def _op_dict(op: Op) -> dict[str, Any]:
         "key": op.key,
         "value": list(op.value) if isinstance(op.value, tuple) else op.value,
     }
-    if op.node is not None:
-        data["node"] = op.node
-    if op.error is not None:
-        data["error"] = op.error
+    for name in ("node", "error", "client", "group"):
+        x = getattr(op, name)
+        if x is not None:
+            data[name] = x
     return data
 
 
@@ -280,6 +282,8 @@ class HistoryWriter:
         node: str | None = None,
         error: str | None = None,
         time: int | None = None,
+        client: str | None = None,
+        group: str | None = None,
     ) -> Op:
         """Validate, write and flush one event; return it with its index and time."""
         with self._lock:
@@ -292,6 +296,7 @@ class HistoryWriter:
                 "f": f,
             }
             fields |= {"key": key, "value": value, "node": node, "error": error}
+            fields |= {"client": client, "group": group}
             try:
                 op = Op.model_validate(fields)
             except ValidationError as exc:
@@ -302,9 +307,21 @@ class HistoryWriter:
             self._index += 1
             return op
 
-    def invoke(self, process: int, f: OpF, key: str, value: Value = None) -> Op:
-        """Record that ``process`` starts an operation."""
-        return self.append(process=process, type="invoke", f=f, key=key, value=value)
+    def invoke(
+        self,
+        process: int,
+        f: OpF,
+        key: str,
+        value: Value = None,
+        *,
+        client: str | None = None,
+        group: str | None = None,
+    ) -> Op:
+        """Record that ``process`` starts an operation; ``client`` names the client (worker)
+        that runs the process and ``group`` where it stands (both optional, for people)."""
+        return self.append(
+            process=process, type="invoke", f=f, key=key, value=value, client=client, group=group
+        )
 
     def complete(
         self,

@@ -24,6 +24,23 @@ applicable: the run left no data for it, e.g. a system without a vote log; never
 * ``committed_entries_agree`` — every index a leader recorded as committed is held, with that
   term, by a majority of the final logs and differently by none (a node whose snapshot covers
   the index counts as holding it).
+* ``leader_completeness`` — no node ever wrote an entry at or below an index a leader
+  committed with a term greater than the committed entry's (Raft §5.4, Leader Completeness:
+  every leader holds every entry committed before it, and a leader only appends after its
+  log, so a later term at or below a committed index means a leader without that entry).
+  Judged from every node's whole WAL history (:mod:`harness.wal_history`), so an entry that
+  overwrote a committed one is caught even when a later repair left no trace in the final
+  logs.
+* ``snapshot_continuation`` — the log a node writes right after emptying it for a snapshot
+  continues that snapshot: its first entry has no term below one committed at or before the
+  snapshot point (Raft §7: a follower keeps the entries after a snapshot only if its log holds
+  the snapshot's last entry; log terms never decrease). Also from the WAL histories, so a
+  conflicting suffix kept by an InstallSnapshot and overwritten later is still seen.
+* ``one_config_change_at_a_time`` — a leader appends a configuration entry only once the one
+  before it in its log is committed (dissertation §4.1: single-server changes are safe only
+  one at a time). Judged from each leader's WAL: when it wrote a configuration entry of its
+  own term (``roles.jsonl`` says it led that term), its ``COMMIT`` records so far must reach
+  the configuration entry before it.
 * ``exactly_once`` — :mod:`harness.exactly_once`.
 
 :func:`judge_record` runs them all; the runner stores the result as ``results.json``'s
@@ -32,6 +49,7 @@ applicable: the run left no data for it, e.g. a system without a vote log; never
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,6 +57,8 @@ from typing import Any
 from harness.exactly_once import check_exactly_once
 from harness.history import Op
 from harness.replay import NodeStorage, ReplayResult
+from harness.wal_history import config_appends, fresh_starts, written_terms
+from raft.wal import StorageError
 
 #: violations kept per check in results.json (the count is always complete)
 MAX_VIOLATIONS = 20
@@ -231,6 +251,133 @@ def _committed_agree(
     return row("committed_entries_agree", not bad, saw, bad)
 
 
+def check_leader_completeness(nodes: Mapping[str, NodeStorage]) -> dict[str, Any]:
+    """``leader_completeness`` (see the module docstring)."""
+    name = "leader_completeness"
+    marks = sorted(
+        (m.index, m.term, n, m.leader_term)
+        for n, s in nodes.items()
+        for m in s.commits
+        if m.term >= 0  # -1: the entry was compacted when the decision was noted
+    )
+    if not marks:
+        return row(name, None, "no commit records in any WAL (not recorded by this system)")
+    # the lowest term committed at or above each mark's index: an entry written at index j
+    # may not carry a term above that of any entry committed at an index >= j
+    lowest = [m[1] for m in marks]
+    for k in range(len(lowest) - 2, -1, -1):
+        lowest[k] = min(lowest[k], lowest[k + 1])
+    indexes = [m[0] for m in marks]
+    bad: list[dict[str, Any]] = []
+    pairs, unread = 0, []
+    for node, s in sorted(nodes.items()):
+        try:
+            written = written_terms(s.directory)
+        except (OSError, StorageError):
+            unread.append(node)
+            continue
+        pairs += len(written)
+        for index, term in sorted(written.items()):
+            k = bisect.bisect_left(indexes, index)
+            if k < len(marks) and term > lowest[k]:
+                over = next(m for m in marks[k:] if m[1] == lowest[k])
+                bad.append({"node": node, "index": index, "term": term,
+                            "committed_index": over[0], "committed_term": over[1],
+                            "committed_by": over[2], "leader_term": over[3]})  # fmt: skip
+    saw = (
+        f"{len(marks)} commit decisions held against {pairs} (index, term) pairs the nodes "
+        "ever wrote"
+    )
+    if unread:
+        saw += f" ({', '.join(unread)}: WAL history unreadable)"
+    if bad:
+        b = bad[0]
+        saw = (
+            f"{b['node']} wrote term {b['term']} at index {b['index']}, at or below index "
+            f"{b['committed_index']} that {b['committed_by']} committed with term "
+            f"{b['committed_term']}; {saw}"
+        )
+    return row(name, not bad, saw, bad)
+
+
+def check_snapshot_continuation(nodes: Mapping[str, NodeStorage]) -> dict[str, Any]:
+    """``snapshot_continuation`` (see the module docstring)."""
+    name = "snapshot_continuation"
+    marks = sorted((m.index, m.term, n) for n, s in nodes.items() for m in s.commits if m.term >= 0)
+    if not marks:
+        return row(name, None, "no commit records in any WAL (not recorded by this system)")
+    highest = [m[1] for m in marks]  # the highest term committed at or below each mark
+    for k in range(1, len(highest)):
+        highest[k] = max(highest[k], highest[k - 1])
+    indexes = [m[0] for m in marks]
+    bad: list[dict[str, Any]] = []
+    starts, unread = 0, []
+    for node, s in sorted(nodes.items()):
+        try:
+            found = fresh_starts(s.directory)
+        except (OSError, StorageError):
+            unread.append(node)
+            continue
+        for index, term in found:
+            starts += 1
+            k = bisect.bisect_right(indexes, index - 1) - 1
+            if index > 1 and k >= 0 and term < highest[k]:
+                below = next(m for m in marks[: k + 1] if m[1] == highest[k])
+                bad.append({"node": node, "index": index, "term": term,
+                            "committed_index": below[0], "committed_term": below[1],
+                            "committed_by": below[2]})  # fmt: skip
+    if starts == 0:
+        why = "no node started its log afresh after a snapshot point"
+        return row(name, None, why + (f" ({', '.join(unread)}: unreadable)" if unread else ""))
+    saw = (
+        f"{starts} log(s) started afresh after a snapshot point, held against {len(marks)} "
+        "commit decisions"
+    )
+    if unread:
+        saw += f" ({', '.join(unread)}: WAL history unreadable)"
+    if bad:
+        b = bad[0]
+        saw = (
+            f"{b['node']} started its log at index {b['index']} with term {b['term']}, after "
+            f"index {b['committed_index']} was committed with term {b['committed_term']} by "
+            f"{b['committed_by']}; {saw}"
+        )
+    return row(name, not bad, saw, bad)
+
+
+def check_config_changes(nodes: Mapping[str, NodeStorage], roles: Roles) -> dict[str, Any]:
+    """``one_config_change_at_a_time`` (see the module docstring)."""
+    name = "one_config_change_at_a_time"
+    led = {(n, int(e["term"])) for n, es in roles.items() for e in es if e.get("role") == "leader"}
+    bad: list[dict[str, Any]] = []
+    judged, unread = 0, []
+    for node, s in sorted(nodes.items()):
+        try:
+            appends = config_appends(s.directory)
+        except (OSError, StorageError):
+            unread.append(node)
+            continue
+        for a in appends:
+            if (node, a.term) not in led or a.previous is None:
+                continue
+            judged += 1
+            if a.previous > a.committed:
+                bad.append({"node": node, "term": a.term, "index": a.index,
+                            "previous": a.previous, "committed": a.committed})  # fmt: skip
+    if judged == 0:
+        why = "no leader appended a configuration change after another one"
+        return row(name, None, why + (f" ({', '.join(unread)}: unreadable)" if unread else ""))
+    saw = f"{judged} configuration change(s) appended by leaders after an earlier one"
+    if bad:
+        b = bad[0]
+        saw = (
+            f"{b['node']} (leader of term {b['term']}) appended a configuration change at "
+            f"{b['index']} while the one at {b['previous']} was not committed (its commit "
+            f"index was {b['committed']}); {saw}"
+        )
+    return row(name, not bad, saw, bad)
+
+
 def _term_at(s: NodeStorage, index: int) -> int | None:
     """The term a node's final state gives ``index``: its log entry's, or its snapshot's if
     the snapshot ends there (None: the node does not hold it)."""
@@ -257,10 +404,14 @@ def judge_record(
     if replay is None:
         gone = "the nodes' storage could not be read"
         names = ("votes_one_per_term", "leader_votes_durable", "commit_current_term",
-                 "committed_entries_agree", "exactly_once")  # fmt: skip
+                 "committed_entries_agree", "leader_completeness", "snapshot_continuation",
+                 "one_config_change_at_a_time", "exactly_once")  # fmt: skip
         checks += [row(n, None, gone) for n in names]
     else:
         checks += check_votes(replay.nodes, roles, cluster, majority)
         checks += check_commits(replay.nodes, cluster, majority)
+        checks.append(check_leader_completeness(replay.nodes))
+        checks.append(check_snapshot_continuation(replay.nodes))
+        checks.append(check_config_changes(replay.nodes, roles))
         checks.append(check_exactly_once(replay, history, seed=seed))
     return {"valid": all(c["ok"] is not False for c in checks), "checks": checks}

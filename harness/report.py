@@ -518,6 +518,19 @@ def write_report(
     ``linearizability`` is a checker result to show (``CheckResult.to_json()``); with
     ``judge`` and no result in ``results.json``, the checker runs first (``time_limit`` s).
     """
+    return _write_report(run_dir, out, history, linearizability, judge, time_limit)[0]
+
+
+def _write_report(
+    run_dir: Path,
+    out: Path | None,
+    history: Path | None,
+    linearizability: dict[str, Any] | None,
+    judge: bool,
+    time_limit: float,
+) -> tuple[Path, str]:
+    """:func:`write_report`; also the verdict the page shows (``valid``, ``invalid``,
+    ``unknown``)."""
     run_dir = Path(run_dir)
     run = load_run(run_dir, history)
     base = run.history.parent if run.history is not None else run_dir
@@ -536,7 +549,7 @@ def write_report(
     page = render_html(run)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")
-    return target
+    return target, _verdict(run.results)
 
 
 def judge_history(run: Run, time_limit: float) -> dict[str, Any]:
@@ -568,6 +581,11 @@ def write_history_report(
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``orbital report``."""
+    parser.epilog = (
+        "Exit status: the verdict the report shows, as 'orbital check': 0 valid, 1 invalid "
+        "(not linearizable, or a stored run that failed a check), 2 unknown (undecided or not "
+        "judged) or nothing to report on."
+    )
     parser.add_argument(
         "path",
         type=Path,
@@ -590,17 +608,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: ``orbital report``'s exit status per verdict, as ``orbital check`` and ``orbital chaos run``
+EXIT = {"valid": 0, "invalid": 1, "unknown": 2}
+
+
 def run(args: argparse.Namespace) -> int:
-    """Write the report; exit 0, or 2 when the path cannot be reported on."""
+    """Write the report and print its path; the exit status is the verdict the report shows:
+    0 valid, 1 invalid (not linearizable, or a run that failed a check), 2 unknown (undecided,
+    not judged) or nothing to report on (the reason on stderr)."""
     path: Path = args.path
     history = path if path.is_file() else None
     run_dir = path.parent if history is not None else path
     try:
-        out = write_report(
-            run_dir, args.out, history=history, judge=True, time_limit=args.time_limit
-        )
+        out, verdict = _write_report(run_dir, args.out, history, None, True, args.time_limit)
     except ReportError as exc:
         print(f"orbital report: {exc}", file=sys.stderr)
         return 2
     print(out)
-    return 0
+    print(f"orbital report: verdict {verdict} (exit {EXIT[verdict]})", file=sys.stderr)
+    return EXIT[verdict]

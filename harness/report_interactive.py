@@ -62,45 +62,70 @@ def _json(value: Any) -> str:
 def lanes(ops: Sequence[OpRecord]) -> tuple[dict[int, int], list[str]]:
     """Each process's lane, and the lane labels.
 
-    A client slot runs one process at a time and starts a new one after ``info``; so a new
-    process continues the lane whose last process ended with ``info`` longest before it
-    began (or opens a new lane). Labels name the processes and the nodes that answered.
+    A client runs one process at a time and starts a new one after ``info``. When the history
+    names the client of an operation (the optional ``client`` field), its processes share that
+    client's lane. Otherwise a new process continues the lane whose last process ended with
+    ``info`` longest before it began (or opens a new lane). Labels name the client, its group
+    (the optional ``group`` field), the processes and the node that answered most.
     """
     first: dict[int, int] = {}
     last: dict[int, tuple[int, str]] = {}
+    named: dict[int, str] = {}
     for op in ops:
         first.setdefault(op.process, op.invoke_time)
         end = op.complete_time if op.complete_time is not None else 1 << 62
         if op.process not in last or end >= last[op.process][0]:
             last[op.process] = (end, op.type)
+        if op.client and op.process not in named:
+            named[op.process] = op.client
     lane_of: dict[int, int] = {}
     free: list[tuple[int, int]] = []  # (time the lane's process ended with info, lane)
     members: list[list[int]] = []
+    names: list[str | None] = []
+    by_name: dict[str, int] = {}
     for p in sorted(first, key=lambda p: (first[p], p)):
-        choice = None
-        for n, (ended, _lane) in enumerate(free):
-            if ended <= first[p] and (choice is None or ended < free[choice][0]):
-                choice = n
-        if choice is None:
-            lane = len(members)
-            members.append([])
+        name = named.get(p)
+        if name is not None:
+            lane = by_name.get(name, -1)
+            if lane < 0:
+                lane = by_name[name] = len(members)
+                members.append([])
+                names.append(name)
         else:
-            lane = free.pop(choice)[1]
+            choice = None
+            for n, (ended, _lane) in enumerate(free):
+                if ended <= first[p] and (choice is None or ended < free[choice][0]):
+                    choice = n
+            if choice is None:
+                lane = len(members)
+                members.append([])
+                names.append(None)
+            else:
+                lane = free.pop(choice)[1]
+            end, type_ = last[p]
+            if type_ == "info" and end < 1 << 62:
+                free.append((end, lane))
         lane_of[p] = lane
         members[lane].append(p)
-        end, type_ = last[p]
-        if type_ == "info" and end < 1 << 62:
-            free.append((end, lane))
     nodes: dict[int, Counter[str]] = {}
+    groups: dict[int, Counter[str]] = {}
     for op in ops:
         if op.node:
             nodes.setdefault(lane_of[op.process], Counter())[op.node] += 1
+        if op.group:
+            groups.setdefault(lane_of[op.process], Counter())[op.group] += 1
     labels = []
+    unnamed = 0
     for lane, procs in enumerate(members):
         shown = ",".join(f"p{p}" for p in procs[:3]) + ("…" if len(procs) > 3 else "")
+        name = names[lane]
+        if name is None:
+            name, unnamed = str(unnamed), unnamed + 1
+        group = groups.get(lane)
+        where = f" ({group.most_common(1)[0][0]})" if group else ""
         top = nodes.get(lane)
         via = f" @{top.most_common(1)[0][0]}" if top else ""
-        labels.append(f"client {lane}: {shown}{via}")
+        labels.append(f"client {name}{where}: {shown}{via}")
     return lane_of, labels
 
 
@@ -115,7 +140,10 @@ def _hover(op: OpRecord) -> str:
         "complete: never"
         if op.complete_time is None
         else f"complete: {_s(op.complete_time):.6f} s (event {op.end})",
-        f"process p{op.process}" + (f", node {html.escape(op.node)}" if op.node else ""),
+        f"process p{op.process}"
+        + (f", client {html.escape(op.client)}" if op.client else "")
+        + (f", group {html.escape(op.group)}" if op.group else "")
+        + (f", node {html.escape(op.node)}" if op.node else ""),
     ]
     return "<br>".join(lines)
 

@@ -77,6 +77,10 @@ A ``transfer`` fault asks the leader to hand its leadership to each node of its 
 itself) at once, as two operators might: several TimeoutNow in one term make several
 candidates of one term (``target = "all"``: every follower), which a node that votes twice in
 a term turns into two leaders.
+A ``membership = "remove"`` fault with a group target (``"minority"``, ``"majority"``,
+``"all"``) asks the leader to remove each of those nodes at once, as several operators might:
+the leader takes one change at a time and refuses the others while it is uncommitted (what
+``one_config_change_at_a_time`` checks from its log); the nodes it removed are stopped.
 
 Nemesis ``target`` (whom a kill, pause or transfer acts on; partitions ``isolate-node`` and
 ``one-way`` take a single node): ``"leader"`` (resolved when the fault starts), ``"follower"``
@@ -261,8 +265,14 @@ class Nemesis(_Model):
             raise ValueError("shape 'groups' needs groups = [names]")
         if self.latency_jitter_ms > self.latency_ms:
             raise ValueError("latency_jitter_ms must not exceed latency_ms")
-        if self.target in GROUP_TARGETS and self.kind not in ("kill", "pause", "transfer"):
-            raise ValueError(f"target {self.target!r} applies to kill, pause and transfer only")
+        grouped = self.kind in ("kill", "pause", "transfer") or (
+            self.kind == "membership" and self.membership == "remove"
+        )
+        if self.target in GROUP_TARGETS and not grouped:
+            raise ValueError(
+                f"target {self.target!r} applies to kill, pause, transfer and membership "
+                "remove only"
+            )
         for kind in ("disk", "clock", "membership"):
             if (self.kind == kind) != (getattr(self, kind) is not None):
                 raise ValueError(f"kind {kind!r} and the field {kind!r} go together")

@@ -12,7 +12,8 @@ test (``open_client``): the history is recorded the same way for every system.
 
 Each slot reaches the nodes through the proxies of its client source (``client`` or
 ``client-<group>``), so a partition that places a source on one side cuts its clients off the
-other side, as real clients in that region would be.
+other side, as real clients in that region would be. Every invoke names its client (``c<slot>``;
+``final-reads`` for the closing reads) and, for a placed source, its ``group``.
 
 Operations are generated per slot by :func:`op_stream`, a pure function of the seed and the
 slot number: the same seed gives every slot the same sequence of operations whatever the
@@ -152,7 +153,7 @@ class ClientWorkers:
         while not self._stop.is_set():
             process = self.new_process()
             async with self._client(process, source) as client:
-                await self._process(process, client, ops)
+                await self._process(process, client, ops, f"c{slot}", source)
 
     @contextlib.asynccontextmanager
     async def _client(self, process: int, source: str) -> AsyncIterator[Client]:
@@ -163,13 +164,16 @@ class ClientWorkers:
             with contextlib.suppress(Exception):  # a client that cannot close is gone anyway
                 await client.close()
 
-    async def _process(self, process: int, client: Client, ops: Iterator[OpSpec]) -> None:
-        """Run operations as ``process`` until it gets ``info`` or the workload stops."""
+    async def _process(
+        self, process: int, client: Client, ops: Iterator[OpSpec], name: str, source: str
+    ) -> None:
+        """Run operations as ``process`` of the client ``name`` until it gets ``info`` or the
+        workload stops."""
         while not self._stop.is_set():
             await self.limiter.wait()
             if self._stop.is_set():
                 return
-            outcome = await perform(self.history, process, client, next(ops))
+            outcome = await perform(self.history, process, client, next(ops), name, source)
             self.stats.count(outcome[0], outcome[1])
             if outcome[1] == "info":
                 return
@@ -182,7 +186,12 @@ class ClientWorkers:
                 process = self.new_process()
                 async with self._client(process, source) as client:
                     _, outcome = await perform(
-                        self.history, process, client, OpSpec("read", key_name(i), None)
+                        self.history,
+                        process,
+                        client,
+                        OpSpec("read", key_name(i), None),
+                        "final-reads",
+                        source,
                     )
                 self.stats.count("final-read", outcome)
                 if outcome == "ok":
@@ -192,10 +201,17 @@ class ClientWorkers:
 
 
 async def perform(
-    history: HistoryWriter, process: int, client: Client, op: OpSpec
+    history: HistoryWriter,
+    process: int,
+    client: Client,
+    op: OpSpec,
+    name: str | None = None,
+    source: str = "client",
 ) -> tuple[str, str]:
-    """Invoke ``op`` as ``process``, record the invoke and the outcome; ``(f, outcome)``."""
-    history.invoke(process, op.f, op.key, op.value)
+    """Invoke ``op`` as ``process``, record the invoke and the outcome; ``(f, outcome)``.
+    The invoke names the client (``name``) and its group (the client source's, if placed)."""
+    group = source.removeprefix("client-") if source != "client" else None
+    history.invoke(process, op.f, op.key, op.value, client=name, group=group)
     try:
         done = await client.invoke(op)
     except Exception as exc:  # any client trouble: the outcome is unknown

@@ -163,7 +163,8 @@ def test_report_judges_a_bare_history_and_check_writes_one(tmp_path: Path) -> No
 
     path = tmp_path / "stale.jsonl"
     path.write_text(_lines(_op(0, "write", 1) + _op(1, "read", None, None)))
-    assert main(["report", str(path)]) == 0  # nothing judged it: the report runs the checker
+    # nothing judged it: the report runs the checker, and exits with its verdict
+    assert main(["report", str(path)]) == 1
     page = (tmp_path / "report.html").read_text()
     assert '<span class="verdict invalid">INVALID</span>' in page
     assert '<span class="kind">stale read</span>' in page

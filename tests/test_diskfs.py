@@ -315,3 +315,18 @@ def test_the_file_system_unmounts_itself_when_its_parent_dies(tmp_path: Path) ->
         if parent.stdout is not None:
             parent.stdout.close()
         DiskMount(tmp_path / "b", mnt).stop()
+
+
+def test_a_deep_state_directory_still_mounts_and_answers(tmp_path: Path) -> None:
+    """A control socket path longer than ``sun_path`` (a deep ``--store``) is bound and
+    reached through the directory's file descriptor, not refused with 'path too long'."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    m = DiskMount(deep / "backing", deep / "mnt")
+    assert len(str(m.state_dir / "control.sock")) > 108
+    try:
+        m.start()
+        assert m.call("ping")["pid"] > 0
+        write_file(m.mountpoint / "f", b"x", sync=True)
+        assert m.call("status")["unsynced"] == {}
+    finally:
+        m.stop()

@@ -212,3 +212,28 @@ def test_op_model_is_frozen() -> None:
     op = Op(index=0, time=0, process=0, type="invoke", f="read", key="x")
     with pytest.raises(ValueError, match="frozen"):
         op.key = "y"  # type: ignore[misc]
+
+
+def test_client_and_group_are_optional_and_reach_the_records(tmp_path: Path) -> None:
+    from harness.checker.events import read_records
+
+    path = tmp_path / "h.jsonl"
+    with HistoryWriter(path) as w:
+        w.invoke(0, "write", "x", 1, client="c0", group="north")
+        w.complete(0, "ok", node="n1")
+        w.invoke(1, "read", "x")  # an event without them, as every history before them
+        w.complete(1, "ok", 1, node="n2")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["client"] == "c0"
+    assert lines[0]["group"] == "north"
+    assert "client" not in lines[1]
+    assert "client" not in lines[2]
+    first, second = read_records(path)
+    assert (first.client, first.group, first.node) == ("c0", "north", "n1")
+    assert (second.client, second.group) == (None, None)
+    assert first.to_json()["client"] == "c0"
+    assert [op.client for op in read_history(path)] == ["c0", None, None, None]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(path.read_text().replace('"group":"north"', '"group":7'))
+    with pytest.raises(HistoryError, match=r"bad.jsonl:1: field 'group': a string or null"):
+        read_records(bad)

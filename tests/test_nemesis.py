@@ -110,6 +110,9 @@ class FakeProc:
     def alive(self) -> bool:
         return self.running
 
+    def stop(self) -> None:
+        self.running = False
+
 
 class FakeSpec:
     nodes = ("n1", "n2", "n3", "n4", "n5")
@@ -263,9 +266,58 @@ def test_kill_storm_is_many_short_kills() -> None:
     assert len({op.params["fallback"] for op in starts}) > 1, "random nodes, not one"
 
 
-def test_group_targets_are_for_process_faults_only() -> None:
-    with pytest.raises(ScenarioError, match="applies to kill, pause and transfer only"):
+def test_group_targets_are_for_process_faults_and_removals_only() -> None:
+    only = "applies to kill, pause, transfer and membership remove only"
+    with pytest.raises(ScenarioError, match=only):
         scenario({"kind": "partition", "target": "majority", "at": 1.0})
+    with pytest.raises(ScenarioError, match=only):
+        scenario({"kind": "membership", "membership": "add", "target": "all", "at": 1.0},
+                 spares=["n6"])  # fmt: skip
+    scenario({"kind": "membership", "membership": "remove", "target": "minority", "at": 1.0})
+
+
+def test_removals_at_once_ask_the_leader_together_and_stop_what_it_removed() -> None:
+    """Two operators remove a node each at the same moment: the leader takes one change and
+    refuses the other while it is uncommitted; only the removed node is stopped."""
+    cluster = FakeCluster(leader="n2")
+    sc = scenario({"kind": "membership", "membership": "remove", "target": "minority",
+                   "at": 0.0, "duration": 0.05})  # fmt: skip
+    asked: list[tuple[str, str]] = []
+
+    class Client:
+        def __init__(self, addr: dict[str, str], **_: Any) -> None:
+            assert sorted(addr) == sorted(cluster.members)
+            self.leader: str | None = None
+
+        async def membership(self, action: str, node: str) -> dict[str, Any]:
+            assert self.leader is not None
+            asked.append((self.leader, node))
+            await asyncio.sleep(0)  # both requests are in flight before either is answered
+            if len(asked) < 2:
+                raise AssertionError("not at once")
+            if node == min(n for _, n in asked):
+                return {"voters": []}
+            raise RuntimeError("refused: a membership change is still pending")
+
+        def close(self) -> None:
+            pass
+
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("chaos.nemesis.KVClient", Client)
+        ex = run_executor(cluster, sc, 1.0, on_fault=lambda *e: events.append(e))
+    f = ex.applied[0]
+    assert len(f.nodes) == 2
+    assert sorted(asked) == sorted(("n2", n) for n in f.nodes)
+    first, second = sorted(f.nodes)
+    assert f.params["applied"] == {
+        "membership": "remove", "removed": [first],
+        "refused": {second: "refused: a membership change is still pending"},
+    }  # fmt: skip
+    assert cluster.retired == {first}
+    assert not cluster.procs[first].running
+    assert cluster.procs[second].running
+    assert [(k, a) for k, a, _ in events] == [("membership", "start")]
 
 
 def test_transfer_asks_the_leader_for_every_target_at_once() -> None:

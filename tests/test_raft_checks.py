@@ -12,10 +12,27 @@ import pytest
 
 from harness.exactly_once import check_exactly_once
 from harness.history import Op
-from harness.raft_checks import check_commits, check_election_safety, check_votes, judge_record
+from harness.raft_checks import (
+    check_commits,
+    check_config_changes,
+    check_election_safety,
+    check_leader_completeness,
+    check_snapshot_continuation,
+    check_votes,
+    judge_record,
+)
 from harness.replay import ReplayResult, replay_cluster
 from harness.workload import client_id
-from raft.core.types import EntryKind, HardState, LogEntry, NodeId
+from raft.core.types import (
+    ConfState,
+    EntryKind,
+    HardState,
+    LogEntry,
+    NodeId,
+    Snapshot,
+    SnapshotMeta,
+)
+from raft.kv import KVStore
 from raft.storage import FileStorage
 
 SEED = 9
@@ -148,6 +165,36 @@ def test_a_log_without_this_runs_sessions_is_not_applicable(tmp_path: Path) -> N
     assert "no command of this run's clients" in row["saw"]
 
 
+def compacted_dirs(tmp: Path, commands: list[bytes]) -> ReplayResult:
+    """Every node has applied ``commands`` and compacted them all into its snapshot."""
+    kv = KVStore()
+    for c in commands:
+        kv.apply(c)
+    meta = SnapshotMeta(len(commands), 1, ConfState(frozenset(NODES)))
+    for n in NODES:
+        with FileStorage(tmp / n) as s:
+            s.append_log([LogEntry(i + 1, 1, c) for i, c in enumerate(commands)])
+            s.save_snapshot(Snapshot(meta, kv.snapshot()))
+    return replay_cluster({n: tmp / n for n in NODES})
+
+
+def test_everything_compacted_is_judged_from_the_snapshot(tmp_path: Path) -> None:
+    """No node holds an entry (snapshot_entries = 1): the acknowledged write sits in the
+    snapshot's sessions, so it is not 'acknowledged but not in the log'; a write that is in
+    no session is."""
+    replay = compacted_dirs(tmp_path, [cmd("write", "k", 1, 0, 1)])
+    assert all(not s.log for s in replay.nodes.values())
+    h = History()
+    h.op(0, "write", "k", 1, "ok")
+    row = exactly_once(replay, h)
+    assert row["ok"] is True, row
+    assert "not judged: before the snapshot" in row["saw"]
+    h.op(1, "write", "k", 2, "ok")  # acknowledged, but in no snapshot and no log: lost
+    row = exactly_once(replay, h)
+    assert row["ok"] is False
+    assert kinds(row) == ["ok_not_in_log"]
+
+
 def roles(*leaders: tuple[str, int]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {n: [{"time": 0, "role": "follower", "term": 0}]
                                             for n in NODES}  # fmt: skip
@@ -233,6 +280,113 @@ def test_a_committed_entry_changed_on_a_final_log_is_flagged(tmp_path: Path) -> 
     assert agree["violations"][0]["differs_on"] == {"n3": 3}
 
 
+def history_dirs(tmp: Path, writes: dict[str, list[list[tuple[int, int]]]]) -> ReplayResult:
+    """Each node writes its appends in order (each a list of (index, term)); n1, the leader,
+    notes that index 4 of term 2 is committed, with its first append."""
+    for n in NODES:
+        appends = writes.get(n, [[(1, 1), (2, 1), (3, 2), (4, 2)]])
+        with FileStorage(tmp / n) as s:
+            s.save_state(HardState(max(t for a in appends for _, t in a), None))
+            if n == "n1":
+                s.note_commit(4, 2, 2)
+            for append in appends:
+                s.append_log([LogEntry(i, t, b"x") for i, t in append])
+    return replay_cluster({n: tmp / n for n in NODES})
+
+
+def test_leader_completeness_holds_when_later_terms_come_after_committed_entries(
+    tmp_path: Path,
+) -> None:
+    stale = [[(1, 1), (2, 1), (3, 1)], [(3, 2), (4, 2), (5, 3)]]  # a stale entry overwritten
+    row = check_leader_completeness(history_dirs(tmp_path, {"n3": stale}).nodes)
+    assert row["ok"] is True, row
+    assert "1 commit decisions" in row["saw"]
+
+
+def test_a_committed_entry_overwritten_by_a_later_term_is_flagged_from_the_wal(
+    tmp_path: Path,
+) -> None:
+    """n3 led term 3 without index 4 (committed in term 2): it wrote its own entry at 3 and was
+    repaired later; its final log shows nothing, its WAL does."""
+    overwritten = [[(1, 1), (2, 1)], [(3, 3)], [(3, 2), (4, 2)]]
+    replay = history_dirs(tmp_path, {"n3": overwritten})
+    assert replay.valid, "the final logs agree"
+    row = check_leader_completeness(replay.nodes)
+    assert row["ok"] is False, row
+    (v,) = row["violations"]
+    assert (v["node"], v["index"], v["term"]) == ("n3", 3, 3)
+    assert (v["committed_index"], v["committed_term"], v["committed_by"]) == (4, 2, "n1")
+    assert "n3 wrote term 3 at index 3" in row["saw"]
+
+
+def install_dirs(tmp: Path, after_term: int) -> ReplayResult:
+    """n1 led term 2 and committed index 3 (term 2); n3 held a conflicting suffix of term 1,
+    installed n1's snapshot at 3, then wrote index 4 with ``after_term``."""
+    kv = KVStore()
+    meta = SnapshotMeta(3, 2, ConfState(frozenset(NODES)))
+    for n in NODES:
+        with FileStorage(tmp / n) as s:
+            s.save_state(HardState(2, None))
+            if n == "n1":
+                s.note_commit(3, 2, 2)
+            if n != "n3":
+                s.append_log([LogEntry(i, t, b"x") for i, t in [(1, 1), (2, 1), (3, 2)]])
+                continue
+            s.append_log([LogEntry(i, 1, b"x") for i in range(1, 6)])
+            s.save_snapshot(Snapshot(meta, kv.snapshot()))  # does not continue: log emptied
+            s.append_log([LogEntry(4, after_term, b"x")])
+    return replay_cluster({n: tmp / n for n in NODES})
+
+
+def test_a_log_that_continues_its_snapshot_holds(tmp_path: Path) -> None:
+    row = check_snapshot_continuation(install_dirs(tmp_path, after_term=2).nodes)
+    assert row["ok"] is True, row
+    assert "1 log(s) started afresh" in row["saw"]
+
+
+def test_a_conflicting_suffix_kept_after_a_snapshot_is_flagged(tmp_path: Path) -> None:
+    """The classic InstallSnapshot bug: n3 kept (4, term 1) after installing (3, term 2)."""
+    row = check_snapshot_continuation(install_dirs(tmp_path, after_term=1).nodes)
+    assert row["ok"] is False, row
+    (v,) = row["violations"]
+    assert (v["node"], v["index"], v["term"]) == ("n3", 4, 1)
+    assert (v["committed_index"], v["committed_term"], v["committed_by"]) == (3, 2, "n1")
+
+
+def config_dirs(tmp: Path, appends: list[tuple[list[tuple[int, EntryKind]], int]]) -> ReplayResult:
+    """n1, leader of term 1, writes each append (index, kind) after noting the commit index
+    given with it (0: none); the followers hold nothing."""
+    for n in NODES:
+        with FileStorage(tmp / n) as s:
+            s.save_state(HardState(1, "n1"))
+            if n != "n1":
+                continue
+            for entries, committed in appends:
+                if committed:
+                    s.note_commit(committed, 1, 1)
+                s.append_log([LogEntry(i, 1, b"x", kind) for i, kind in entries])
+    return replay_cluster({n: tmp / n for n in NODES})
+
+
+NOOP, NORMAL, CONFIG = EntryKind.NOOP, EntryKind.NORMAL, EntryKind.CONFIG
+
+
+def test_a_configuration_change_after_the_last_one_committed_holds(tmp_path: Path) -> None:
+    replay = config_dirs(tmp_path, [([(1, NOOP), (2, CONFIG)], 0), ([(3, NORMAL), (4, CONFIG)], 2)])
+    row = check_config_changes(replay.nodes, roles(("n1", 1)))
+    assert row["ok"] is True, row
+    assert row["saw"].startswith("1 configuration change(s)")
+    assert check_config_changes(replay.nodes, roles())["ok"] is None, "nobody led term 1"
+
+
+def test_two_configuration_changes_in_flight_are_flagged(tmp_path: Path) -> None:
+    replay = config_dirs(tmp_path, [([(1, NOOP), (2, CONFIG)], 1), ([(3, CONFIG)], 1)])
+    row = check_config_changes(replay.nodes, roles(("n1", 1)))
+    assert row["ok"] is False, row
+    (v,) = row["violations"]
+    assert (v["node"], v["index"], v["previous"], v["committed"]) == ("n1", 3, 2, 1)
+
+
 def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path: Path) -> None:
     replay = commit_dirs(tmp_path, [], [1, 1, 2, 2])
     assert [r["ok"] for r in check_commits(replay.nodes, NODES)] == [None, None]
@@ -240,7 +394,8 @@ def test_no_commit_records_is_not_applicable_and_the_verdict_ignores_it(tmp_path
     assert judged["valid"] is True
     assert {c["name"] for c in judged["checks"]} == {
         "election_safety", "votes_one_per_term", "leader_votes_durable", "commit_current_term",
-        "committed_entries_agree", "exactly_once",
+        "committed_entries_agree", "leader_completeness", "snapshot_continuation",
+        "one_config_change_at_a_time", "exactly_once",
     }  # fmt: skip
 
 

@@ -357,6 +357,40 @@ def test_cli_writes_to_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().out.strip() == str(out)
 
 
+def test_cli_exit_status_is_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """0 valid, 1 invalid, 2 unknown: as ``orbital check``, so a script can act on it."""
+    valid = make_run(tmp_path / "a")
+    assert main(["report", str(valid)]) == 0
+    assert capsys.readouterr().err.strip() == "orbital report: verdict valid (exit 0)"
+    invalid = make_run(tmp_path / "b", anomaly=True)
+    assert main(["report", str(invalid)]) == 1
+    assert "verdict invalid (exit 1)" in capsys.readouterr().err
+    # a run whose checks all passed but whose linearizability was undecided
+    undecided = make_run(tmp_path / "c")
+    results = json.loads((undecided / "results.json").read_text())
+    results["valid"] = "unknown"
+    results["linearizability"]["valid"] = "unknown"
+    (undecided / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(undecided)]) == 2
+    assert "verdict unknown (exit 2)" in capsys.readouterr().err
+    # a bare history nobody judged: judged now; one with no operations is unknown
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["report", str(empty)]) == 2
+    assert (tmp_path / "report.html").is_file()
+    bare = tmp_path / "d" / "history.jsonl"
+    _write_jsonl(
+        bare,
+        [
+            {"index": 0, "time": 0, "process": 0, "type": "invoke", "f": "write", "key": "x",
+             "value": 1},
+            {"index": 1, "time": 5, "process": 0, "type": "ok", "f": "write", "key": "x",
+             "value": 1},
+        ],
+    )  # fmt: skip
+    assert main(["report", str(bare)]) == 0
+
+
 def test_cli_missing_dir_or_history_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -617,3 +651,54 @@ def _planted(last: dict[str, Any]) -> list[dict[str, Any]]:
              "key": "x", "value": value}
         )  # fmt: skip
     return out
+
+
+def _op(i: int, process: int, start: int, end: int | None, type_: str = "ok", **extra: Any) -> Any:
+    return report.OpRecord(
+        index=i,
+        process=process,
+        f="write",
+        key="x",
+        value=i,
+        type=type_,
+        invoke_time=start,
+        complete_time=end,
+        **extra,
+    )
+
+
+def test_lanes_are_labelled_with_client_group_and_node() -> None:
+    from harness.report_interactive import lanes
+
+    ops = [
+        _op(0, 0, 0, 5, "info", client="c0", group="north", node="n1"),
+        _op(1, 1, 1, 4, client="c1", group="antarctic", node="n4"),
+        _op(2, 2, 2, 9, client="c0", group="north", node="n2"),  # c0 again, after info
+        _op(3, 2, 10, 12, client="c0", group="north", node="n2"),
+        _op(4, 3, 11, 13, client="c1", group="antarctic", node="n4"),  # not after info: named
+    ]
+    lane_of, labels = lanes(ops)
+    assert lane_of == {0: 0, 2: 0, 1: 1, 3: 1}
+    assert labels == ["client c0 (north): p0,p2 @n2", "client c1 (antarctic): p1,p3 @n4"]
+
+
+def test_lanes_without_client_names_are_packed_as_before() -> None:
+    """A history from before the client field (or another tool): a process after info
+    continues the lane that freed first; labels number the lanes."""
+    from harness.report_interactive import lanes
+
+    ops = [
+        _op(0, 0, 0, 5, "info", node="n1"),
+        _op(1, 1, 1, 20, node="n3"),
+        _op(2, 2, 6, 9, node="n1", group="east"),
+    ]
+    lane_of, labels = lanes(ops)
+    assert lane_of == {0: 0, 1: 1, 2: 0}
+    assert labels == ["client 0 (east): p0,p2 @n1", "client 1: p1 @n3"]
+
+
+def test_hover_names_client_and_group() -> None:
+    from harness.report_interactive import _hover
+
+    text = _hover(_op(0, 7, 0, 5, client="c3", group="north", node="n2"))
+    assert "process p7, client c3, group north, node n2" in text

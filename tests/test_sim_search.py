@@ -71,6 +71,20 @@ def test_a_history_event_per_invoke_and_completion_in_time_order() -> None:
     assert 0 <= invokes - completions <= len(world.clients.clients)  # at most one open each
 
 
+def test_every_invoke_names_its_client() -> None:
+    world = World(replace(CONFIG, seed=3))
+    assert world.run() == []
+    assert world.clients is not None
+    names = {c.name for c in world.clients.clients}
+    client_of: dict[int, str] = {}
+    for e in world.clients.events:
+        if e.type == "invoke":
+            assert e.client in names
+            assert client_of.setdefault(e.process, e.client) == e.client  # one client each
+    assert len(set(client_of.values())) == len(names)
+    assert len(client_of) > len(names), "some client went on as a new process after info"
+
+
 def test_a_run_over_its_event_budget_is_stuck_not_a_hang() -> None:
     world = World(replace(CONFIG, seed=1, max_events_per_s=100))
     violations = world.run()

@@ -12,17 +12,27 @@ paired into :class:`OpRecord` s (an invoke and its completion) as they arrive.
 Rules, each violation a :class:`HistoryError` naming the file, the line and the field:
 
 * per event: the fields and their JSON types (``index``, ``time``, ``process`` non-negative
-  integers; ``type`` and ``f`` from their sets; ``key`` a string; ``node`` and ``error`` strings
-  or absent), no other field, and the shape of ``value`` for ``f`` and ``type``;
+  integers; ``type`` and ``f`` from their sets; ``key`` a string; ``node``, ``error``,
+  ``client`` and ``group`` strings or absent), no other field, and the shape of ``value`` for
+  ``f`` and ``type``;
 * per stream: ``index`` counts events from 0; ``time`` never goes backwards (the file is in the
   order things happened, on one clock); a completion follows an invoke of the same process,
   for the same ``f`` and ``key`` (and, for write and cas, the same value); a process with an
   operation outstanding may not invoke again, and a process that got ``info`` never does.
+
+Big files are read by :func:`read_records` with msgspec, which decodes a line and checks its
+field types in C, several times faster than ``json`` plus the checks in Python; a line it
+refuses (or one it cannot represent, such as an integer beyond 64 bits) goes through the
+Python checks, which accept it or name the field. Both feed the same stream checks, so a file
+gets the same verdict and the same message either way (``tests/test_checker_properties.py``
+compares them on broken lines). Small files skip msgspec, whose import costs more than it
+saves there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +40,85 @@ from typing import Any
 
 TYPES = frozenset(("invoke", "ok", "fail", "info"))
 FUNCTIONS = frozenset(("read", "write", "cas"))
-FIELDS = frozenset(("index", "time", "process", "type", "f", "key", "value", "node", "error"))
+OPTIONAL = ("node", "error", "client", "group")  #: optional string fields
+FIELDS = frozenset(("index", "time", "process", "type", "f", "key", "value", *OPTIONAL))
 REQUIRED = ("index", "time", "process", "type", "f", "key")
+
+FAST_MIN_BYTES = 1 << 20  #: files at least this big are read with msgspec (import: ~20 ms)
+
+
+class Event:
+    """One event whose fields have their JSON types (a cas's ``value`` a tuple). msgspec
+    decodes into a twin of this class (:func:`fast_decoder`), with the same attributes."""
+
+    __slots__ = (
+        "client", "error", "f", "group", "index", "key", "node", "process", "time", "type",
+        "value",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        index: int,
+        time: int,
+        process: int,
+        type: str,
+        f: str,
+        key: str,
+        value: Any = None,
+        node: str | None = None,
+        error: str | None = None,
+        client: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        self.index, self.time, self.process, self.type, self.f = index, time, process, type, f
+        self.key, self.value, self.node, self.error = key, value, node, error
+        self.client, self.group = client, group
+
+
+_fast: Any = None
+
+
+def fast_decoder() -> Any:
+    """A msgspec decoder of one event line (imported on first use): field types and ranges
+    are checked in C; the shape of ``value`` for ``f`` and ``type`` is checked afterwards."""
+    global _fast
+    if _fast is None:
+        from typing import Annotated, Literal
+
+        import msgspec
+
+        count = Annotated[int, msgspec.Meta(ge=0)]
+        fast_event = msgspec.defstruct(
+            "FastEvent",
+            [
+                ("index", count),
+                ("time", count),
+                ("process", count),
+                ("type", Literal["invoke", "ok", "fail", "info"]),
+                ("f", Literal["read", "write", "cas"]),
+                ("key", str),
+                ("value", int | tuple[int | None, int] | None, None),
+                *((name, str | None, None) for name in OPTIONAL),
+            ],
+            forbid_unknown_fields=True,
+            gc=False,
+        )
+        _fast = (
+            msgspec.json.Decoder(fast_event).decode,
+            (msgspec.ValidationError, msgspec.DecodeError),
+        )
+    return _fast
+
+
+def _event(data: dict[str, Any]) -> Event:
+    """An :class:`Event` from a dict whose fields were checked."""
+    value = data.get("value")
+    get = data.get
+    return Event(
+        data["index"], data["time"], data["process"], data["type"], data["f"], data["key"],
+        (value[0], value[1]) if type(value) is list else value,
+        get("node"), get("error"), get("client"), get("group"),
+    )  # fmt: skip
 
 
 class HistoryError(ValueError):
@@ -55,7 +142,8 @@ class OpRecord:
 
     ``value`` is the invoke's (a cas's ``(expected, new)`` as a tuple), ``result`` the
     completion's (the value a read returned). ``type`` is ``ok``, ``fail`` or ``info`` (an
-    operation that never completed counts as ``info``).
+    operation that never completed counts as ``info``). ``node`` is the completion's (else the
+    invoke's), ``client`` and ``group`` the invoke's (else the completion's).
     """
 
     index: int
@@ -70,6 +158,8 @@ class OpRecord:
     error: str | None = None
     node: str | None = None
     end: int | None = None
+    client: str | None = None
+    group: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (the shape the report and ``results.json`` use)."""
@@ -84,6 +174,8 @@ class OpRecord:
             "value": list(value) if isinstance(value, tuple) else value,
             "error": self.error,
             "node": self.node,
+            "client": self.client,
+            "group": self.group,
             "invoke_time": self.invoke_time,
             "complete_time": self.complete_time,
         }
@@ -125,8 +217,9 @@ def _show(value: object) -> str:
 class EventReader:
     """Validate history events one at a time and pair them into :class:`OpRecord` s.
 
-    Feed JSON objects in file order with :meth:`feed`; :meth:`finish` returns the operations
-    in invoke order. ``outstanding`` maps a process to the invoke it is waiting on.
+    Feed decoded JSON objects in file order with :meth:`feed` (or raw lines with
+    :meth:`feed_line`); :meth:`finish` returns the operations in invoke order.
+    ``outstanding`` maps a process to the invoke it is waiting on.
     """
 
     def __init__(self, path: str = "<history>") -> None:
@@ -134,7 +227,7 @@ class EventReader:
         self.count = 0  # events accepted so far (the next index)
         self.last_time = 0
         self.last_time_line = 0
-        self.outstanding: dict[int, tuple[int, dict[str, Any]]] = {}  # process -> (slot, invoke)
+        self.outstanding: dict[int, tuple[int, Event]] = {}  # process -> (slot, invoke)
         self.crashed: set[int] = set()
         self.ops: list[OpRecord | None] = []
 
@@ -146,13 +239,45 @@ class EventReader:
         if type(event) is not dict:
             raise self.error(line, "", f"an event is a JSON object, got {_show(event)}")
         self._check_fields(event, line)
-        if event["index"] != self.count:
-            raise self.error(line, "index", f"expected {self.count}, got {event['index']}")
-        if event["type"] == "invoke":
-            self._invoke(event, line)
+        self._accept(_event(event), line)
+
+    def feed_line(self, raw: bytes, line: int, fast: Any = None) -> None:
+        """Check one raw line (not blank): with ``fast`` (:func:`fast_decoder`) by msgspec
+        first; a line it refuses, or any line without it, takes the Python checks, which name
+        the problem."""
+        ev = None
+        if fast is not None:
+            try:
+                ev = fast[0](raw)
+            except fast[1]:
+                pass
+        if ev is not None:
+            f, value = ev.f, ev.value
+            if f == "write":
+                fine = type(value) is int
+            elif f == "read":
+                fine = value is None if ev.type == "invoke" else type(value) is not tuple
+            else:
+                fine = type(value) is tuple
+            if fine:
+                self._accept(ev, line)
+                return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HistoryError("not UTF-8 text", path=self.path, line=line) from None
+        for _, obj in decode_lines([text], self.path, first=line):
+            self.feed(obj, line)
+
+    def _accept(self, ev: Event, line: int) -> None:
+        """The stream rules, for an event whose fields are fine."""
+        if ev.index != self.count:
+            raise self.error(line, "index", f"expected {self.count}, got {ev.index}")
+        if ev.type == "invoke":
+            self._invoke(ev, line)
         else:
-            self._complete(event, line)
-        time = event["time"]
+            self._complete(ev, line)
+        time = ev.time
         if time < self.last_time:
             raise self.error(
                 line,
@@ -190,7 +315,7 @@ class EventReader:
                     or (f == "read" and type_ == "invoke" and value is None)
                 )
             )
-        except KeyError:
+        except (KeyError, TypeError):  # a field missing, or one unhashable (an object)
             fine = False
         if not fine:
             self._slow_check(event, line)
@@ -206,15 +331,15 @@ class EventReader:
             x = event[name]
             if type(x) is not int or x < 0:
                 raise self.error(line, name, f"a non-negative integer, got {_show(x)}")
-        if event["type"] not in TYPES:
+        if type(event["type"]) is not str or event["type"] not in TYPES:
             raise self.error(
                 line, "type", f"one of invoke, ok, fail, info; got {_show(event['type'])}"
             )
-        if event["f"] not in FUNCTIONS:
+        if type(event["f"]) is not str or event["f"] not in FUNCTIONS:
             raise self.error(line, "f", f"one of read, write, cas; got {_show(event['f'])}")
         if type(event["key"]) is not str:
             raise self.error(line, "key", f"a string, got {_show(event['key'])}")
-        for name in ("node", "error"):
+        for name in OPTIONAL:
             x = event.get(name)
             if x is not None and type(x) is not str:
                 raise self.error(line, name, f"a string or null, got {_show(x)}")
@@ -222,8 +347,8 @@ class EventReader:
         if problem:
             raise self.error(line, "value", problem)
 
-    def _invoke(self, event: dict[str, Any], line: int) -> None:
-        p = event["process"]
+    def _invoke(self, ev: Event, line: int) -> None:
+        p = ev.process
         if p in self.crashed:
             raise self.error(line, "process", f"process {p} got info and may not invoke again")
         previous = self.outstanding.get(p)
@@ -232,38 +357,39 @@ class EventReader:
                 line,
                 "process",
                 f"process {p} invoked while its operation at index "
-                f"{previous[1]['index']} is outstanding",
+                f"{previous[1].index} is outstanding",
             )
-        self.outstanding[p] = (len(self.ops), event)
+        self.outstanding[p] = (len(self.ops), ev)
         self.ops.append(None)
 
-    def _complete(self, event: dict[str, Any], line: int) -> None:
-        p = event["process"]
+    def _complete(self, ev: Event, line: int) -> None:
+        p = ev.process
         found = self.outstanding.pop(p, None)
         if found is None:
             raise self.error(line, "process", f"process {p} completes with no invoke outstanding")
         slot, inv = found
-        for name in ("f", "key"):
-            if event[name] != inv[name]:
-                raise self.error(
-                    line, name, f"completion does not match its invoke at index {inv['index']}"
-                )
-        value = event.get("value")
-        if inv["f"] != "read" and value != inv.get("value"):
+        if ev.f != inv.f:
+            raise self.error(
+                line, "f", f"completion does not match its invoke at index {inv.index}"
+            )
+        if ev.key != inv.key:
+            raise self.error(
+                line, "key", f"completion does not match its invoke at index {inv.index}"
+            )
+        if inv.f != "read" and ev.value != inv.value:
             raise self.error(
                 line,
                 "value",
-                f"{_show(value)} differs from {_show(inv.get('value'))} of its invoke at index "
-                f"{inv['index']}",
+                f"{_show(ev.value)} differs from {_show(inv.value)} of its invoke at index "
+                f"{inv.index}",
             )
-        if event["time"] < inv["time"]:
+        if ev.time < inv.time:
             raise self.error(
-                line, "time", f"completion at {event['time']} precedes its invoke at {inv['time']}"
+                line, "time", f"completion at {ev.time} precedes its invoke at {inv.time}"
             )
-        type_ = event["type"]
-        if type_ == "info":
+        if ev.type == "info":
             self.crashed.add(p)
-        self.ops[slot] = _record(inv, event)
+        self.ops[slot] = _record(inv, ev)
 
     def finish(self) -> list[OpRecord]:
         """The operations in invoke order; invokes never completed count as ``info``."""
@@ -273,29 +399,26 @@ class EventReader:
         return [op for op in self.ops if op is not None]
 
 
-def _record(inv: dict[str, Any], done: dict[str, Any] | None) -> OpRecord:
-    value = inv.get("value")
-    if type(value) is list:
-        value = (value[0], value[1])
+def _record(inv: Event, done: Event | None) -> OpRecord:
     if done is None:
         return OpRecord(
-            inv["index"], inv["process"], inv["f"], inv["key"], value, "info", inv["time"],
-            None, None, None, inv.get("node"), None,
+            inv.index, inv.process, inv.f, inv.key, inv.value, "info", inv.time, None, None,
+            None, inv.node, None, inv.client, inv.group,
         )  # fmt: skip
     return OpRecord(
-        inv["index"], inv["process"], inv["f"], inv["key"], value, done["type"], inv["time"],
-        done["time"], done.get("value"), done.get("error"), done.get("node") or inv.get("node"),
-        done["index"],
+        inv.index, inv.process, inv.f, inv.key, inv.value, done.type, inv.time, done.time,
+        done.value, done.error, done.node or inv.node, done.index, inv.client or done.client,
+        inv.group or done.group,
     )  # fmt: skip
 
 
 _DECODE = json.JSONDecoder().raw_decode
 
 
-def decode_lines(lines: Iterable[str], path: str) -> Iterator[tuple[int, Any]]:
-    """``(line number, decoded JSON)`` for each non-blank line."""
+def decode_lines(lines: Iterable[str], path: str, first: int = 1) -> Iterator[tuple[int, Any]]:
+    """``(line number, decoded JSON)`` for each non-blank line (numbered from ``first``)."""
     decode = _DECODE
-    for line_no, raw in enumerate(lines, start=1):
+    for line_no, raw in enumerate(lines, start=first):
         try:
             obj, end = decode(raw)
         except ValueError:
@@ -328,25 +451,36 @@ def _as_dict(event: Any) -> dict[str, Any]:
     out = {name: getattr(event, name) for name in REQUIRED}
     value = getattr(event, "value", None)
     out["value"] = list(value) if isinstance(value, tuple) else value
-    for name in ("node", "error"):
+    for name in OPTIONAL:
         x = getattr(event, name, None)
         if x is not None:
             out[name] = x
     return out
 
 
-def read_records(path: str | Path) -> list[OpRecord]:
-    """Read, validate and pair a ``history.jsonl`` file."""
+def read_records(path: str | Path, fast: bool | None = None) -> list[OpRecord]:
+    """Read, validate and pair a ``history.jsonl`` file; with msgspec when ``fast`` (default:
+    for files of :data:`FAST_MIN_BYTES` or more; smaller ones start sooner without it)."""
     name = str(path)
+    reader = EventReader(name)
+    feed = reader.feed_line
     try:
-        with open(path, encoding="utf-8") as fh:
-            return parse_records(fh, name)
+        with open(path, "rb") as fh:
+            if fast is None:
+                fast = os.fstat(fh.fileno()).st_size >= FAST_MIN_BYTES
+            decoder = fast_decoder() if fast else None
+            for line_no, raw in enumerate(fh, start=1):
+                if raw.isspace() or not raw:
+                    continue
+                feed(raw, line_no, decoder)
     except OSError as exc:
         raise HistoryError(f"cannot read: {exc.strerror}", path=name) from None
-    except UnicodeDecodeError:
-        raise HistoryError("not UTF-8 text", path=name) from None
+    return reader.finish()
 
 
 def _optional_fine(event: dict[str, Any]) -> bool:
-    node, error = event.get("node"), event.get("error")
-    return (node is None or type(node) is str) and (error is None or type(error) is str)
+    for name in OPTIONAL:
+        x = event.get(name)
+        if x is not None and type(x) is not str:
+            return False
+    return True

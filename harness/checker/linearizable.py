@@ -23,6 +23,9 @@ a write of one shared unobservable value, so that such writes are interchangeabl
 1. ``unique-values`` (:mod:`harness.checker.unique`): when the writes that matter write distinct
    values, Gibbons & Korach's polynomial check, extended with cas chains and info writes. With
    mismatch observations it is a relaxation: a ``False`` is final, a ``True`` goes on to 2.
+   With repeated values the same check runs on a relaxation with distinct values
+   (:func:`~harness.checker.unique.once_written`): a ``False`` is final (a stale read of a
+   value written once, a read of a value nobody writes), anything else goes on to 2.
 2. ``search`` (:mod:`harness.checker.search`): depth-first just-in-time linearization with
    Porcupine's cache and pruning that makes repeated values and info operations cheap.
 
@@ -51,7 +54,8 @@ JSON shape (``CheckResult.to_json()``, stored under ``"linearizability"`` in res
                "possible_states": [3, null]}  # what the register could hold before it
     OP = {"index": 12, "completion_index": 15 | null, "process": 3, "key": "x",
           "f": "read" | "write" | "cas", "type": "ok" | "fail" | "info", "value": ...,
-          "error": null | str, "node": null | str, "invoke_time": ns, "complete_time": ns | null}
+          "error": null | str, "node": null | str, "client": null | str, "group": null | str,
+          "invoke_time": ns, "complete_time": ns | null}
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ from harness.checker.model import (
     show,
 )
 from harness.checker.search import Overrun, Search, search
-from harness.checker.unique import check_unique, forced_only, values_unique
+from harness.checker.unique import check_unique, forced_only, once_written, values_unique
 
 __all__ = [
     "CAS",
@@ -111,6 +115,7 @@ __all__ = [
     "key_result",
     "operation_json",
     "prepare",
+    "prepare_rows",
     "search",
     "show",
     "values_unique",
@@ -152,38 +157,63 @@ def as_records(operations: Iterable[Any]) -> list[OpRecord]:
                 None if done is None else done.error,
                 (done.node if done is not None else None) or inv.node,
                 None if done is None else done.index,
+                inv.client or (done.client if done is not None else None),
+                inv.group or (done.group if done is not None else None),
             )
         )
     return out
 
 
-def _kop(src: int, o: OpRecord) -> KOp | None:
-    outcome = o.type
-    ret = o.end if o.end is not None and outcome != "info" else INF
-    p = o.process
-    if o.f == "read":
+Row: TypeAlias = tuple[int, int, str, Any, str, int | None, Any, str | None]
+"""An operation as a plain tuple, cheap to send to a worker process: ``(index, process, f,
+value, type, end, result, error)`` (the :class:`OpRecord` fields the checker needs)."""
+
+
+def as_row(o: OpRecord) -> Row:
+    """The :data:`Row` of an operation."""
+    return (o.index, o.process, o.f, o.value, o.type, o.end, o.result, o.error)
+
+
+def _kop(
+    src: int,
+    index: int,
+    p: int,
+    f: str,
+    value: Any,
+    outcome: str,
+    end: int | None,
+    result: Any,
+    error: str | None,
+) -> KOp | None:
+    ret = end if end is not None and outcome != "info" else INF
+    if f == "read":
         if outcome != "ok":
             return None
-        return KOp(src, READ, o.result, None, o.index, ret, True, p)
-    if o.f == "write":
+        return KOp(src, READ, result, None, index, ret, True, p)
+    if f == "write":
         if outcome == "fail":
             return None
-        return KOp(src, WRITE, o.value, None, o.index, ret, outcome == "ok", p)
-    expected, new = o.value
+        return KOp(src, WRITE, value, None, index, ret, outcome == "ok", p)
+    expected, new = value
     if outcome == "info" and expected == new:
         return None  # may or may not have happened, and changes nothing either way
     if outcome == "fail":
-        if o.error != "mismatch":
+        if error != "mismatch":
             return None
-        return KOp(src, MISMATCH, expected, new, o.index, ret, True, p)
-    return KOp(src, CAS, expected, new, o.index, ret, outcome == "ok", p)
+        return KOp(src, MISMATCH, expected, new, index, ret, True, p)
+    return KOp(src, CAS, expected, new, index, ret, outcome == "ok", p)
 
 
 def prepare(operations: Sequence[Any]) -> list[KOp]:
     """One key's operations as :class:`KOp` s, those that constrain nothing removed or made
     interchangeable (see the module docstring)."""
-    records = as_records(operations)
-    kops = [k for i, o in enumerate(records) if (k := _kop(i, o)) is not None]
+    rows = [as_row(o) for o in as_records(operations)]
+    return prepare_rows(rows)
+
+
+def prepare_rows(rows: Sequence[Row]) -> list[KOp]:
+    """:func:`prepare` for operations given as :data:`Row` s."""
+    kops = [k for i, row in enumerate(rows) if (k := _kop(i, *row)) is not None]
     if not any(k.kind == MISMATCH for k in kops):
         return _drop_unobserved(kops)
     observed = {k.arg for k in kops if k.kind != WRITE}
@@ -248,6 +278,11 @@ def _check(kops: list[KOp], method: Method, budget: Budget) -> RawResult:
             return _refine(kops, result, budget)
         if not mismatches:
             return result
+    elif method != "search":
+        # repeated values: first the relaxation that finds the obvious anomalies in O(n log n)
+        result = check_unique(once_written([k for k in kops if k.arg is not GARBAGE]))
+        if result.valid is False:
+            return _refine(kops, result, budget)
     return _search(kops, budget)
 
 

@@ -29,14 +29,16 @@ from harness.checker.linearizable import (
     NOT_CHECKED,
     CheckResult,
     KeyResult,
+    Row,
+    as_row,
     by_key,
     check_prepared,
     check_records,
     finish,
     key_result,
-    prepare,
+    prepare_rows,
 )
-from harness.checker.model import DEFAULT_MAX_CONFIGS, Budget, KOp, RawResult
+from harness.checker.model import DEFAULT_MAX_CONFIGS, Budget, RawResult
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ProcessPoolExecutor
@@ -71,8 +73,9 @@ def _noop() -> None:
     return None
 
 
-def _task(kops: list[KOp], deadline: float, max_configs: int) -> RawResult:
-    """A worker's job: one key under the file's budget."""
+def _task(rows: list[Row], deadline: float, max_configs: int) -> RawResult:
+    """A worker's job: one key (its operations as plain tuples, quick to send) under the
+    file's budget."""
     stop = _stop
     if time.monotonic() > deadline:
         return RawResult("unknown", NOT_CHECKED, reason=LATE)
@@ -80,7 +83,7 @@ def _task(kops: list[KOp], deadline: float, max_configs: int) -> RawResult:
         return RawResult("unknown", NOT_CHECKED, reason="stopped: another key is not linearizable")
     budget = Budget(deadline, max_configs, stop=None if stop is None else stop.is_set)
     with _no_gc():
-        result = check_prepared(kops, budget=budget)
+        result = check_prepared(prepare_rows(rows), budget=budget)
     if result.valid is False and stop is not None:
         stop.set()
     return result
@@ -172,11 +175,10 @@ class Checker:
         pool = self.pool()
         self._stop.clear()
         keys = sorted(groups, key=lambda k: (-len(groups[k]), k))  # longest first
-        prepared: dict[str, list[KOp]] = {}
         futures: dict[Future[RawResult], str] = {}
         for key in keys:
-            prepared[key] = prepare(groups[key])
-            futures[pool.submit(_task, prepared[key], deadline, self.max_configs)] = key
+            rows = [as_row(o) for o in groups[key]]
+            futures[pool.submit(_task, rows, deadline, self.max_configs)] = key
         results: dict[str, KeyResult] = {}
         failed: str | None = None
         pending = set(futures)
@@ -185,7 +187,7 @@ class Checker:
             for f in done:
                 key = futures[f]
                 raw = _outcome(f)
-                results[key] = key_result(key, groups[key], raw, prepared[key])
+                results[key] = key_result(key, groups[key], raw)
                 if raw.valid is False and failed is None:
                     failed = key
                     self._stop.set()

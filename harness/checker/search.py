@@ -19,10 +19,12 @@ linearized prefix. Operations are linearized *just in time* (Lowe's JIT lineariz
 The search is depth first (as Wing & Gong, Lowe and Porcupine): it follows the first child and
 backtracks only when a later completion cannot be placed. A cache of the configurations
 ``(position, lin, state)`` already explored at each completion (Porcupine's cache) keeps every
-configuration from being explored twice (or one that differs only by having applied more info
-operations, which can only remove choices), which bounds the work on a history that is not
-linearizable; on one that is, the first child is almost always right and the search runs in
-about linear time.
+configuration from being explored twice, and more: a configuration is *covered* (it fails too)
+by one explored before with the same writers linearized and the same state that had applied at
+most its info operations and absorbed at least its reads (applying an info op only removes
+choices; an absorbed read is one obligation fewer). This bounds the work on a history that is
+not linearizable; on one that is, the first child is almost always right and the search runs
+in about linear time. The children of one completion are searched with the same dominance.
 
 Pruning, each an exchange argument that keeps at least one valid order if any exists:
 
@@ -36,7 +38,13 @@ Pruning, each an exchange argument that keeps at least one valid order if any ex
   linearized only if that helps (otherwise it is left to "after everything"); a cas that may or
   may not have happened applies only where it matches. Info writes whose value nobody can
   observe were turned into writes of one shared unobservable value by ``prepare``, so they are
-  interchangeable and only the first unused one of each effect is ever tried.
+  interchangeable and only the first unused one of each effect is ever tried;
+* *pointless info writes*: an info write applied where nothing observes it (it absorbs no read
+  and the next move is a write, which overwrites it unseen) does nothing but use itself up:
+  leaving it unapplied is the same order with one info op fewer, so after an info op that
+  absorbed nothing only a cas expecting its value may follow. Long histories pile up hundreds
+  of open info writes; without this rule the search applied nearly all of them, each usage a
+  new configuration the cache could not match.
 
 A budget (one deadline for the whole file, a cap on cached configurations, a stop flag set when
 another key fails) turns an explosion into ``unknown``, never a hang.
@@ -168,7 +176,7 @@ class Search:
         writers: list[int] = []  # open required writers
         absorbers: list[int] = []  # open reads and mismatches
         stack: list[tuple[int, Iterator[_Child], tuple[int, ...], tuple[int, ...]]] = []
-        visited: dict[tuple[int, int, State], list[int]] = {}
+        visited: dict[tuple[int, int, State], list[tuple[int, int]]] = {}
         opt = self.opt_mask
         stored = 0
         steps = 0
@@ -206,12 +214,17 @@ class Search:
                     lin ^= b
                     pos += 1
                     continue
-                # explored before, with a subset of the info ops applied: it failed then
+                # explored before with the same writers linearized, at most these info ops
+                # applied and at least these reads absorbed: it failed then (it was better)
                 part = lin & opt
-                parts = visited.setdefault((pos, lin ^ part, state), [])
-                if any(p & part == p for p in parts):
+                seen = 0
+                for r in absorbers:
+                    seen |= bit[r]
+                seen &= lin
+                parts = visited.setdefault((pos, lin ^ part ^ seen, state), [])
+                if self.covered(parts, part, seen):
                     break
-                parts.append(part)
+                parts.append((part, seen))
                 stored += 1
                 children = self.children(i, pos, lin, state, path, writers, absorbers)
                 first = next(children, None)
@@ -281,15 +294,44 @@ class Search:
         needs = (kt.kind == READ or kt.kind == CAS) and state != kt.arg
         if needs and not self.reachable(kt.arg, movers, lin, pos):
             return  # nothing open could produce the value it needs
-        queue: deque[_Child] = deque([(lin, state, path)])
-        seen = {(lin, state)}
+        fast = False
+        if kt.writes and (kt.kind != CAS or kt.arg == state):
+            # The first child, cheaply: the completing writer alone. It completes first, so no
+            # identical op goes before it; only the values-written-once rule may forbid it.
+            owed = self.pinned(movers, lin, state, pos) if self.pin else None
+            if owed is None or target in owed:
+                fast = True
+                s2 = kt.produced
+                m2 = lin | bt
+                p2: _Path = (target, path)
+                for a in absorbers:
+                    ba = bit[a]
+                    if not m2 & ba and kops[a].matches(s2):
+                        m2 |= ba
+                        p2 = (a, p2)
+                yield m2 ^ bt, s2, p2
+        opt = self.opt_mask
+        amask = 0  # the open no-effect ops
+        for a in soakers:
+            amask |= bit[a]
+        # Configurations met, by (writers linearized, state): a configuration is skipped when
+        # one met before absorbed a superset of the reads with a subset of the info ops (and
+        # is not restricted where this one is not); it can do everything this one can.
+        seen: dict[tuple[int, State], list[tuple[int, int, bool]]] = {
+            (lin & ~(amask | opt), state): [(lin & amask, lin & opt, False)]
+        }
+        queue: deque[tuple[int, State, _Path, bool]] = deque([(lin, state, path, False)])
         while queue:
-            m, s, p = queue.popleft()
+            m, s, p, restricted = queue.popleft()
             for w in self.candidates(movers, m, s, pos):
                 kw = kops[w]
+                if restricted and kw.kind != CAS:
+                    continue  # it would hide the info write just applied
+                if fast and w == target and m == lin:
+                    continue  # yielded above
                 s2 = kw.new if kw.kind == CAS else kw.arg
-                m2 = m | bit[w]
-                p2: _Path = (w, p)
+                m1 = m2 = m | bit[w]
+                p2 = (w, p)
                 for a in soakers:
                     ba = bit[a]
                     if not m2 & ba and kops[a].matches(s2):
@@ -297,12 +339,44 @@ class Search:
                         p2 = (a, p2)
                 if m2 & bt:
                     yield m2 ^ bt, s2, p2
-                elif (m2, s2) not in seen:
-                    seen.add((m2, s2))
-                    queue.append((m2, s2, p2))
-                    self.work += 1
-                    if self.work & 1023 == 0:
-                        self.budget.check(self.work)
+                    continue
+                hides = self.restricts(kw, m2 != m1)
+                a2, i2 = m2 & amask, m2 & opt
+                group = seen.setdefault((m2 ^ a2 ^ i2, s2), [])
+                if self.met(group, a2, i2, hides):
+                    continue
+                group.append((a2, i2, hides))
+                queue.append((m2, s2, p2, hides))
+                self.work += 1
+                if self.work & 1023 == 0:
+                    self.budget.check(self.work)
+
+    # The three rules below are the cache key's and the pruning's; each is checked against an
+    # exhaustive search by tests/test_checker_properties.py, which also plants a wrong one.
+
+    @staticmethod
+    def covered(parts: list[tuple[int, int]], info: int, absorbed: int) -> bool:
+        """Whether a configuration met before at this completion, with the same writers
+        linearized and the same state, applied a subset of these ``info`` ops and absorbed a
+        superset of these reads: it could do all this one can, and it failed."""
+        return any(i & info == i and a & absorbed == absorbed for i, a in parts)
+
+    @staticmethod
+    def met(group: list[tuple[int, int, bool]], absorbed: int, info: int, restricted: bool) -> bool:
+        """Whether a configuration of this children search (same writers linearized, same
+        state) absorbed a superset of the reads with a subset of the info ops and is restricted
+        only if this one is: everything this one leads to, it leads to as well."""
+        return any(
+            a & absorbed == absorbed and i & info == i and (restricted or not r)
+            for a, i, r in group
+        )
+
+    @staticmethod
+    def restricts(k: KOp, absorbed: bool) -> bool:
+        """Whether only a cas may follow ``k`` just applied: an info write nobody observes is
+        pointless (leaving it unapplied does the same with one info op fewer), so unless it
+        absorbed a read, the next move must be a cas that expects its value."""
+        return not absorbed and not k.required
 
     def reachable(self, value: State, movers: list[int], lin: int, pos: int) -> bool:
         """Whether some open writer not yet linearized could produce ``value``."""

@@ -26,7 +26,7 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from harness.checker.model import CAS, INF, READ, KOp, RawResult, State, show
+from harness.checker.model import CAS, INF, READ, WRITE, KOp, RawResult, State, show
 
 _VIRTUAL = KOp(-1, 1, None, None, -1, -1, True, -1)  # the write of the initial null
 
@@ -296,6 +296,52 @@ def forced_only(kops: list[KOp]) -> list[KOp]:
             if k.kind == CAS:
                 todo.append(k.arg)
     return [k for k in kops if id(k) in chosen]
+
+
+class _Renamed:
+    """A value written more than once, as one of its writes in :func:`once_written`: equal only
+    to itself (so the writes are told apart), printed as the value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: State) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return show(self.value)
+
+    __repr__ = __str__
+
+
+def once_written(kops: list[KOp]) -> list[KOp]:
+    """A relaxation, with distinct written values, of a key whose values repeat: what makes
+    obvious anomalies cheap to find there (a stale read of a value written once, a read of a
+    value nobody writes), where the search would have to exhaust every order before failing.
+
+    Kept: every successful write, those of a value written more than once each renamed to a
+    value of its own (nobody reads it here); an info write of a value written once; the reads
+    (and cas ``a->a``) of ``null``, of a value that one write and nothing else produces, or of
+    a value nothing produces. Left out: other reads, every cas that changes the value, failed
+    cas observations, other info ops. If the key is linearizable, so is this: in a valid order
+    of the key, a kept read of ``v`` follows the only write of ``v`` with nothing in between
+    that changes the value, and leaving ops out keeps that so. So its violation is final.
+    """
+    producers: dict[State, list[KOp]] = {}
+    for k in kops:
+        if k.writes:
+            producers.setdefault(k.produced, []).append(k)
+    out: list[KOp] = []
+    for k in kops:
+        if k.kind == WRITE:
+            if len(producers[k.arg]) == 1:
+                out.append(k)
+            elif k.required:
+                out.append(KOp(k.src, WRITE, _Renamed(k.arg), None, k.inv, k.ret, True, k.process))
+        elif k.required and (k.kind == READ or (k.kind == CAS and not k.writes)):
+            found = producers.get(k.arg, ())
+            if not found or (len(found) == 1 and found[0].kind == WRITE):
+                out.append(k)
+    return forced_only(out)
 
 
 def values_unique(kops: Iterable[KOp]) -> bool:

@@ -164,6 +164,7 @@ class SimClients:
                 value=value,
                 node=node,
                 error=error,
+                client=c.name if type_ == "invoke" else None,
             )
         )
 

@@ -7,7 +7,11 @@ process applies the bugs named in ``ORBITAL_PLANT`` at start-up, see ``tests/tee
 
 Each buggy function is the library's code with the one mistake a real implementation makes;
 the comment on each says which rule it breaks. ``expected`` names the simulator's violation
-kinds the bug may surface as (the first violation of a run is compared with it).
+kinds the bug may surface as (the first violation of a run is compared with it). ``real``
+names the check that flags the bug in a short real chaos run and the test that shows it
+(``tests/teeth/test_real_*.py``, planted in every node process); some of those runs add an
+*amplifier* from ``tests/teeth/plant/real_bugs.py`` (a setting or a slow disk or network that
+correct code passes with) to open the window the bug needs.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class Bug:
     expected: frozenset[str]
     #: the simulator finds it within this many seeds of ``sweep_config()`` (tests/teeth)
     sim_bound: int = 60
-    #: the check of a real chaos run that flags it (tests/teeth/test_real_*.py), if any
+    #: the check of a real chaos run that flags it, and its test (tests/teeth/test_real_*.py)
     real: str = ""
 
     def apply(self) -> Callable[[], None]:
@@ -230,6 +234,9 @@ def _session_forgetting_retries(self: KVStore, cmd: Any, client: str) -> bytes:
     return encode_result(self._execute(cmd))
 
 
+#: how a real run flags a follower that keeps entries the majority replaced
+_DIVERGED = "`committed_entries_agree`, replay `committed_divergence` (test_real_divergence.py)"
+
 BUGS: dict[str, Bug] = {
     b.name: b
     for b in [
@@ -240,12 +247,14 @@ BUGS: dict[str, Bug] = {
             frozenset(
                 {"leader_completeness", "state_machine_safety", "durability", "log_matching"}
             ),
+            real="`leader_completeness`, from the WALs' history (test_real_stale_candidate.py)",
         ),
         Bug(
             "vote_not_durable_before_reply",
             "the vote reply leaves before the vote is persisted (Figure 2)",
             ((RaftCore, "_hold", _hold_except_votes),),
             frozenset({"vote_not_durable", "double_vote", "election_safety"}),
+            real="`leader_votes_durable` (test_real_vote_crash.py)",
         ),
         Bug(
             "hold_decided_at_creation",
@@ -255,6 +264,7 @@ BUGS: dict[str, Bug] = {
                 (RaftCore, "_hold", lambda self, msgs, leader_ok: msgs),
             ),
             frozenset({"vote_not_durable", "double_vote", "election_safety"}),
+            real="`leader_votes_durable` (test_real_vote_crash.py)",
         ),
         Bug(
             "votes_twice_in_a_term",
@@ -292,12 +302,14 @@ BUGS: dict[str, Bug] = {
                     "log_matching",
                 }
             ),
+            real="`converge_after_heal` after a lost write (test_real_lost_acks.py)",
         ),
         Bug(
             "backup_off_by_one",
             "the fast conflict back-up probes one index too far and never converges (§5.3)",
             ((Progress, "maybe_decr_to", _decr_off_by_one),),
             frozenset({"liveness", "stuck"}),
+            real="`converge_after_heal` (test_real_lost_acks.py)",
         ),
         Bug(
             "no_truncate_on_conflict",
@@ -312,12 +324,14 @@ BUGS: dict[str, Bug] = {
                     NOT_LINEARIZABLE,
                 }
             ),
+            real=_DIVERGED,
         ),
         Bug(
             "heartbeat_commit_beyond_match",
             "heartbeats carry the leader's commit index, not min(match, commit)",
             ((RaftCore, "bcast_heartbeat", _heartbeat_commit_unbounded),),
             frozenset({"state_machine_safety", "durability", NOT_LINEARIZABLE}),
+            real=_DIVERGED,
         ),
         Bug(
             "apply_before_commit",
@@ -332,6 +346,7 @@ BUGS: dict[str, Bug] = {
                     NOT_LINEARIZABLE,
                 }
             ),
+            real=_DIVERGED,
         ),
         Bug(
             "snapshot_keeps_conflicting_suffix",
@@ -339,18 +354,21 @@ BUGS: dict[str, Bug] = {
             ((RaftLog, "restore", _restore_keeping_suffix),),
             frozenset({"log_matching", "state_machine_safety", "durability", NOT_LINEARIZABLE}),
             sim_bound=150,
+            real="`snapshot_continuation`, from the WALs' history (test_real_snapshot_suffix.py)",
         ),
         Bug(
             "concurrent_conf_changes",
             "a second membership change is appended while one is uncommitted (§4.1)",
             ((RaftCore, "propose_conf_change", _propose_conf_change_unguarded),),
             frozenset({"config_overlap", "election_safety", "state_machine_safety"}),
+            real="`one_config_change_at_a_time` (test_real_conf_changes.py)",
         ),
         Bug(
             "read_without_leadership_check",
             "a leader serves ReadIndex reads without a heartbeat round (§6.4)",
             ((RaftCore, "_start_read", _read_without_heartbeat_round),),
             frozenset({"read_index_stale", NOT_LINEARIZABLE}),
+            real="linearizability, `exactly_once`, `minority_silent` (test_real_deposed_reads.py)",
         ),
         Bug(
             "session_applies_retry_twice",

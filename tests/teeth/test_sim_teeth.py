@@ -9,7 +9,9 @@ found is the bug, not the harness crying wolf. The seed each bug is found at is 
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +58,15 @@ def test_the_catalogue_holds_the_classic_bugs() -> None:
             with bug.planted():
                 assert getattr(owner, attr) is fn
             assert getattr(owner, attr) is not fn
+
+
+def test_every_bug_names_the_real_run_that_flags_it() -> None:
+    """``real`` names a check and the test file that plants the bug in a real chaos run; the
+    file exists and plants that very bug (so the README's table cannot claim a test that is
+    not there)."""
+    here = Path(__file__).resolve().parent
+    for bug in BUGS.values():
+        found = re.search(r"\((test_real_\w+\.py)\)", bug.real)
+        assert found, (bug.name, bug.real)
+        text = (here / found.group(1)).read_text(encoding="utf-8")
+        assert f'"{bug.name}"' in text, (bug.name, found.group(1))

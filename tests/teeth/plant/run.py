@@ -73,7 +73,9 @@ def chaos_run(tmp: Path, scenario: dict[str, Any], plant: Sequence[str] = ()) ->
         raise AssertionError(f"chaos run overran {RUN_DEADLINE_S}s:\n{out}") from None
     runs = sorted(p for p in store.glob("*/*") if p.is_dir())
     assert len(runs) == 1, out
-    results = json.loads((runs[0] / "results.json").read_text())
+    found = runs[0] / "results.json"
+    assert found.exists(), f"the run wrote no results.json (exit {proc.returncode}):\n{out}"
+    results = json.loads(found.read_text())
     for node_log in runs[0].glob("nodes/*/node.log"):
         text = node_log.read_text(errors="replace")
         for name in plant:  # every node process of the run carried the bug
