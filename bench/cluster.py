@@ -6,11 +6,11 @@ talking **directly** (``ClusterSpec(toxiproxy=False)``: no proxy hop), on 127.0.
 The load generator is this one Python process (asyncio), which shares the machine's cores
 with the five nodes: on a 2-core box the client's own CPU is part of what is measured.
 
-* ``throughput``: for 1, 16 and 64 concurrent ``KVClient``s, each issuing one ``put`` at a
-  time (a client waits for the commit before its next write), for a fixed duration after a
-  warm-up: committed writes/s and latency p50/p99 (submit -> acknowledged commit). Values
-  are ints (the state machine's type), so the brief's "100-byte values" cannot be expressed:
-  a command is ~75 bytes of JSON (key, int value, client id, sequence number).
+* ``throughput``: for 1, 16, 64 and 256 concurrent ``KVClient``s, each issuing one ``put``
+  at a time (a client waits for the commit before its next write), for a fixed duration
+  after a warm-up: committed writes/s, latency p50/p99 (submit -> acknowledged commit), and
+  the load generator's CPU seconds per 1,000 writes. Values are 100-digit integers (the
+  state machine's type), ~100 bytes as etcd's 100-byte strings.
 * ``failover``: SIGKILL the leader N times (restarting it and waiting for a steady state —
   one leader, all five caught up — after each). Per kill: ``recovery_s`` = from the SIGKILL
   to the acknowledgement of the first write issued after it (a KVClient with a 100 ms
@@ -27,13 +27,20 @@ with the five nodes: on a 2-core box the client's own CPU is part of what is mea
   up`` runs them. ``--systems orbital,orbital-nocurve`` adds windows of the same cluster
   without keys, alternating with the others, and ``curve_cost`` reports the secured
   cluster's throughput as a share of the unsecured one's per level (the issue's bar: 0.85).
-* ``etcd``: if ``etcd`` is on PATH, the throughput and failover workloads against a local
-  5-member etcd (127.0.0.1 only, fsync on, 1 s election timeout as shipped) through its
-  JSON gateway (``/v3/kv/put``) with a small asyncio HTTP/1.1 client, and the ratios.
-  Otherwise ``"etcd": "not installed"``.
+* ``etcd``: if ``etcd`` is on PATH, the same throughput windows against a local 5-member
+  etcd (``harness.systems.etcd.EtcdSystem`` run by ``harness.local.Cluster`` without
+  proxies; 127.0.0.1 only, fsync on, 1 s election timeout as shipped), alternating with
+  orbital's, with three load generators: ``etcd``, etcd's own Go client
+  (``bench/etcdload``, ``go.etcd.io/etcd/client/v3``, built by ``bench.etcd_go``: the fair
+  baseline the targets use); ``etcd-grpc-py``, the chaos runs' Python gRPC client
+  (``harness.systems.etcd.EtcdClient``) in this process; ``etcd-gateway``, etcd's JSON
+  gateway (``/v3/kv/put``, a second hop inside etcd) with a small asyncio HTTP/1.1 client,
+  this bench's earliest baseline. etcd's failover through the Python gRPC client. Otherwise
+  ``"etcd": "not installed"``.
 
 Usage: ``python -m bench.cluster [--quick] [--seconds 10] [--rounds 5] [--kills 20]
-[--overload 20000] [--systems orbital,orbital-nocurve,etcd] [--throughput-only]``.
+[--overload 20000] [--systems orbital,orbital-nocurve,etcd,etcd-grpc-py,etcd-gateway]
+[--levels 1,16,64,256] [--throughput-only]``.
 Five rounds by default: on the shared 2-core machine one round's 1-client ratio to etcd
 ranged from 0.73 to 1.57 (2026-11-23), so the verdict takes each system's median window of
 five.
@@ -63,9 +70,11 @@ import zmq
 import zmq.asyncio
 
 from bench import etcd_go
-from chaos.process import ProcessManager
-from chaos.toxiproxy import LOOPBACK, free_port
 from harness.cluster import ClusterSpec, LocalCluster, StatusPoller
+from harness.local import Cluster, ClusterOptions
+from harness.system import Operation
+from harness.systems.etcd import EtcdClient as GrpcClient
+from harness.systems.etcd import EtcdSystem
 from raft.client import KVClient
 from raft.security import ClientKeys
 
@@ -240,45 +249,46 @@ async def orbital_window(
         return await closed_loop(make, level, seconds)
 
 
-#: the etcd load generators: etcd's Go client over gRPC (the fair baseline), and the JSON
-#: gateway with a small Python HTTP client (this bench's earlier figure)
-ETCD_SYSTEMS = ("etcd", "etcd-gateway")
+#: the etcd load generators: etcd's Go client over gRPC (the fair baseline), the Python gRPC
+#: client of the chaos runs (``harness.systems.etcd.EtcdClient``), and the JSON gateway with a
+#: small Python HTTP client (this bench's earliest figure)
+ETCD_SYSTEMS = ("etcd", "etcd-grpc-py", "etcd-gateway")
 SYSTEMS = ("orbital", "orbital-nocurve", *ETCD_SYSTEMS)
+DEFAULT_SYSTEMS = ("orbital", *ETCD_SYSTEMS)
 
 
 async def etcd_window(
     binary: str, go_client: Path | None, system: str, workdir: Path, level: int, seconds: float
 ) -> dict[str, Any]:
-    """One measured window on a fresh etcd cluster. The Go client's clients all talk to the
-    leader (as orbital's do: a follower would forward each put to it, one more hop); the
-    gateway's are spread over the members, as this bench always ran them (through one
-    member's gateway they reached less than half that throughput at 64 clients)."""
-    etcd = EtcdCluster(binary, workdir)
-    etcd.start()
-    try:
-        leader, _ = await etcd.wait_leader()
-        endpoint = etcd.client[leader]
+    """One measured window on a fresh etcd cluster (``harness.systems.etcd.EtcdSystem``, no
+    proxies). The Go client's clients all talk to the leader (as orbital's do: a follower
+    would forward each put to it, one more hop); the Python clients' are spread over the
+    members, as this bench ran them before (through one member's gateway they reached less
+    than half that throughput at 64 clients)."""
+    with etcd_cluster(binary, workdir) as etcd:
+        leader, _ = await etcd_steady(etcd)
         if system == "etcd":
             assert go_client is not None
             return await etcd_go.window(
                 go_client,
-                [endpoint],
+                [etcd.listen(leader, "client")],
                 level,
                 seconds,
                 WARMUP_S,
                 value_bytes=VALUE_DIGITS,
                 key_prefix=f"c{level}",
             )
-        endpoints = list(etcd.client.values())
+        endpoints = list(etcd.client_addresses().values())
+        kind = "gateway" if system == "etcd-gateway" else "grpc"
 
-        def make(i: int) -> EtcdClient:
-            c = EtcdClient(endpoints)
-            c._at = i % len(endpoints)
-            return c
+        def make(i: int) -> Writer:
+            return etcd_client(endpoints, kind, at=i)  # spread over the members
 
-        return await closed_loop(make, level, seconds)
-    finally:
-        etcd.stop()
+        try:
+            return await closed_loop(make, level, seconds)
+        finally:
+            await closed_channels()
+            await etcd.disconnect()
 
 
 async def paired_throughput(
@@ -500,15 +510,94 @@ async def burst(
 
 
 # ==== etcd ====================================================================================
+class GrpcEtcd:
+    """Puts through etcd's v3 gRPC API: ``harness.systems.etcd.EtcdClient`` (one member at a
+    time, the next one after an error), retried until ``timeout``."""
+
+    def __init__(self, endpoints: list[str], attempt_timeout: float = 1.0, at: int = 0) -> None:
+        names = {f"e{i}": e for i, e in enumerate(endpoints)}
+        self.endpoints = endpoints
+        self.client = GrpcClient(names, start=at, timeout=attempt_timeout)
+
+    def point_at(self, endpoint: str) -> None:
+        self.client._at = self.endpoints.index(endpoint)
+
+    async def put(self, key: str, value: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            done = await self.client.invoke(Operation("write", key, value))
+            if done.type == "ok":
+                return
+            last = str(done.error)  # the client has moved to the next member
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"etcd put timed out: {last}")
+
+    def close(self) -> None:
+        """Close the channel (awaited by :func:`closed_channels`)."""
+        channel, self.client._channel, self.client._kv = self.client._channel, None, None
+        if channel is not None:
+            _CLOSING.add(asyncio.get_running_loop().create_task(channel.close()))
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+async def closed_channels() -> None:
+    """Wait for the channels that :meth:`GrpcEtcd.close` began closing."""
+    tasks = list(_CLOSING)
+    _CLOSING.clear()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def etcd_client(
+    endpoints: list[str], kind: str, attempt_timeout: float = 1.0, at: int = 0
+) -> GrpcEtcd | EtcdClient:
+    """A Python etcd client: ``grpc`` (the v3 gRPC API, the chaos runs' client) or
+    ``gateway`` (the JSON gateway)."""
+    if kind == "gateway":
+        client = EtcdClient(endpoints, attempt_timeout)
+        client._at = at % len(endpoints)
+        return client
+    return GrpcEtcd(endpoints, attempt_timeout, at % len(endpoints))
+
+
+@contextlib.contextmanager
+def etcd_cluster(binary: str, workdir: Path) -> Any:
+    """5 etcd members on 127.0.0.1, talking directly (started and stopped by us)."""
+    system = EtcdSystem(heartbeat_ms=100, election_ms=1000, binary=binary, log_level="error")
+    with Cluster(system, ClusterOptions(toxiproxy=False), workdir) as cluster:
+        yield cluster
+
+
+async def etcd_steady(cluster: Cluster, timeout: float = STEADY_TIMEOUT_S) -> tuple[str, int]:
+    """(leader, term) once every live member follows one leader."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sts = await cluster.node_statuses()
+        live = {n: s for n, s in sts.items() if s is not None and cluster.alive(n)}
+        leaders = {s.extra["leader_id"] for s in live.values()}
+        found = [n for n, s in live.items() if s.role == "leader"]
+        if len(found) == 1 and len(leaders) == 1:
+            return found[0], live[found[0]].term
+        await asyncio.sleep(0.02)
+    raise RuntimeError("etcd: no leader")
+
+
 class EtcdClient:
     """Puts through etcd's JSON gateway over one keep-alive HTTP/1.1 connection, rotating to
-    the next member on an error or a timeout (etcd followers forward proposals)."""
+    the next member on an error or a timeout (etcd followers forward proposals); the
+    ``--etcd-client gateway`` of this bench."""
 
     def __init__(self, endpoints: list[str], attempt_timeout: float = 1.0) -> None:
         self.endpoints = endpoints
         self.attempt_timeout = attempt_timeout
         self._at = 0
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    def point_at(self, endpoint: str) -> None:
+        self._drop()
+        self._at = self.endpoints.index(endpoint)
 
     async def put(self, key: str, value: int, timeout: float = 10.0) -> None:
         body = json.dumps(
@@ -529,17 +618,6 @@ class EtcdClient:
             self._at = (self._at + 1) % len(self.endpoints)
             await asyncio.sleep(0.01)
         raise TimeoutError(f"etcd put timed out: {last}")
-
-    async def status(self, endpoint: str) -> dict[str, Any]:
-        reader, writer = await asyncio.open_connection(*endpoint.rsplit(":", 1))
-        try:
-            status, reply = await _http(reader, writer, endpoint, "/v3/maintenance/status", b"{}")
-        finally:
-            writer.close()
-        if status != 200:
-            raise OSError(f"status {status}")
-        out: dict[str, Any] = json.loads(reply)
-        return out
 
     async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self._conn is None:
@@ -588,91 +666,28 @@ async def _http(
     return status, data
 
 
-class EtcdCluster:
-    """5 etcd members on 127.0.0.1 (started and stopped by us, never left running)."""
-
-    def __init__(self, binary: str, workdir: Path, members: int = 5) -> None:
-        self.workdir = workdir
-        self.names = [f"e{i + 1}" for i in range(members)]
-        self.client = {n: f"{LOOPBACK}:{free_port()}" for n in self.names}
-        self.peer = {n: f"{LOOPBACK}:{free_port()}" for n in self.names}
-        self.procs = ProcessManager()
-        self.binary = binary
-
-    def start(self) -> None:
-        initial = ",".join(f"{n}=http://{self.peer[n]}" for n in self.names)
-        for n in self.names:
-            argv = [
-                self.binary,
-                f"--name={n}",
-                f"--data-dir={self.workdir / n}",
-                f"--listen-client-urls=http://{self.client[n]}",
-                f"--advertise-client-urls=http://{self.client[n]}",
-                f"--listen-peer-urls=http://{self.peer[n]}",
-                f"--initial-advertise-peer-urls=http://{self.peer[n]}",
-                f"--initial-cluster={initial}",
-                "--initial-cluster-state=new",
-                "--initial-cluster-token=orbital-bench",
-                "--log-level=error",
-            ]
-            self.procs.start(n, argv, self.workdir / f"{n}.log")
-
-    def stop(self) -> None:
-        self.procs.stop_all()
-
-    async def leader(self) -> tuple[str, int] | None:
-        """(member name, raft term) of the leader if every live member agrees on one."""
-        ids: dict[str, str] = {}
-        leaders: set[str] = set()
-        term = 0
-        probe = EtcdClient(list(self.client.values()))
-        for n in self.names:
-            if not self.procs[n].alive():
-                continue
-            try:
-                st = await asyncio.wait_for(probe.status(self.client[n]), 1.0)
-            except (OSError, TimeoutError, ValueError, IndexError):
-                return None
-            ids[str(st["header"]["member_id"])] = n
-            leaders.add(str(st.get("leader", "")))
-            term = max(term, int(st.get("raftTerm", 0)))
-        if len(leaders) != 1:
-            return None
-        name = ids.get(leaders.pop())
-        return None if name is None else (name, term)
-
-    async def wait_leader(self, timeout: float = STEADY_TIMEOUT_S) -> tuple[str, int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = await self.leader()
-            if found is not None:
-                return found
-            await asyncio.sleep(0.02)
-        raise RuntimeError("etcd: no leader")
-
-
 async def etcd_failover(binary: str, workdir: Path, kills: int) -> dict[str, Any]:
-    etcd = EtcdCluster(binary, workdir)
-    etcd.start()
-    try:
-        await etcd.wait_leader()
-        endpoints = list(etcd.client.values())
+    with etcd_cluster(binary, workdir) as etcd:
+        await etcd_steady(etcd)
+        endpoints = list(etcd.client_addresses().values())
         recovery: list[float] = []
-        client = EtcdClient(endpoints, attempt_timeout=FAILOVER_ATTEMPT_S)
+        client = etcd_client(endpoints, "grpc", attempt_timeout=FAILOVER_ATTEMPT_S)
         try:
             for k in range(kills):
-                leader, _ = await etcd.wait_leader()
+                leader, _ = await etcd_steady(etcd)
                 await asyncio.sleep(0.5)
-                client._at = (endpoints.index(etcd.client[leader]) + 1) % len(endpoints)
-                client._drop()
+                follower = endpoints[(endpoints.index(etcd.listen(leader, "client")) + 1) % 5]
+                client.point_at(follower)
                 await client.put("fo", 2 * k)
                 killed = time.monotonic()
-                etcd.procs[leader].kill()
+                etcd.kill(leader)
                 await client.put("fo", 2 * k + 1, timeout=30.0)
                 recovery.append(time.monotonic() - killed)
-                etcd.procs[leader].restart()
+                etcd.restart(leader)
         finally:
             client.close()
+            await closed_channels()
+            await etcd.disconnect()
         return {
             "kills": len(recovery),
             "recovery_median_s": round(statistics.median(recovery), 4) if recovery else None,
@@ -680,8 +695,6 @@ async def etcd_failover(binary: str, workdir: Path, kills: int) -> dict[str, Any
             "recovery_s": [round(x, 4) for x in recovery],
             "note": "client on a follower (etcd forwards); 1 s election timeout as shipped",
         }
-    finally:
-        etcd.stop()
 
 
 def _etcd_version(binary: str) -> str:
@@ -791,6 +804,8 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 "orbital": "KVClients in this Python process (asyncio, one shared ZeroMQ context)",
                 "etcd": "bench/etcdload: etcd's Go client (go.etcd.io/etcd/client/v3, v3 gRPC"
                 " API), one connection, every client on the leader",
+                "etcd-grpc-py": "harness.systems.etcd.EtcdClient (grpcio, the chaos runs'"
+                " client) in this Python process, clients spread over the members",
                 "etcd-gateway": "etcd's JSON gateway (/v3/kv/put) with a small asyncio"
                 " HTTP/1.1 client in this process, clients spread over the members",
             },
@@ -872,8 +887,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument(
         "--systems",
-        default="orbital,etcd,etcd-gateway",
-        help=f"comma-separated, of {', '.join(SYSTEMS)} (default orbital,etcd,etcd-gateway)",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated, of {', '.join(SYSTEMS)} (default {','.join(DEFAULT_SYSTEMS)})",
     )
     p.add_argument(
         "--throughput-only", action="store_true", help="skip failover, overload, etcd failover"

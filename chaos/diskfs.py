@@ -40,7 +40,11 @@ keeps its own "page cache", in the spirit of Jepsen's LazyFS, with these rules:
    A clean unmount makes everything durable (the machine did not crash).
 
 The kernel is told to cache nothing (``direct_io``, zero attribute and entry timeouts), so a
-restarted node reads what this process says, not the kernel's memory of it.
+restarted node reads what this process says, not the kernel's memory of it. A file that must
+be memory-mapped (etcd's bbolt database: a shared mapping of a ``direct_io`` file fails with
+ENODEV) is named with ``--mmap PATH``: it is opened through the page cache, which the kernel
+drops at every open (no ``keep_cache``), and its writes still come here one by one. Node
+processes under another user or group (``chaos.nat``) need ``--allow-other``.
 """
 
 from __future__ import annotations
@@ -737,7 +741,17 @@ class DiskMount:
     and the graveyard of not-yet-durable names; it must be on ``backing``'s file system.
     """
 
-    def __init__(self, backing: Path, mountpoint: Path, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        backing: Path,
+        mountpoint: Path,
+        state_dir: Path | None = None,
+        *,
+        mmap_paths: tuple[str, ...] = (),
+        allow_other: bool = False,
+    ) -> None:
+        self.mmap_paths = mmap_paths  #: relative paths opened through the page cache
+        self.allow_other = allow_other  #: other users and groups may use the mount
         self.backing = backing.resolve()
         self.mountpoint = mountpoint.resolve()
         self.state_dir = (state_dir or self.backing.with_name(self.backing.name + ".fs")).resolve()
@@ -753,6 +767,10 @@ class DiskMount:
         self.control.path.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "chaos.diskfs", "--backing", str(self.backing)]
         argv += ["--mount", str(self.mountpoint), "--state", str(self.state_dir)]
+        for path in self.mmap_paths:
+            argv += ["--mmap", path]
+        if self.allow_other:
+            argv.append("--allow-other")
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -819,11 +837,35 @@ def _watch_parent(mountpoint: Path) -> None:
     unmount(mountpoint)
 
 
+class _FUSE(mfusepy.FUSE):  # type: ignore[misc]  # mfusepy ships no type hints
+    """``direct_io`` per file: every file but the ones that must be memory-mapped."""
+
+    def __init__(self, ops: DiskFS, mount: str, mmap_paths: frozenset[str], **opts: Any) -> None:
+        self._mmap = mmap_paths
+        super().__init__(ops, mount, **opts)
+
+    def _cache_mode(self, path: bytes, fip: Any) -> None:
+        fip.contents.direct_io = 0 if path.decode().lstrip("/") in self._mmap else 1
+        fip.contents.keep_cache = 0
+
+    def open(self, path: bytes, fip: Any) -> int:
+        result: int = super().open(path, fip)
+        self._cache_mode(path, fip)
+        return result
+
+    def create(self, path: bytes, mode: int, fip: Any) -> int:
+        result: int = super().create(path, mode, fip)
+        self._cache_mode(path, fip)
+        return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos.diskfs", description=__doc__)
     parser.add_argument("--backing", required=True, type=Path)
     parser.add_argument("--mount", required=True, type=Path)
     parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--mmap", action="append", default=[], help="a file to mmap (relative)")
+    parser.add_argument("--allow-other", action="store_true", help="other users may use it")
     args = parser.parse_args(argv)
     try:
         fs = DiskFS(args.backing, args.state / "graveyard")
@@ -839,15 +881,17 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=serve_control, args=(fs, sock), daemon=True).start()
     threading.Thread(target=_watch_parent, args=(args.mount,), daemon=True).start()
     try:
-        mfusepy.FUSE(
+        extra = {"allow_other": True} if args.allow_other else {}
+        _FUSE(
             fs,
             str(args.mount),
+            frozenset(p.strip("/") for p in args.mmap),
             foreground=True,
-            direct_io=True,
             attr_timeout=0,
             entry_timeout=0,
             negative_timeout=0,
             fsname="orbital-diskfs",
+            **extra,
         )
     except RuntimeError as exc:
         print(f"diskfs: mount failed: {exc}", file=sys.stderr)

@@ -13,16 +13,18 @@ Faults never overlap: an occurrence that would overlap one already accepted is d
 (scheduled ``at`` entries are placed first), so a heal always ends exactly one fault, and every
 stop lies within the duration.
 
-:class:`NemesisExecutor` follows a schedule in real time against a cluster (a
-:class:`ClusterLike`, i.e. ``harness.cluster.LocalCluster``; ``chaos`` never imports
-``harness``). A ``"leader"`` target is resolved when its fault starts (``cluster.leader()``;
-the drawn fallback if there is none), so is ``"follower"`` (the first node of the drawn order
+:class:`NemesisExecutor` follows a schedule in real time against a cluster of any system (a
+:class:`ClusterLike`, i.e. ``harness.local.Cluster``; ``chaos`` never imports ``harness``).
+A ``"leader"`` target is resolved when its fault starts (``cluster.leader()``; the drawn
+fallback if there is none, and always for a system that cannot tell who leads), so is
+``"follower"`` (the first node of the drawn order
 that is not the leader), and the stop acts on the nodes the start chose: a kill's stop
 restarts each killed node on its own data directory, a pause's resumes it. A target that is
 down or paused when its fault starts is left out; one still starting up (or recovering its
-storage) is killed like any other: any node, any time. A ``transfer`` asks the leader (on its
-direct client port) to transfer to each of its targets at once; a membership ``remove`` with a
-group target asks it to remove each of them at once (one client per node). Blocking cluster calls
+storage) is killed like any other: any node, any time. A ``transfer`` asks the leader to
+transfer to each of its targets at once (the system's leader transfer; skipped, saying so,
+for a system without one); a membership ``remove`` with a group target asks for the removal
+of each of them at once (the system's membership changes). Blocking cluster calls
 (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
 clients' event loop keeps going. Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
@@ -48,8 +50,6 @@ from chaos import node_faults
 from chaos.diskfs import DiskFSError
 from chaos.node_faults import FaultCluster
 from chaos.shapes import cut_links
-from raft.client import KVClient
-from raft.security import ADMIN
 
 Action = Literal["start", "stop"]
 #: targets that name a set of nodes (kills, pauses and transfers)
@@ -59,7 +59,7 @@ TARGET_WORDS = ("leader", "follower", "random", *GROUP_TARGETS)
 
 
 # ---- what the nemesis needs of a scenario and a cluster (``chaos`` never imports ``harness``:
-# ``harness.scenario.Scenario`` and ``harness.cluster.LocalCluster`` are these) ---------------
+# ``harness.scenario.Scenario`` and ``harness.local.Cluster`` are these) ----------------------
 class NemesisSpec(Protocol):
     """One ``[[nemesis]]`` entry (``harness.scenario.Nemesis``)."""
 
@@ -119,24 +119,19 @@ class ScenarioSpec(Protocol):
     def nemesis(self) -> Sequence[NemesisSpec]: ...
 
 
-class _Proc(Protocol):
-    @property
-    def paused(self) -> bool: ...
-    def alive(self) -> bool: ...
-
-
 class _Spec(Protocol):
     @property
     def nodes(self) -> tuple[str, ...]: ...
 
 
 class ClusterLike(FaultCluster, Protocol):
-    """The cluster the executor acts on (``harness.cluster.LocalCluster``): what the node
+    """The cluster the executor acts on (``harness.local.Cluster``, any system): what the node
     faults need (:class:`chaos.node_faults.FaultCluster`), and process and network faults."""
 
     @property
     def spec(self) -> _Spec: ...
     async def leader(self) -> tuple[str, int] | None: ...
+    async def transfer_leader(self, leader: str, target: str) -> None: ...
     def paused(self, node: str) -> bool: ...
     def pause(self, node: str) -> None: ...
     def resume(self, node: str) -> None: ...
@@ -267,7 +262,7 @@ class AppliedFault:
     leader_before: tuple[str, int] | None = None
     started_ns: int = 0  #: monotonic, just before the fault was applied
     applied_ns: int = 0  #: monotonic, once it was fully in place
-    stopped_ns: int | None = None
+    stopped_ns: int | None = None  #: monotonic, just before the fault began to be undone
     skipped: str | None = None
 
     def to_json(self, run_start_ns: int) -> dict[str, Any]:
@@ -378,17 +373,9 @@ class NemesisExecutor:
         if not f.nodes:
             f.skipped = f"the only target is the leader {leader}"
             return
-        addr = {leader: self.cluster.client_addr[leader]}
-        keys = self.cluster.keys(ADMIN)  # a transfer needs an admin key (raft.security)
-        clients = [KVClient(addr, timeout=1.0, attempt_timeout=0.5, keys=keys) for _ in f.nodes]
-        try:
-            found = await asyncio.gather(
-                *(c.transfer(n) for c, n in zip(clients, f.nodes, strict=True)),
-                return_exceptions=True,
-            )
-        finally:
-            for c in clients:
-                c.close()
+        found = await asyncio.gather(
+            *(self.cluster.transfer_leader(leader, n) for n in f.nodes), return_exceptions=True
+        )
         failed = [f"{n}: {r}" for n, r in zip(f.nodes, found, strict=True) if r is not None]
         if len(failed) == len(f.nodes):
             f.skipped = "; ".join(failed)
@@ -397,30 +384,20 @@ class NemesisExecutor:
             self._on_fault("transfer", "start", {"leader": leader, "to": f.nodes})
 
     async def _removals(self, f: AppliedFault, targets: list[str]) -> None:
-        """Ask the leader to remove every target at once (one client each, as several
-        operators might); stop the nodes it removed. The leader
-        takes one change at a time: the others are refused while it is uncommitted."""
+        """Ask for the removal of every target at once (each its own request, as several
+        operators might); stop the nodes removed. A Raft leader takes one change at a time:
+        the others are refused while it is uncommitted."""
         if f.leader_before is None:
             f.skipped = "no leader to ask"
             return
         f.nodes = [
             n for n in targets if n in self.cluster.members and n not in self.cluster.retired
         ]
-        addrs = {n: self.cluster.client_addr[n] for n in self.cluster.members}
-        keys = self.cluster.keys(ADMIN)  # a membership change needs an admin key
-        clients = [KVClient(addrs, timeout=10.0, attempt_timeout=1.0, keys=keys) for _ in f.nodes]
-        for c in clients:
-            c.leader = f.leader_before[0]  # straight to it; a redirect if it stepped down
-        try:
-            found = await asyncio.gather(
-                *(c.membership("remove", n) for c, n in zip(clients, f.nodes, strict=True)),
-                return_exceptions=True,
-            )
-        finally:
-            for c in clients:
-                c.close()
-        # a retry whose first answer was lost is refused as already done: it is done
-        done = [isinstance(r, dict) or "is not a member" in str(r) for r in found]
+        found = await asyncio.gather(
+            *(self.cluster.remove_member(n) for n in f.nodes), return_exceptions=True
+        )
+        # (a retry whose first answer was lost, refused as already done, comes back done)
+        done = [isinstance(r, dict) for r in found]
         removed = [n for n, ok in zip(f.nodes, done, strict=True) if ok]
         refused = {n: str(r) for n, r, ok in zip(f.nodes, found, done, strict=True) if not ok}
         if not removed:
@@ -429,7 +406,7 @@ class NemesisExecutor:
         for node in removed:
             self.cluster.retired.add(node)
         alive = [n for n in removed if self.cluster.alive(n)]
-        await asyncio.gather(*(asyncio.to_thread(self.cluster.procs[n].stop) for n in alive))
+        await asyncio.gather(*(asyncio.to_thread(self.cluster.stop_node, n) for n in alive))
         detail = {"membership": "remove", "removed": removed, "refused": refused}
         f.params["applied"] = detail
         self._report("membership", "start", detail)
@@ -523,8 +500,10 @@ class NemesisExecutor:
         fault = self.active.pop(op.id, None)
         if fault is None:
             return
-        await asyncio.to_thread(self._undo, fault)
+        # the heal begins now: healing link by link takes a while, and what the nodes do
+        # meanwhile (a cut-off leader learning a newer term) is no longer the fault's
         fault.stopped_ns = time.monotonic_ns()
+        await asyncio.to_thread(self._undo, fault)
 
     def _undo(self, f: AppliedFault) -> None:
         if f.kind in ("kill", "pause"):
@@ -560,13 +539,9 @@ class NemesisExecutor:
             except DiskFSError as exc:  # noted, the heal goes on
                 self._report("disk", "stop", {"clear_failed": str(exc)})
         for node in self.cluster.members:
-            try:
-                proc: _Proc = self.cluster.procs[node]
-            except KeyError:
-                continue
-            if proc.paused:
+            if self.cluster.paused(node):
                 self.cluster.resume(node)
-            elif not proc.alive():
+            elif not self.cluster.alive(node):
                 self.cluster.restart(node)
 
 

@@ -16,53 +16,57 @@ meant to run in a worker thread (the nemesis does ``asyncio.to_thread``).
   fault and restarts it); ``slow-fsync`` delays every fsync.
 - clock (libfaketime): ``skew`` sets the node's clock rate, ``jump`` moves it, ``strobe``
   flips it back and forth; the end resets it.
-- membership: ``add`` starts a spare node and adds it (as a learner that the leader promotes
-  once it has caught up), waiting for the promotion; ``remove`` removes the target (the
-  leader too: it steps down once the change commits) and stops it; ``replace`` does both.
-  Membership changes are not undone.
+- membership: ``add`` adds a spare node (the system starts it and adds it: Orbital as a
+  learner that the leader promotes once it has caught up), waiting until it votes; ``remove``
+  removes the target (the leader too: it steps down once the change commits) and stops it;
+  ``replace`` does both. Membership changes are not undone.
+
+The cluster is any system's (:class:`FaultCluster`): what a fault needs of the system itself
+(a membership change, where its log lives on disk, where a corruption lands) it asks the
+cluster, which asks the system's capabilities; a missing one raises :class:`FaultError`
+(the fault is skipped, saying why).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chaos.disk import pick_corruption
 from chaos.diskfs import DiskFSError, DiskMount
-from raft.client import KVClient, KVError
-from raft.security import ADMIN, ClientKeys
 
 if TYPE_CHECKING:
     from chaos.clock import FakeClock
     from chaos.toxiproxy import ProxyNetwork
 
-#: how long an added learner may take to catch up before the change is given up
-CATCH_UP_TIMEOUT_S = 20.0
 #: a crash fault waits this long for a write in flight (fsyncs slowed to CATCH_FSYNC_MS)
 CATCH_UNSYNCED_S = 2.0
 CATCH_FSYNC_MS = 300
 
 
 class FaultCluster(Protocol):
-    """What these faults need of a cluster (``harness.cluster.LocalCluster`` has it)."""
+    """What these faults need of a cluster (``harness.local.Cluster`` has it)."""
 
     disks: dict[str, DiskMount]
     clocks: dict[str, FakeClock]
     retired: set[str]
     joined: list[str]
-    client_addr: dict[str, str]
     network: ProxyNetwork | None
-    procs: Any
 
     @property
     def members(self) -> list[str]: ...
+    @property
+    def log_prefix(self) -> str | None:
+        """Where the system's log lives under a data dir (``wal/``), if it says."""
+
     def alive(self, node: str) -> bool: ...
     def kill(self, node: str) -> None: ...
     def restart(self, node: str) -> None: ...
-    def start_joiner(self, node: str) -> None: ...
-    def keys(self, role: str = ...) -> ClientKeys | None: ...
+    def stop_node(self, node: str) -> None: ...
+    async def add_member(self, node: str) -> dict[str, Any]: ...
+    async def remove_member(self, node: str) -> dict[str, Any]: ...
+    def pick_corruption(self, node: str, target: str, seed: int) -> tuple[str, int, Any]: ...
+    async def disconnect(self) -> None: ...
 
 
 class FaultError(RuntimeError):
@@ -79,15 +83,15 @@ def _disk(cluster: FaultCluster, node: str) -> DiskMount:
     return disk
 
 
-def _catch_unsynced(disk: DiskMount) -> str | None:
-    """Slow the node's fsyncs down until one of its log segments has a write that is not yet
-    synced (a crash then loses, or tears, a write in flight: what this fault is for); the
-    segment, or None if none came within :data:`CATCH_UNSYNCED_S`."""
+def _catch_unsynced(disk: DiskMount, prefix: str) -> str | None:
+    """Slow the node's fsyncs down until one of its log files (under ``prefix``) has a write
+    that is not yet synced (a crash then loses, or tears, a write in flight: what this fault
+    is for); that file, or None if none came within :data:`CATCH_UNSYNCED_S`."""
     disk.call("slow-fsync", ms=CATCH_FSYNC_MS)
     deadline = time.monotonic() + CATCH_UNSYNCED_S
     while time.monotonic() < deadline:
-        unsynced = disk.call("status")["unsynced"]
-        wal = sorted(str(p) for p in unsynced if str(p).startswith("wal/"))
+        unsynced = disk.call("status")["unsynced"]  # path -> unsynced bytes
+        wal = sorted(str(p) for p, n in unsynced.items() if str(p).startswith(prefix) and n)
         if wal:
             return wal[-1]
         time.sleep(0.005)
@@ -98,8 +102,15 @@ def start_disk(cluster: FaultCluster, params: dict[str, Any], node: str) -> dict
     """Apply a disk fault to ``node``; the detail says exactly what it did."""
     disk, fault = _disk(cluster, node), str(params["disk"])
     detail: dict[str, Any] = {"node": node, "disk": fault}
+    if fault == "corrupt":  # can the system say where? (before anything is done)
+        try:
+            cluster.pick_corruption(node, str(params["corrupt"]), int(params["seed"]))
+        except ValueError as exc:
+            raise FaultError(str(exc)) from None
     if fault in ("lose-unsynced", "torn-write", "corrupt"):
-        pending = _catch_unsynced(disk) if fault != "corrupt" and cluster.alive(node) else None
+        prefix = cluster.log_prefix
+        catch = fault != "corrupt" and cluster.alive(node) and prefix is not None
+        pending = _catch_unsynced(disk, prefix or "") if catch else None
         detail["caught_unsynced"] = pending
         # the crash: the disk first (an fsync in flight fails), the process right after; then
         # once more, for anything the process wrote in between
@@ -117,11 +128,16 @@ def start_disk(cluster: FaultCluster, params: dict[str, Any], node: str) -> dict
         detail["lost_after"] = disk.call("lose-unsynced")["lost"]
         disk.call("clear")
         if fault == "corrupt":
-            spot = pick_corruption(
-                disk.backing, str(params["corrupt"]), random.Random(int(params["seed"]))
-            )
-            detail["corrupt"] = disk.call("corrupt", path=spot.path, offset=spot.offset)
-            detail["record"] = spot.record
+            try:
+                path, offset, record = cluster.pick_corruption(
+                    node, str(params["corrupt"]), int(params["seed"])
+                )
+            except ValueError as exc:  # the crash lost it all: the crash stands, said so
+                detail["corrupt"] = None
+                detail["note"] = f"nothing left to corrupt after the crash: {exc}"
+                return detail
+            detail["corrupt"] = disk.call("corrupt", path=path, offset=offset)
+            detail["record"] = record
             cluster.retired.add(node)  # it must refuse to start from now on
     elif fault == "io-error":
         disk.call("fail", errno="EIO", ops=["write", "fsync"])
@@ -153,7 +169,8 @@ def stop_disk(cluster: FaultCluster, params: dict[str, Any], node: str) -> None:
 def start_clock(cluster: FaultCluster, params: dict[str, Any], node: str) -> dict[str, Any]:
     clock = cluster.clocks.get(node)
     if clock is None:
-        raise FaultError(f"{node} runs on the real clock (scenario without clock faults)")
+        why = getattr(cluster, "no_fake_clock", None) or "scenario without clock faults"
+        raise FaultError(f"{node} runs on the real clock ({why})")
     kind = str(params["clock"])
     if kind == "skew":
         return {"node": node, "clock": kind, **clock.skew(float(params["rate"]))}
@@ -180,54 +197,24 @@ def spare(cluster: FaultCluster, spares: list[str]) -> str:
     raise FaultError("no spare node left to add")
 
 
-async def _client_call(cluster: FaultCluster, action: str, node: str) -> dict[str, Any]:
-    addrs = {n: cluster.client_addr[n] for n in cluster.members if n != node or action != "add"}
-    async with KVClient(addrs, timeout=10.0, keys=cluster.keys(ADMIN)) as client:
-        try:
-            return await client.membership(action, node)
-        except KVError as exc:
-            # The client retries a request whose answer was lost; the retry of a change that
-            # did take effect is refused as already done. That is the outcome asked for.
-            done = "is already a member" if action.startswith("add") else "is not a member"
-            if done in str(exc):
-                return {"already": True, "detail": str(exc)}
-            raise FaultError(f"membership {action} {node} refused: {exc}") from exc
-
-
-async def _promoted(cluster: FaultCluster, node: str, timeout: float) -> None:
-    """Wait until the leader's configuration has ``node`` among its voters."""
-    deadline = time.monotonic() + timeout
-    keys = cluster.keys(ADMIN)
-    async with KVClient(dict(cluster.client_addr), timeout=1.0, keys=keys) as client:
-        while time.monotonic() < deadline:
-            for member in cluster.members:
-                try:
-                    st = await client.status(member)
-                except KVError:
-                    continue
-                if st.get("role") == "leader" and node in st.get("voters", []):
-                    return
-            await asyncio.sleep(0.1)
-    raise FaultError(f"{node} was not promoted within {timeout:.0f}s")
-
-
 async def add_node(cluster: FaultCluster, node: str) -> dict[str, Any]:
-    """Start ``node`` (a spare) and add it: it joins as a learner, and the leader promotes it
-    once it has caught up (dissertation §4.2.1; ``add_voter``); wait for the promotion."""
-    cluster.start_joiner(node)
-    t0 = time.monotonic()
-    await _client_call(cluster, "add_voter", node)
-    await _promoted(cluster, node, CATCH_UP_TIMEOUT_S)
-    return {"added": node, "promoted_after_s": round(time.monotonic() - t0, 3)}
+    """Add the spare ``node`` (the system starts it) and wait until it votes."""
+    try:
+        return await cluster.add_member(node)
+    except RuntimeError as exc:
+        raise FaultError(f"membership add {node}: {exc}") from exc
 
 
 async def remove_node(cluster: FaultCluster, node: str) -> dict[str, Any]:
     """Remove ``node`` from the configuration, then stop its process."""
-    await _client_call(cluster, "remove", node)
+    try:
+        detail = await cluster.remove_member(node)
+    except RuntimeError as exc:
+        raise FaultError(f"membership remove {node}: {exc}") from exc
     cluster.retired.add(node)
     if cluster.alive(node):
-        cluster.procs[node].stop()
-    return {"removed": node}
+        cluster.stop_node(node)
+    return detail
 
 
 def start_membership(
@@ -236,10 +223,17 @@ def start_membership(
     """Apply a membership change (blocking: run it in a worker thread)."""
     change = str(params["membership"])
     detail: dict[str, Any] = {"membership": change}
-    if change in ("add", "replace"):
-        detail.update(asyncio.run(add_node(cluster, spare(cluster, spares))))
-    if change in ("remove", "replace"):
-        detail.update(asyncio.run(remove_node(cluster, node)))
+
+    async def change_membership() -> None:
+        try:
+            if change in ("add", "replace"):
+                detail.update(await add_node(cluster, spare(cluster, spares)))
+            if change in ("remove", "replace"):
+                detail.update(await remove_node(cluster, node))
+        finally:
+            await cluster.disconnect()  # the system's connections of this event loop
+
+    asyncio.run(change_membership())
     return detail
 
 

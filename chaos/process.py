@@ -140,9 +140,13 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        group: int | None = None,
         on_event: EventSink | None = None,
     ) -> None:
         self.name = name
+        #: run under this group id (and no supplementary groups): ``chaos.nat`` routes a
+        #: process's connections by it
+        self.group = group
         self.argv = list(argv)
         self.log_path = log_path
         self.env = dict(os.environ if env is None else env)
@@ -151,6 +155,8 @@ class ManagedProcess:
         self._popen: subprocess.Popen[bytes] | None = None
         self._paused = False
         self._ended_by_us = False  # we sent the current incarnation SIGKILL or SIGTERM
+        #: (pid, exit code) of every earlier incarnation that ended on its own
+        self._died: list[tuple[int, int | None]] = []
         self._stopping: list[psutil.Process] = []  # the tree we sent SIGTERM to
 
     @property
@@ -231,7 +237,18 @@ class ManagedProcess:
         self._emit("start", argv=self.argv)
         return self.pid
 
+    def deaths(self) -> list[tuple[int, int | None]]:
+        """(pid, exit code) of every incarnation that ended on its own (a crash, a failed
+        start), the current one included: what no kill or stop of ours explains."""
+        out = list(self._died)
+        if self.exited_on_its_own:
+            assert self._popen is not None
+            out.append((self._popen.pid, self._popen.poll()))
+        return out
+
     def _spawn(self) -> None:
+        if self._popen is not None and self.exited_on_its_own:
+            self._died.append((self._popen.pid, self._popen.poll()))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(
@@ -239,9 +256,13 @@ class ManagedProcess:
             )
             log.flush()
             self._ended_by_us = False
+            # the group is set before the preexec_fn (its PR_SET_PDEATHSIG survives it)
+            ids: dict[str, Any] = {}
+            if self.group is not None:
+                ids = {"group": self.group, "extra_groups": []}
             self._popen = spawn(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, cwd=self.cwd, start_new_session=True,
+                env=self.env, cwd=self.cwd, start_new_session=True, **ids,
             )  # fmt: skip
         self._paused = False
 
@@ -381,11 +402,14 @@ class ProcessManager:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        group: int | None = None,
     ) -> ManagedProcess:
         """Start a new named process (see `ManagedProcess`)."""
         if name in self._procs:
             raise ProcessError(f"a process named {name!r} already exists; restart it instead")
-        proc = ManagedProcess(name, argv, log_path, env=env, cwd=cwd, on_event=self._record)
+        proc = ManagedProcess(
+            name, argv, log_path, env=env, cwd=cwd, group=group, on_event=self._record
+        )
         self._procs[name] = proc
         proc.start()
         return proc

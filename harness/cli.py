@@ -45,7 +45,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 #: third-party modules of the ``chaos`` extra (pyproject.toml)
-CHAOS_EXTRA = {"psutil", "toxiproxy", "requests", "rich", "matplotlib", "numpy", "tomli_w"}
+CHAOS_EXTRA = {
+    "psutil",
+    "toxiproxy",
+    "requests",
+    "rich",
+    "matplotlib",
+    "numpy",
+    "tomli_w",
+    "grpc",
+    "aetcd",
+}
 
 
 def version() -> str:

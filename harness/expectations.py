@@ -15,15 +15,12 @@ majority must keep answering; after the heal, every node must converge.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chaos.nemesis import AppliedFault
 from harness.history import Op, Operation, pair_operations
 from harness.monitor import Sample, sample_json
-
-if TYPE_CHECKING:
-    from harness.runner import Observed, RunContext
-
+from harness.run_state import Observed, RunContext
 
 #: disk faults that crash the node at once (as a kill does)
 CRASH_DISK_FAULTS = ("lose-unsynced", "torn-write", "corrupt")
@@ -32,6 +29,17 @@ CRASH_DISK_FAULTS = ("lose-unsynced", "torn-write", "corrupt")
 def check(name: str, ok: bool | None, expected: Any, observed: Any, **more: Any) -> dict[str, Any]:
     """One expectation's outcome (``ok`` None: not applicable in this run)."""
     return {"name": name, "ok": ok, "expected": expected, "observed": observed, **more}
+
+
+def not_applicable(name: str, expected: Any, why: str) -> dict[str, Any]:
+    """An expectation this run cannot judge (the system lacks what it needs): never met."""
+    return check(name, None, expected, f"not applicable: {why}")
+
+
+def _lacks(observed: Observed, capability: str, what: str) -> str | None:
+    if capability in observed.capabilities:
+        return None
+    return f"{observed.system} {what}"
 
 
 def fault_sides(f: AppliedFault, nodes: list[str]) -> tuple[set[str] | None, list[set[str]]]:
@@ -69,12 +77,20 @@ def check_expectations(
         check("min_ok_ops", observed.stats.get("ok", 0) >= exp.min_ok_ops, exp.min_ok_ops,
               observed.stats.get("ok", 0)),
     ]  # fmt: skip
+    no_leader = _lacks(observed, "leadership", "cannot tell who leads")
     if ctx.scenario.setup.leader_in is not None:
         group = ctx.scenario.groups[ctx.scenario.setup.leader_in]
-        placed = observed.setup_leader is not None and observed.setup_leader[0] in group
-        checks.append(check("leader_placed", placed, group, observed.setup_leader))
-    if exp.leader_elected_within_election_timeouts is not None:
-        checks += election_checks(ctx, observed, roles, exp.leader_elected_within_election_timeouts)
+        why = observed.not_applicable.get("leader_placed") or no_leader
+        if why is not None:
+            checks.append(not_applicable("leader_placed", group, why))
+        else:
+            placed = observed.setup_leader is not None and observed.setup_leader[0] in group
+            checks.append(check("leader_placed", placed, group, observed.setup_leader))
+    factor = exp.leader_elected_within_election_timeouts
+    if factor is not None and no_leader is not None:
+        checks.append(not_applicable("leader_elected", f"{factor:g} election timeouts", no_leader))
+    elif factor is not None:
+        checks += election_checks(ctx, observed, roles, factor)
     if exp.minority_never_acknowledges:
         checks += minority_checks(ctx, observed, history)
     if exp.majority_keeps_serving:
@@ -83,7 +99,11 @@ def check_expectations(
         checks += stepdown_checks(ctx, observed, roles, exp.minority_leader_steps_down_within)
     if exp.disk_faults_handled:
         checks += disk_checks(ctx, observed)
-    if exp.converge_after_heal:
+    if exp.no_node_dies:
+        checks.append(death_check(ctx, observed))
+    if exp.converge_after_heal and no_leader is not None:
+        checks.append(not_applicable("converge_after_heal", True, no_leader))
+    elif exp.converge_after_heal:
         final = {n: sample_json(s) for n, s in observed.final_status.items()}
         text = convergence_text(observed.final_status, observed.silent)
         ok: bool | None = observed.converged is True
@@ -298,6 +318,30 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
+#: disk faults after which a node is expected to stop on its own (``disk_checks`` judges how)
+_STOPPING_DISK_FAULTS = ("corrupt", "io-error", "disk-full")
+
+
+def death_check(ctx: RunContext, observed: Observed) -> dict[str, Any]:
+    """No node process ended on its own: a crash, a failed assertion or a failed restart is a
+    finding even when the cluster survived it (a planted bug once killed a node with an
+    ``AssertionError`` and every other check passed)."""
+    expected = {
+        f.node
+        for f in observed.applied
+        if f.kind == "disk" and f.node is not None and f.params.get("disk") in _STOPPING_DISK_FAULTS
+    }
+    died = {n: d for n, d in observed.died.items() if n not in expected}
+    seen = {
+        n: [{"pid": pid, "exit": code, "log": _last_line(ctx.run_dir / "nodes" / n / "node.log")}
+            for pid, code in d]
+        for n, d in died.items()
+    }  # fmt: skip
+    text = "; ".join(f"{n}: exit {d[-1]['exit']}: {d[-1]['log']}" for n, d in seen.items())
+    return check("no_node_dies", not died, "no node process ends on its own", text or "none",
+                 died=seen, expected_to_stop=sorted(expected))  # fmt: skip
+
+
 def disk_checks(ctx: RunContext, observed: Observed) -> list[dict[str, Any]]:
     """A node whose durable data was corrupted refused to start, naming the file and the byte
     offset (it never voted or acknowledged with a damaged log); a node whose disk failed
@@ -307,8 +351,16 @@ def disk_checks(ctx: RunContext, observed: Observed) -> list[dict[str, Any]]:
         if f.kind != "disk" or f.skipped is not None or f.node is None:
             continue
         fault = f.params.get("disk")
+        if fault in ("corrupt", "io-error", "disk-full") and observed.system != "orbital":
+            why = f"the check reads Orbital's exit message; {observed.system} has its own"
+            out.append(not_applicable(f"disk_handled[disk#{f.id}]", fault, why))
+            continue
         log = ctx.run_dir / "nodes" / f.node / "node.log"
         last = _last_line(log)
+        if fault == "corrupt" and f.params.get("applied", {}).get("corrupt", {}) is None:
+            why = str(f.params["applied"].get("note", "nothing was corrupted"))
+            out.append(not_applicable(f"corrupt_refused[disk#{f.id}]", "refuses to start", why))
+            continue
         if fault == "corrupt":
             applied = f.params.get("applied", {}).get("corrupt", {})
             where = f"{applied.get('path', '?')} at byte offset"

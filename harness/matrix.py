@@ -38,6 +38,7 @@ from rich.table import Table
 
 from harness.scenario import ScenarioError, load_scenario
 from harness.store_index import write_index
+from harness.system import SystemLoadError, load_system
 
 #: how long an interrupted run gets to stop its processes and judge what it has
 STOP_GRACE_S = 90.0
@@ -108,6 +109,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", help="override the seeds: a comma-separated list")
     parser.add_argument("--time-limit", type=float, metavar="S", help="seconds of workload")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--system", metavar="KIND", help="run every scenario against this system (etcd, ...)"
+    )
 
 
 def _seeds(text: str | None, default: list[int]) -> list[int]:
@@ -128,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
         seeds = _seeds(args.seeds, matrix.seeds)
         if args.time_limit is not None and args.time_limit <= 0:
             raise MatrixError("--time-limit: must be greater than 0")
-    except MatrixError as exc:
+        if args.system is not None:
+            load_system(args.system)  # a bad kind: one line, exit 2, before any run
+    except (MatrixError, SystemLoadError) as exc:
         print(f"orbital chaos matrix: {exc}", file=sys.stderr)
         return 2
     time_limit = args.time_limit if args.time_limit is not None else matrix.time_limit
@@ -147,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         task = progress.add_task("matrix", total=len(runs))
         for r in runs:
             progress.update(task, description=f"{r.scenario} seed {r.seed}")
-            execute_one(r, args.store, logs, time_limit, matrix.run_timeout)
+            execute_one(r, args.store, logs, time_limit, matrix.run_timeout, args.system)
             write_index(args.store)
             progress.advance(task)
             if args.no_progress:
@@ -158,13 +164,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute_one(
-    r: MatrixRun, store: Path, logs: Path, time_limit: float | None, timeout: float
+    r: MatrixRun,
+    store: Path,
+    logs: Path,
+    time_limit: float | None,
+    timeout: float,
+    system: str | None = None,
 ) -> None:
     """One ``orbital chaos run`` in its own process, stopped (SIGINT) past ``timeout``."""
     argv = [sys.executable, "-m", "harness.cli", "chaos", "run", str(r.config)]
     argv += ["--seed", str(r.seed), "--store", str(store), "--no-progress"]
     if time_limit is not None:
         argv += ["--time-limit", str(time_limit)]
+    if system is not None:
+        argv += ["--system", system]
     r.log = logs / f"{r.scenario}-seed{r.seed}.log"
     t0 = time.monotonic()
     with r.log.open("wb") as log:

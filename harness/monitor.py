@@ -4,9 +4,13 @@ Theory of operation
 -------------------
 A :class:`StatusMonitor` polls every node's status on its direct client port (never through
 the proxies, so a partition does not hide a node from the monitor) about every
-``POLL_INTERVAL_S``. Each answer becomes a :class:`Sample` stamped with the monotonic time it
+``POLL_INTERVAL_S``, through the system's :class:`~harness.system.Leadership` capability; a
+system without it gives no samples (expectations that need them are "not applicable").
+Each answer becomes a :class:`Sample` stamped with the monotonic time it
 arrived; samples of leaders are kept, so elections can be timed against the faults afterwards
-(:mod:`harness.expectations`). A paused, dead or silent node gives ``None``. The cluster has
+(:mod:`harness.expectations`), and every node's changes of role are kept
+(:attr:`StatusMonitor.role_changes`: the role record of a system whose nodes keep none). A
+paused, dead or silent node gives ``None``. The cluster has
 *converged* when every node answers with one (commit, applied, last index).
 """
 
@@ -17,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from harness.cluster import LocalCluster, StatusPoller
+from harness.local import Cluster
 
 POLL_INTERVAL_S = 0.02
 
@@ -38,12 +42,14 @@ class Sample:
 class StatusMonitor:
     """Polls every running node's status on its direct port; keeps the leader samples."""
 
-    def __init__(self, cluster: LocalCluster) -> None:
+    def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.leader_samples: list[Sample] = []
+        #: node -> every change of (role, term) it reported: (monotonic ns, role, term); the
+        #: role record of a system whose nodes keep none of their own
+        self.role_changes: dict[str, list[tuple[int, str, int]]] = {}
         self.latest: dict[str, Sample | None] = {}
         self.leader: tuple[str, int] | None = None
-        self._poller = StatusPoller(cluster, timeout=0.3)
 
     async def poll(self) -> dict[str, Sample | None]:
         """One concurrent round over the nodes; a paused, dead or silent node gives ``None``."""
@@ -51,6 +57,12 @@ class StatusMonitor:
         found = await asyncio.gather(*(self._poll_node(n) for n in nodes))
         out = dict(zip(nodes, found, strict=True))
         self.latest = out
+        for s in out.values():
+            if s is None:
+                continue
+            seen = self.role_changes.setdefault(s.node, [])
+            if not seen or seen[-1][1:] != (s.role, s.term):
+                seen.append((s.time_ns, s.role, s.term))
         leaders = [s for s in out.values() if s is not None and s.role == "leader"]
         self.leader_samples.extend(leaders)
         best = max(leaders, key=lambda s: s.term, default=None)
@@ -58,13 +70,12 @@ class StatusMonitor:
         return out
 
     async def _poll_node(self, node: str) -> Sample | None:
-        st = await self._poller.one(node)
+        st = await self.cluster.status(node, 0.3)
         if st is None:
             return None
         return Sample(
-            time.monotonic_ns(), node, str(st.get("role")), int(st.get("term", 0)),
-            int(st.get("commit", 0)), int(st.get("applied", 0)), int(st.get("last_index", 0)),
-        )  # fmt: skip
+            time.monotonic_ns(), node, st.role, st.term, st.commit, st.applied, st.last_index
+        )
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -82,7 +93,7 @@ class StatusMonitor:
             await asyncio.sleep(0.1)
 
     def close(self) -> None:
-        self._poller.close()
+        """Nothing of its own to release (the system's connections: ``cluster.disconnect``)."""
 
 
 def converged(found: dict[str, Sample | None]) -> bool:

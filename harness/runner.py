@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-A run is Jepsen's composition in our terms: a *DB* (:class:`~harness.cluster.LocalCluster`:
-Toxiproxy and one ``orbital node`` process per node), a *Client* (:mod:`harness.workload`),
+A run is Jepsen's composition in our terms: a *DB* (the scenario's ``[system]``, a
+:class:`~harness.system.System` run by :class:`~harness.local.Cluster`: Toxiproxy and one
+process per node), a *Client* (the system's, driven by :mod:`harness.workload`),
 a *Nemesis* with its pure *Generator* (:mod:`chaos.nemesis`) and *Checkers* (linearizability,
 Raft invariants from the nodes' storage, and the scenario's expectations). The steps:
 
@@ -12,7 +13,9 @@ Raft invariants from the nodes' storage, and the scenario's expectations). The s
    as run, seed and duration included);
 2. start the cluster *in* the run directory (so ``nodes/<id>/`` with data, log and roles is
    stored as it is written), wait for a leader, and, if ``setup.leader_in`` names a group,
-   transfer the leadership into it;
+   transfer the leadership into it (each step only if the system has the capability:
+   :func:`harness.system.capabilities`; an expectation that needs a missing one is "not
+   applicable", never met);
 3. run the workload and the nemesis for ``duration`` seconds while a
    :class:`~harness.monitor.StatusMonitor`
    polls every node's status on its direct port (never through the proxies) to time elections;
@@ -20,9 +23,10 @@ Raft invariants from the nodes' storage, and the scenario's expectations). The s
    monitor waits for every node to report the same commit/applied/last index (convergence);
 5. stop every process; rewrite ``roles.jsonl`` times to ns since the run start (the node writes
    raw ``CLOCK_MONOTONIC``) and add ``down`` spans for kills and pauses; replay every node's
-   storage from disk (:mod:`harness.replay`); check linearizability; check expectations
-   (:mod:`harness.expectations`); judge Raft's own rules from the record: roles, votes,
-   commit decisions and the replayed log (:mod:`harness.raft_checks`).
+   storage from disk (the system's storage replay: Orbital's :mod:`harness.replay`); check
+   linearizability; check expectations (:mod:`harness.expectations`); judge the protocol's
+   own rules from the nodes' record (the system's record checks: Orbital's roles, votes,
+   commit decisions and replayed log, :mod:`harness.raft_checks`).
    Just before the processes stop, every live node's Prometheus metrics are scraped into
    ``nodes/<id>/metrics.prom`` (the last scrape of the run);
 6. write ``results.json`` (the shape of :mod:`harness.report_data` plus ``expectations`` and
@@ -35,7 +39,8 @@ expectation, 2 could not run (bad config, Toxiproxy missing, no leader) or undec
 stopped, what was recorded is kept and judged as far as it can be; see :mod:`harness.signals`).
 
 ``orbital chaos list`` names the bundled scenarios; ``orbital chaos run NAME`` runs one by name
-(:func:`harness.scenario.resolve_scenario`), ``orbital chaos run PATH`` any file.
+(:func:`harness.scenario.resolve_scenario`), ``orbital chaos run PATH`` any file;
+``--system etcd`` runs it against another system than the file names.
 """
 
 from __future__ import annotations
@@ -48,31 +53,24 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from chaos.nemesis import AppliedFault, FaultOp, NemesisExecutor, make_schedule
+from chaos.nemesis import NemesisExecutor
 from chaos.process import ProcessError
 from chaos.toxiproxy import ToxiproxyError, find_server_binary
 from harness import signals
-from harness.cluster import (
-    READY_TIMEOUT_S,
-    ClusterError,
-    ClusterSpec,
-    LocalCluster,
-)
+from harness.cluster import READY_TIMEOUT_S
 from harness.expectations import check_expectations
 from harness.history import FaultWriter, HistoryWriter, Op, read_history
+from harness.local import Cluster, ClusterError, ClusterOptions, NotApplicable
 from harness.monitor import Sample, StatusMonitor, sample_json
-from harness.replay import ReplayResult
+from harness.run_state import Observed, RunContext
 from harness.scenario import (
     Scenario,
     ScenarioError,
@@ -80,9 +78,8 @@ from harness.scenario import (
     load_scenario,
     resolve_scenario,
 )
+from harness.system import Leadership, System, SystemLoadError, capabilities, load_system
 from harness.workload import ClientWorkers
-from raft.client import KVError
-from raft.security import ADMIN
 
 DRAIN_GRACE_S = 2.0
 CHECK_TIME_LIMIT_S = 60.0
@@ -96,6 +93,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run", help="run one scenario and store the result")
     p.add_argument("config", metavar="SCENARIO", help="a bundled scenario's name, or a file")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument(
+        "--system", metavar="KIND", help="test another system: orbital, etcd or module:Class"
+    )
     p.add_argument("--time-limit", type=float, metavar="S", help="seconds of workload")
     p.add_argument("--store", type=Path, default=Path("store"), help="store root (./store)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
@@ -136,12 +136,17 @@ def run(args: argparse.Namespace) -> int:
 
         return matrix.run(args)
     try:
-        scenario, _ = load_scenario(resolve_scenario(args.config))
+        path = resolve_scenario(args.config)
+        scenario, _ = load_scenario(path)
+        _find_adapters_beside(path)
         if args.time_limit is not None and args.time_limit <= 0:
             raise ScenarioError("--time-limit: must be greater than 0")
-        scenario = scenario.with_overrides(seed=args.seed, duration=args.time_limit)
+        scenario = scenario.with_overrides(
+            seed=args.seed, duration=args.time_limit, system=args.system
+        )
+        make_system(scenario)  # a bad kind or options: exit 2 before anything starts
         find_server_binary()
-    except (ScenarioError, ToxiproxyError) as exc:
+    except (ScenarioError, ToxiproxyError, SystemLoadError) as exc:
         print(f"orbital chaos: {exc}", file=sys.stderr)
         return 2
     ctx = RunContext.create(scenario, args.store)
@@ -157,105 +162,65 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-# ---- the run's state ---------------------------------------------------------------------------
-@dataclass(slots=True)
-class RunContext:
-    """Everything one run writes and remembers."""
-
-    scenario: Scenario
-    run_dir: Path
-    run_start_ns: int
-    started_at: str
-    schedule: list[FaultOp]
-    process_events: list[tuple[int, str, str]] = field(default_factory=list)
-    results: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    interrupted: bool = False
-
-    @classmethod
-    def create(cls, scenario: Scenario, store: Path) -> RunContext:
-        now = datetime.now(UTC)
-        run_dir = _fresh_dir(store / scenario.name, now.strftime("%Y%m%dT%H%M%SZ"))
-        schedule = make_schedule(scenario, scenario.seed, scenario.duration)
-        ctx = cls(scenario, run_dir, time.monotonic_ns(), now.isoformat(), schedule)
-        ctx.write_config()
-        return ctx
-
-    def write_config(self) -> None:
-        doc = self.scenario.model_dump(mode="json", exclude_none=True)
-        (self.run_dir / "config.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
-
-    def rel(self, monotonic_ns: int) -> int:
-        return max(0, monotonic_ns - self.run_start_ns)
-
-
-def _fresh_dir(parent: Path, stamp: str) -> Path:
-    for n in range(1000):
-        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"cannot make a fresh run directory under {parent}")
-
-
 def say(text: str) -> None:
     """A progress line on stderr (the summary goes to stdout)."""
     print(f"[orbital chaos] {text}", file=sys.stderr, flush=True)
 
 
-def cluster_spec(scenario: Scenario) -> ClusterSpec:
-    t = scenario.timing
+def _find_adapters_beside(scenario_file: Path) -> None:
+    """A ``module:Class`` system may live next to its scenario file: that folder joins the
+    import path (after everything else, so it shadows nothing)."""
+    folder = str(scenario_file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
+
+
+def make_system(scenario: Scenario) -> System:
+    """The scenario's system (``[system]``), given the scenario's ``[timing]`` if it takes it
+    (``use_timing``)."""
+    system = load_system(scenario.system.kind, scenario.system.options)
+    use_timing = getattr(system, "use_timing", None)
+    if use_timing is not None:
+        t = scenario.timing
+        use_timing(t.tick_ms, t.election_ticks, t.heartbeat_ticks, **t.raft_knobs())
+    return system
+
+
+def cluster_options(scenario: Scenario) -> ClusterOptions:
     kinds = {n.kind for n in scenario.nemesis}
-    return ClusterSpec(
+    return ClusterOptions(
         nodes=tuple(scenario.nodes),
         joiners=tuple(scenario.spares),
-        tick_ms=t.tick_ms,
-        election_ticks=t.election_ticks,
-        heartbeat_ticks=t.heartbeat_ticks,
         client_sources=tuple(scenario.client_sources()),
         seed=scenario.seed,
         fake_clocks="clock" in kinds,
         disk_faults="disk" in kinds,
-        **t.raft_knobs(),
     )
 
 
 # ---- driving the run -----------------------------------------------------------------------------
-@dataclass(slots=True)
-class Observed:
-    """What the run itself saw, for the expectations and results.json."""
-
-    applied: list[AppliedFault] = field(default_factory=list)
-    leader_samples: list[Sample] = field(default_factory=list)
-    converged: bool | None = None
-    final_status: dict[str, Sample | None] = field(default_factory=dict)
-    #: for each node that did not answer the final status poll: its process's state
-    silent: dict[str, str] = field(default_factory=dict)
-    final_reads_ok: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-    setup_leader: tuple[str, int] | None = None
-    heal_ns: int = 0
-    #: node -> "ok" (nodes/<id>/metrics.prom written) or why not
-    metrics: dict[str, str] = field(default_factory=dict)
-
-
 def execute(ctx: RunContext, *, progress: bool) -> int:
     """Run, store and judge; returns the exit code (``ctx.results`` is filled in)."""
     observed = Observed()
     history = HistoryWriter(ctx.run_dir / "history.jsonl", start_ns=ctx.run_start_ns)
     faults = FaultWriter(ctx.run_dir / "faults.jsonl", start_ns=ctx.run_start_ns)
     sink = _fault_sink(ctx, faults)
-    cluster = LocalCluster(
-        cluster_spec(ctx.scenario), ctx.run_dir, on_fault=sink, run_start_ns=ctx.run_start_ns
+    system = make_system(ctx.scenario)
+    observed.system = system.name
+    observed.capabilities = capabilities(system)
+    cluster = Cluster(
+        system,
+        cluster_options(ctx.scenario),
+        ctx.run_dir,
+        on_fault=sink,
+        run_start_ns=ctx.run_start_ns,
     )
     try:
         cluster.start()
         asyncio.run(drive(ctx, cluster, history, sink, observed, progress))
     except KeyboardInterrupt:
         ctx.interrupted = True
-    except (ClusterError, ToxiproxyError, ProcessError, OSError) as exc:
+    except (ClusterError, ToxiproxyError, ProcessError, OSError, RuntimeError) as exc:
         ctx.error = f"{type(exc).__name__}: {exc}"
     finally:
         with signals.deferred():  # a SIGTERM now must not cut the stop (and heal) short
@@ -276,16 +241,19 @@ def execute(ctx: RunContext, *, progress: bool) -> int:
         return judge(ctx, cluster, observed)
 
 
-def scrape_metrics(cluster: LocalCluster) -> dict[str, str]:
-    """Each live node's Prometheus metrics into ``nodes/<id>/metrics.prom``; per node "ok" or
-    why not (a node that is down, paused or silent keeps no scrape)."""
+def scrape_metrics(cluster: Cluster) -> dict[str, str]:
+    """Each live node's Prometheus metrics into ``nodes/<id>/metrics.prom`` (if the system
+    serves them: ``metrics_port``); per node "ok" or why not (a node that is down, paused or
+    silent keeps no scrape)."""
     out: dict[str, str] = {}
-    for node, address in sorted(cluster.metrics_addr.items()):
+    for node in sorted(cluster.all_nodes):
+        url = cluster.metrics_url(node)
+        if url is None:
+            continue
         if not cluster.alive(node) or cluster.paused(node):
             out[node] = "not running"
             continue
         try:
-            url = f"http://{address}/metrics"
             with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as reply:
                 text = reply.read()
             (cluster.node_dir(node) / "metrics.prom").write_bytes(text)
@@ -306,25 +274,45 @@ def _fault_sink(ctx: RunContext, faults: FaultWriter) -> Any:
 
 async def drive(
     ctx: RunContext,
-    cluster: LocalCluster,
+    cluster: Cluster,
     history: HistoryWriter,
     sink: Any,
     observed: Observed,
     progress: bool,
 ) -> None:
     """Steps 2-4 of the module docstring, on one event loop."""
+    try:
+        await _drive(ctx, cluster, history, sink, observed, progress)
+    finally:
+        await cluster.disconnect()
+
+
+async def _drive(
+    ctx: RunContext,
+    cluster: Cluster,
+    history: HistoryWriter,
+    sink: Any,
+    observed: Observed,
+    progress: bool,
+) -> None:
     sc = ctx.scenario
     await cluster.wait_ready(READY_TIMEOUT_S)  # every node up, or exit 2 naming the one that is not
-    found = await cluster.wait_for_leader(max(10.0, 40 * sc.timing.election_timeout_s))
-    say(f"leader {found[0]} (term {found[1]}) after {found[2]:.3f}s")
+    leads = isinstance(cluster.system, Leadership)
+    if leads:
+        found = await cluster.wait_for_leader(max(10.0, 40 * sc.timing.election_timeout_s))
+        say(f"leader {found[0]} (term {found[1]}) after {found[2]:.3f}s")
     if sc.setup.leader_in is not None:
         group = sc.groups[sc.setup.leader_in]
-        observed.setup_leader = await move_leader(cluster, group, sc.setup.leader_timeout)
-        say(f"leadership moved into {sc.setup.leader_in}: {observed.setup_leader}")
+        try:
+            observed.setup_leader = await move_leader(cluster, group, sc.setup.leader_timeout)
+            say(f"leadership moved into {sc.setup.leader_in}: {observed.setup_leader}")
+        except NotApplicable as exc:
+            observed.not_applicable["leader_placed"] = str(exc)
+            say(f"leadership not moved: {exc}")
     monitor = StatusMonitor(cluster)
     sources = {s: cluster.client_addresses(s) for s in sc.client_sources()}
     workers = ClientWorkers(
-        sc.workload, sc.seed, history, sources, sc.client_sources(), keys=cluster.keys()
+        sc.workload, sc.seed, history, sources, sc.client_sources(), cluster.open_client
     )
     groups = {s: sc.source_group(s) for s in sources}
     nemesis = NemesisExecutor(
@@ -338,20 +326,21 @@ async def drive(
         if sc.final.reads:
             source = next(iter(sources))
             observed.final_reads_ok = await workers.final_reads(sc.workload.keys, source)
-        ok, final = await monitor.wait_converged(sc.final.converge_timeout)
-        observed.converged, observed.final_status = ok, final
-        if not ok:
-            observed.silent = await _diagnose_silent(cluster, final)
+        if leads:
+            ok, final = await monitor.wait_converged(sc.final.converge_timeout)
+            observed.converged, observed.final_status = ok, final
+            if not ok:
+                observed.silent = await _diagnose_silent(cluster, final)
     finally:
+        observed.died = {p.name: d for p in cluster.procs.processes() if (d := p.deaths())}
         observed.applied = list(nemesis.applied.values())
         observed.leader_samples = monitor.leader_samples
+        observed.role_changes = monitor.role_changes
         observed.stats = _stats_json(workers)
         monitor.close()
 
 
-async def _diagnose_silent(
-    cluster: LocalCluster, final: dict[str, Sample | None]
-) -> dict[str, str]:
+async def _diagnose_silent(cluster: Cluster, final: dict[str, Sample | None]) -> dict[str, str]:
     """For each node that gave no final status: how its process is (running, CPU used, exit
     code), and a dump of its threads' stacks into its node.log, shown after the run."""
     out = {}
@@ -439,10 +428,11 @@ def progress_table(
     return table
 
 
-async def move_leader(
-    cluster: LocalCluster, group: list[str], timeout: float
-) -> tuple[str, int] | None:
-    """Transfer the leadership into ``group`` (to its first node) and wait until it is there."""
+async def move_leader(cluster: Cluster, group: list[str], timeout: float) -> tuple[str, int] | None:
+    """Transfer the leadership into ``group`` (to its first node) and wait until it is there.
+    Raises :class:`NotApplicable` if the system cannot tell who leads or cannot transfer."""
+    if not isinstance(cluster.system, Leadership):
+        raise NotApplicable(f"{cluster.system.name} cannot tell who leads")
     deadline = time.monotonic() + timeout
     target = sorted(group)[0]
     while time.monotonic() < deadline:
@@ -450,16 +440,17 @@ async def move_leader(
         if found is not None and found[0] in group:
             return found
         if found is not None:
-            addr = {found[0]: cluster.client_addr[found[0]]}
-            admin = cluster.kv_client(addr, role=ADMIN, timeout=1.0, attempt_timeout=0.5)
-            async with admin as client:
-                with contextlib.suppress(KVError):
-                    await client.transfer(target)
+            try:
+                await cluster.transfer_leader(found[0], target)
+            except NotApplicable:
+                raise
+            except Exception as exc:  # refused or timed out: polled again below
+                say(f"transfer to {target} not done yet: {type(exc).__name__}: {exc}")
         await _wait_leader_in(cluster, group, 1.0)
     raise ClusterError(f"could not move the leadership into {group} within {timeout}s")
 
 
-async def _wait_leader_in(cluster: LocalCluster, group: list[str], timeout: float) -> None:
+async def _wait_leader_in(cluster: Cluster, group: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = await cluster.leader()
@@ -480,22 +471,29 @@ def _stats_json(workers: ClientWorkers) -> dict[str, Any]:
 
 
 # ---- after the run: storage, checks, results ------------------------------------------------
-def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
+def judge(ctx: RunContext, cluster: Cluster, observed: Observed) -> int:
     """Steps 5-6 of the module docstring; fills ``ctx.results`` and returns the exit code."""
     say("nodes stopped; replaying storage, checking the history, writing the report")
     nodes = [*ctx.scenario.nodes, *cluster.joined]
     roles = {n: fix_roles(ctx, cluster.node_dir(n) / "roles.jsonl", n) for n in nodes}
+    if not any(roles.values()) and observed.role_changes:  # the nodes keep no role record
+        roles = polled_roles(ctx, observed, nodes)
+        for n, lines in roles.items():  # for the report's timeline
+            text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in lines)
+            (cluster.node_dir(n) / "roles.jsonl").write_text(text, encoding="utf-8")
     corrupted = {  # their storage was damaged on purpose: they refuse it, replay skips it
         f.node for f in observed.applied if f.kind == "disk" and f.params.get("disk") == "corrupt"
     }
-    stored, replay = replay_storage(cluster, [n for n in nodes if n not in corrupted])
+    replay = replay_json(cluster, [n for n in nodes if n not in corrupted])
     history = read_history_safe(ctx.run_dir / "history.jsonl")
     lin = linearizability_json(history)
     checks = check_expectations(ctx, observed, history, roles)
-    raft = raft_json(stored, roles, nodes, history, ctx.scenario.seed, smallest_majority(ctx))
+    raft = raft_json(cluster, roles, nodes, history, ctx.scenario.seed, smallest_majority(ctx))
     valid, code = verdict(ctx, lin, replay, checks, raft)
     ctx.results = {
         "scenario": ctx.scenario.name,
+        "system": observed.system,
+        "capabilities": sorted(observed.capabilities),
         "seed": ctx.scenario.seed,
         "valid": valid,
         "exit_code": code,
@@ -510,6 +508,7 @@ def judge(ctx: RunContext, cluster: LocalCluster, observed: Observed) -> int:
         "schedule": [op.to_json() for op in ctx.schedule],
         "faults_applied": [f.to_json(ctx.run_start_ns) for f in observed.applied],
         "leader_changes": leader_changes(ctx, observed.leader_samples),
+        "roles_from": observed.roles_from,
         "final_status": {n: sample_json(s) for n, s in observed.final_status.items()},
         "setup_leader": observed.setup_leader,
         "error": ctx.error,
@@ -571,6 +570,22 @@ def fix_roles(ctx: RunContext, path: Path, node: str) -> list[dict[str, Any]]:
     return merged
 
 
+def polled_roles(ctx: RunContext, observed: Observed, nodes: list[str]) -> dict[str, list[Any]]:
+    """The role record as the status polls saw it (a system whose nodes write no
+    roles.jsonl), in run time, with ``down`` at kills and pauses; written to each node's
+    roles.jsonl (results.json's ``roles_from`` says "status polls")."""
+    observed.roles_from = "status polls"
+    out = {}
+    for n in nodes:
+        lines = [
+            {"time": ctx.rel(t), "node": n, "role": role, "term": term}
+            for t, role, term in observed.role_changes.get(n, [])
+        ]
+        events = [(t, a) for t, node, a in ctx.process_events if node == n]
+        out[n] = _merge_down(lines, events, n)
+    return out
+
+
 def _merge_down(
     lines: list[dict[str, Any]], events: list[tuple[int, str]], node: str
 ) -> list[dict[str, Any]]:
@@ -591,18 +606,17 @@ def _merge_down(
     return out
 
 
-def replay_storage(
-    cluster: LocalCluster, nodes: list[str]
-) -> tuple[ReplayResult | None, dict[str, Any]]:
-    """Every node's storage read back, and its Raft invariants as results.json's
-    ``invariants`` (the result is None if the replay itself failed)."""
-    from harness.replay import replay_cluster
-
+def replay_json(cluster: Cluster, nodes: list[str]) -> dict[str, Any]:
+    """The protocol's invariants from every node's storage (the system's storage replay), as
+    results.json's ``invariants``; ``valid`` None when the system has none."""
     try:
-        result = replay_cluster({n: cluster.data_dir(n) for n in nodes})
+        result = cluster.replay(nodes)
     except Exception as exc:  # a crashing checker gives unknown, as in Jepsen
-        return None, {"valid": "unknown", "reason": f"replay failed: {exc}", "violations": []}
-    return result, result.to_dict()
+        return {"valid": "unknown", "reason": f"replay failed: {exc}", "violations": []}
+    if result is None:
+        reason = f"not applicable: {cluster.system.name} has no storage replay"
+        return {"valid": None, "reason": reason, "violations": []}
+    return result
 
 
 def smallest_majority(ctx: RunContext) -> int:
@@ -616,22 +630,25 @@ def smallest_majority(ctx: RunContext) -> int:
 
 
 def raft_json(
-    stored: ReplayResult | None,
+    cluster: Cluster,
     roles: dict[str, list[dict[str, Any]]],
     nodes: list[str],
     history: list[Op],
     seed: int,
     majority: int | None = None,
 ) -> dict[str, Any]:
-    """Raft's own rules judged from the record (:mod:`harness.raft_checks`), as results.json's
-    ``raft``; a crash of the checks makes them unknown, never met."""
-    from harness.raft_checks import judge_record
-
+    """The protocol's own rules judged from the nodes' record (the system's record checks,
+    after its storage replay), as results.json's ``raft``; not applicable for a system
+    without them; a crash of the checks makes them unknown, never met."""
     try:
-        return judge_record(stored, roles, nodes, history, seed=seed, majority=majority)
+        found = cluster.check_record(roles, nodes, history, seed=seed, majority=majority)
     except Exception as exc:  # a crashing checker gives unknown
         reason = f"checks failed: {type(exc).__name__}: {exc}"
         return {"valid": "unknown", "reason": reason, "checks": []}
+    if found is None:
+        reason = f"not applicable: {cluster.system.name} keeps no record of its own to judge"
+        return {"valid": None, "reason": reason, "checks": []}
+    return found
 
 
 def linearizability_json(history: list[Op]) -> dict[str, Any]:
@@ -667,7 +684,10 @@ def print_summary(console: Console, results: dict[str, Any]) -> None:
     for name in ("linearizability", "invariants"):
         part = results.get(name) or {}
         table.add_row(name, _mark(part.get("valid")), str(part.get("reason") or ""))
-    for check in results.get("raft", {}).get("checks", []):
+    raft = results.get("raft") or {}
+    if raft and not raft.get("checks"):
+        table.add_row("raft", _mark(raft.get("valid")), escape(str(raft.get("reason") or "")))
+    for check in raft.get("checks", []):
         table.add_row(escape(check["name"]), _mark(check["ok"]), escape(str(check.get("saw"))))
     for check in results.get("expectations", {}).get("checks", []):
         table.add_row(escape(check["name"]), _mark(check["ok"]), escape(str(check.get("observed"))))

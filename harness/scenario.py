@@ -14,6 +14,10 @@ Sections (every one but ``name`` and ``nodes`` has defaults)::
     seed = 7
     nodes = ["n1", "n2", "n3", "n4", "n5"]
     duration = 26.0                  # seconds of workload (and of the nemesis schedule)
+    [system]                         # the system under test (default: orbital)
+    kind = "orbital"                 # orbital | etcd | "package.module:Class" (your adapter,
+                                     # docs/testing-your-system.md)
+    options = {}                     # keyword arguments of the system's class
     [groups]                         # named, disjoint sets of nodes (optional)
     north = ["n1", "n2", "n3"]
     antarctic = ["n4", "n5"]
@@ -95,6 +99,7 @@ from any directory, in a source checkout or an installed wheel (:func:`resolve_s
 
 from __future__ import annotations
 
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -164,6 +169,25 @@ class Timing(_Model):
         if self.heartbeat_ticks >= self.election_ticks:
             raise ValueError("heartbeat_ticks must be smaller than election_ticks")
         return self
+
+
+#: a built-in system's name, or ``module:Class`` of an adapter (``harness.system.load_system``)
+SYSTEM_KIND = r"^(orbital|etcd|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
+
+
+class SystemSpec(_Model):
+    """The system under test: a built-in (``orbital``, ``etcd``) or ``module:Class``."""
+
+    kind: str = "orbital"
+    #: keyword arguments of the system's class (etcd: ``election_ms``, ``heartbeat_ms``, ...)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, kind: str) -> str:
+        if not re.match(SYSTEM_KIND, kind):
+            raise ValueError(f"{kind!r} is not orbital, etcd or package.module:Class")
+        return kind
 
 
 class Setup(_Model):
@@ -275,6 +299,9 @@ class Expect(_Model):
     majority_keeps_serving: bool = False
     converge_after_heal: bool = True
     disk_faults_handled: bool = True  #: corrupt data refused; EIO/ENOSPC stop the node
+    #: no node process ends on its own during the run (a crash, an assertion, a failed
+    #: restart); nodes a disk fault is expected to stop are judged by ``disk_faults_handled``
+    no_node_dies: bool = True
     min_ok_ops: int = Field(default=1, ge=0)
     #: a leader cut off on a minority side steps down within this many election timeouts of
     #: the cut (checked from the nodes' roles.jsonl, for every partition); ``false``: off
@@ -299,6 +326,7 @@ class Scenario(_Model):
     nodes: list[str] = Field(min_length=1, max_length=15)
     groups: dict[str, list[str]] = Field(default_factory=dict)
     duration: float = Field(default=30.0, gt=0, le=3600)
+    system: SystemSpec = Field(default_factory=SystemSpec)
     timing: Timing = Field(default_factory=Timing)
     setup: Setup = Field(default_factory=Setup)
     workload: Workload = Field(default_factory=Workload)
@@ -351,20 +379,25 @@ class Scenario(_Model):
         group = source.removeprefix("client-")
         return group if group != source and group in self.groups else None
 
-    def with_overrides(self, *, seed: int | None = None, duration: float | None = None) -> Scenario:
-        """A copy with the command line's ``--seed`` / ``--time-limit`` applied, validated
-        like the file (raises :class:`ScenarioError` naming the option)."""
+    def with_overrides(
+        self, *, seed: int | None = None, duration: float | None = None, system: str | None = None
+    ) -> Scenario:
+        """A copy with the command line's ``--seed`` / ``--time-limit`` / ``--system``
+        applied, validated like the file (raises :class:`ScenarioError` naming the option).
+        ``--system`` replaces the kind and drops the file's system options."""
         changes: dict[str, Any] = {}
         if seed is not None:
             changes["seed"] = seed
         if duration is not None:
             changes["duration"] = duration
+        if system is not None:
+            changes["system"] = {"kind": system}
         if not changes:
             return self
         try:
             return Scenario.model_validate({**self.model_dump(), **changes})
         except ValidationError as exc:
-            option = {"seed": "--seed", "duration": "--time-limit"}
+            option = {"seed": "--seed", "duration": "--time-limit", "system": "--system"}
             first = exc.errors()[0]
             loc = str(first.get("loc", ("",))[0])
             msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")

@@ -6,8 +6,9 @@ The workload is ``clients`` *slots*, each a loop on the runner's asyncio event l
 one logical process at a time in the ``shared/HISTORY.md`` sense: it invokes an operation,
 waits for its outcome and records both. When an outcome is unknown (``info``: a timeout after a
 possible delivery, or any unexpected client error) the slot's process is finished for good:
-the slot closes its :class:`~raft.client.KVClient` and continues as a *new* process number with
-a new client (a new session), exactly as Jepsen does.
+the slot closes its :class:`~harness.system.Client` and continues as a *new* process number
+with a new client (a new session), exactly as Jepsen does. Clients come from the system under
+test (``open_client``): the history is recorded the same way for every system.
 
 Each slot reaches the nodes through the proxies of its client source (``client`` or
 ``client-<group>``), so a partition that places a source on one side cuts its clients off the
@@ -22,38 +23,30 @@ linearizability checker's unique-values fast path applies. A cas expects, with p
 successful and mismatching cas operations common.
 
 A shared :class:`RateLimiter` spaces invocations ``1/rate`` seconds apart over all slots.
-Outcomes: a value → ``ok`` (with ``node`` = the node that answered); :class:`CasMismatch` →
-``fail`` with ``error: "mismatch"``; other :class:`Rejected` → ``fail`` with the server's code;
-:class:`Unknown` or anything else → ``info``.
+Outcomes are the client's :class:`~harness.system.Completion` (``ok`` with ``node`` = the node
+that answered, ``fail`` with ``error: "mismatch"`` for a cas that did not match, ``info``);
+an exception out of the client is ``info``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from harness.history import HistoryWriter, OpF, Value
+from harness.history import HistoryWriter, OpF
 from harness.scenario import Workload
-from raft.client import CasMismatch, KVClient, Rejected, Unknown
-from raft.security import ClientKeys
+from harness.system import Client, Operation
 
-
-@dataclass(frozen=True, slots=True)
-class OpSpec:
-    """One generated operation: what to invoke."""
-
-    f: OpF
-    key: str
-    value: Value
-
-    def to_json(self) -> list[object]:
-        value = list(self.value) if isinstance(self.value, tuple) else self.value
-        return [self.f, self.key, value]
+#: one generated operation (``harness.system.Operation``)
+OpSpec = Operation
+#: opens a client: (node -> address, process number, timeout) -> Client
+ClientFactory = Callable[[Mapping[str, str], int, float], Client]
 
 
 def key_name(i: int) -> str:
@@ -126,12 +119,11 @@ class ClientWorkers:
         history: HistoryWriter,
         sources: Mapping[str, dict[str, str]],
         placement: Mapping[str, int],
-        *,
-        keys: ClientKeys | None = None,
+        open_client: ClientFactory,
     ) -> None:
         """``sources``: client source -> node addresses; ``placement``: source -> slots;
-        ``keys``: the clients' CURVE keys (None: the cluster has none)."""
-        self.keys = keys
+        ``open_client``: the system's clients."""
+        self.open_client = open_client
         self.workload = workload
         self.seed = seed
         self.history = history
@@ -163,19 +155,17 @@ class ClientWorkers:
             async with self._client(process, source) as client:
                 await self._process(process, client, ops, f"c{slot}", source)
 
-    def _client(self, process: int, source: str) -> KVClient:
-        addresses = self.sources[source]
-        attempt = min(1.0, max(0.2, self.workload.timeout / 3))
-        return KVClient(
-            addresses,
-            client_id=client_id(self.seed, process),
-            timeout=self.workload.timeout,
-            attempt_timeout=attempt,
-            keys=self.keys,
-        )
+    @contextlib.asynccontextmanager
+    async def _client(self, process: int, source: str) -> AsyncIterator[Client]:
+        client = self.open_client(self.sources[source], process, self.workload.timeout)
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(Exception):  # a client that cannot close is gone anyway
+                await client.close()
 
     async def _process(
-        self, process: int, client: KVClient, ops: Iterator[OpSpec], name: str, source: str
+        self, process: int, client: Client, ops: Iterator[OpSpec], name: str, source: str
     ) -> None:
         """Run operations as ``process`` of the client ``name`` until it gets ``info`` or the
         workload stops."""
@@ -213,7 +203,7 @@ class ClientWorkers:
 async def perform(
     history: HistoryWriter,
     process: int,
-    client: KVClient,
+    client: Client,
     op: OpSpec,
     name: str | None = None,
     source: str = "client",
@@ -222,32 +212,11 @@ async def perform(
     The invoke names the client (``name``) and its group (the client source's, if placed)."""
     group = source.removeprefix("client-") if source != "client" else None
     history.invoke(process, op.f, op.key, op.value, client=name, group=group)
-    client.last_node = None
     try:
-        value = await _call(client, op)
-    except CasMismatch:
-        history.complete(process, "fail", node=client.last_node, error="mismatch")
-        return op.f, "fail"
-    except Rejected as exc:
-        history.complete(process, "fail", node=client.last_node, error=exc.error)
-        return op.f, "fail"
-    except Unknown as exc:
-        history.complete(process, "info", node=client.last_node, error=exc.error)
-        return op.f, "info"
+        done = await client.invoke(op)
     except Exception as exc:  # any client trouble: the outcome is unknown
         history.complete(process, "info", error=f"{type(exc).__name__}: {exc}"[:200])
         return op.f, "info"
-    history.complete(process, "ok", value, node=client.last_node)
-    return op.f, "ok"
-
-
-async def _call(client: KVClient, op: OpSpec) -> int | None:
-    if op.f == "read":
-        return await client.get(op.key)
-    if op.f == "write":
-        assert isinstance(op.value, int)
-        await client.put(op.key, op.value)
-        return None
-    assert isinstance(op.value, tuple)
-    await client.cas(op.key, op.value[0], op.value[1])
-    return None
+    value = done.value if done.type == "ok" else None
+    history.complete(process, done.type, value, node=done.node, error=done.error)
+    return op.f, done.type

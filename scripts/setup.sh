@@ -4,7 +4,9 @@
 #   .venv/bin/orbital      the command-line tool
 #   .venv/bin/toxiproxy-server   the Toxiproxy server (built with Go when not already present)
 # Options:
-#   --tests    also install what only the test suite needs (headless Chromium for the report test)
+#   --tests    also install what only the test suite needs: headless Chromium for the report
+#              test, Debian's etcd-server (etcd, the second system the chaos runs test) and
+#              nftables (per-source routing of etcd's peer links through Toxiproxy)
 # Re-running it does only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +95,18 @@ print("\n".join(project["dependencies"] + project["optional-dependencies"]["chao
 PY
     .venv/bin/python -m pip download --quiet --disable-pip-version-check -d "$wh" -r "$wh/requirements.txt"
     touch "$wh/.stamp"
+  fi
+  extra=()
+  command -v etcd >/dev/null 2>&1 || extra+=(etcd-server)
+  command -v nft >/dev/null 2>&1 || extra+=(nftables)
+  if [ "${#extra[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing Debian's ${extra[*]} (etcd as a system under test)"
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" >/dev/null
+    else
+      say "not installed: ${extra[*]} (needs root and apt-get): the etcd tests will be skipped"
+    fi
   fi
   if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -85,7 +85,7 @@ def run_ctx(tmp_path: Path, logs: dict[str, str], faults: list[AppliedFault]) ->
     for node, text in logs.items():
         (tmp_path / "nodes" / node).mkdir(parents=True)
         (tmp_path / "nodes" / node / "node.log").write_text(text)
-    return SimpleNamespace(run_dir=tmp_path), SimpleNamespace(applied=faults)
+    return SimpleNamespace(run_dir=tmp_path), SimpleNamespace(applied=faults, system="orbital")
 
 
 REFUSED = "orbital node n2: /d/wal/0000000000000001.wal at byte offset 77: checksum mismatch\n"

@@ -282,33 +282,24 @@ def test_removals_at_once_ask_the_leader_together_and_stop_what_it_removed() -> 
     cluster = FakeCluster(leader="n2")
     sc = scenario({"kind": "membership", "membership": "remove", "target": "minority",
                    "at": 0.0, "duration": 0.05})  # fmt: skip
-    asked: list[tuple[str, str]] = []
+    asked: list[str] = []
 
-    class Client:
-        def __init__(self, addr: dict[str, str], **_: Any) -> None:
-            assert sorted(addr) == sorted(cluster.members)
-            self.leader: str | None = None
+    async def remove_member(node: str) -> dict[str, Any]:  # the system's membership change
+        asked.append(node)
+        await asyncio.sleep(0)  # both requests are in flight before either is answered
+        if len(asked) < 2:
+            raise AssertionError("not at once")
+        if node == min(asked):
+            return {"removed": node}
+        raise RuntimeError("refused: a membership change is still pending")
 
-        async def membership(self, action: str, node: str) -> dict[str, Any]:
-            assert self.leader is not None
-            asked.append((self.leader, node))
-            await asyncio.sleep(0)  # both requests are in flight before either is answered
-            if len(asked) < 2:
-                raise AssertionError("not at once")
-            if node == min(n for _, n in asked):
-                return {"voters": []}
-            raise RuntimeError("refused: a membership change is still pending")
-
-        def close(self) -> None:
-            pass
-
+    cluster.remove_member = remove_member  # type: ignore[attr-defined]
+    cluster.stop_node = lambda node: cluster.kill(node)  # type: ignore[attr-defined]
     events: list[tuple[str, str, dict[str, Any]]] = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("chaos.nemesis.KVClient", Client)
-        ex = run_executor(cluster, sc, 1.0, on_fault=lambda *e: events.append(e))
+    ex = run_executor(cluster, sc, 1.0, on_fault=lambda *e: events.append(e))
     f = ex.applied[0]
     assert len(f.nodes) == 2
-    assert sorted(asked) == sorted(("n2", n) for n in f.nodes)
+    assert sorted(asked) == sorted(f.nodes)
     first, second = sorted(f.nodes)
     assert f.params["applied"] == {
         "membership": "remove", "removed": [first],
@@ -325,20 +316,12 @@ def test_transfer_asks_the_leader_for_every_target_at_once() -> None:
     sc = scenario({"kind": "transfer", "target": "all", "at": 0.0, "duration": 0.05})
     asked: list[tuple[str, str]] = []
 
-    class Client:
-        def __init__(self, addr: dict[str, str], **_: Any) -> None:
-            self.addr = addr
+    async def transfer_leader(leader: str, target: str) -> None:  # the system's capability
+        asked.append((leader, target))
 
-        async def transfer(self, to: str) -> None:
-            asked.append((next(iter(self.addr)), to))
-
-        def close(self) -> None:
-            pass
-
+    cluster.transfer_leader = transfer_leader  # type: ignore[attr-defined]
     events: list[tuple[str, str, dict[str, Any]]] = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("chaos.nemesis.KVClient", Client)
-        ex = run_executor(cluster, sc, 1.0, on_fault=lambda *e: events.append(e))
+    ex = run_executor(cluster, sc, 1.0, on_fault=lambda *e: events.append(e))
     assert sorted(asked) == [("n2", "n1"), ("n2", "n3"), ("n2", "n4"), ("n2", "n5")]
     assert ex.applied[0].nodes == ["n1", "n3", "n4", "n5"]
     assert [(k, a) for k, a, _ in events] == [("transfer", "start"), ("transfer", "stop")]

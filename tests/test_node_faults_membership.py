@@ -1,5 +1,7 @@
 """Membership faults survive a lost answer: the client's retry of a change that took effect
-is refused as already done, and the fault counts that as done (it failed the run before)."""
+is refused as already done, and the change counts as done (it failed the run before). The
+change is Orbital's membership capability (``OrbitalSystem._change``); a refusal of anything
+else still fails the fault (``chaos.node_faults`` turns it into a ``FaultError``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from chaos import node_faults
 from chaos.node_faults import FaultError
+from harness.systems.orbital import OrbitalSystem
 from raft.client import KVError
 
 
@@ -29,13 +32,12 @@ class _Client:
 
 
 def _call(monkeypatch: pytest.MonkeyPatch, action: str, error: str) -> dict[str, Any]:
-    monkeypatch.setattr(node_faults, "KVClient", lambda *a, **k: _Client(error))
+    system = OrbitalSystem()
+    monkeypatch.setattr(system, "kv_client", lambda *a, **k: _Client(error))
     cluster = SimpleNamespace(
-        client_addr={"n1": "tcp://127.0.0.1:1", "n7": "tcp://127.0.0.1:2"},
-        members=["n1", "n7"],
-        keys=lambda role: None,
+        members=["n1", "n7"], listen=lambda node, port: f"127.0.0.1:{len(node)}"
     )
-    return asyncio.run(node_faults._client_call(cluster, action, "n7"))  # type: ignore[arg-type]
+    return asyncio.run(system._change(action, "n7", cluster))  # type: ignore[arg-type]
 
 
 def test_a_retried_add_that_took_effect_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,5 +55,14 @@ def test_a_retried_remove_that_took_effect_is_done(monkeypatch: pytest.MonkeyPat
 def test_any_other_refusal_still_fails_the_fault(
     monkeypatch: pytest.MonkeyPatch, action: str, error: str
 ) -> None:
-    with pytest.raises(FaultError, match=error):
+    with pytest.raises(RuntimeError, match=error):
         _call(monkeypatch, action, error)
+
+    class _Cluster:  # the fault sees the refusal as a FaultError naming it
+        retired: set[str] = set()
+
+        async def remove_member(self, node: str) -> dict[str, Any]:
+            raise RuntimeError(f"membership remove {node} refused: {error}")
+
+    with pytest.raises(FaultError, match=error):
+        asyncio.run(node_faults.remove_node(_Cluster(), "n7"))  # type: ignore[arg-type]

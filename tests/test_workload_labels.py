@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.history import HistoryWriter
+from harness.systems.orbital import OrbitalClient
 from harness.workload import OpSpec, perform
 from raft.client import CasMismatch
 
@@ -31,7 +32,7 @@ class FakeClient:
 
 def test_invokes_name_the_client_and_the_group_of_a_placed_source(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
-    client: Any = FakeClient()
+    client: Any = OrbitalClient(FakeClient())  # type: ignore[arg-type]
     with HistoryWriter(path) as history:
 
         async def run() -> None:
