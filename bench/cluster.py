@@ -55,6 +55,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -94,6 +95,8 @@ OVERLOAD_DEADLINE_S = 60.0
 #: without bound: back-pressure refuses the excess)
 OVERLOAD_RSS_BOUND_MIB = 256.0
 STEADY_TIMEOUT_S = 30.0
+#: how long each client may take for its first write (connecting, finding the leader)
+CONNECT_TIMEOUT_S = 30.0
 
 #: what the brief asks for, and etcd 3.4 on this machine as measured by the brief's authors
 TARGETS = {
@@ -182,34 +185,74 @@ def value_of(n: int) -> int:
     return _VALUE_BASE + n
 
 
-async def closed_loop(
-    make_client: Callable[[int], Writer], clients: int, seconds: float
+async def run_clients(
+    make_client: Callable[[int], Writer],
+    ids: range,
+    seconds: float,
+    key_prefix: str,
+    together: Callable[[], Awaitable[None]] | None = None,
+    at_window: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """``clients`` concurrent clients, one put at a time each, for ``WARMUP_S + seconds``;
+    """Clients ``ids``, one put at a time each. Every client first completes one write (its
+    connections set up, the leader found: etcd's Go client connects before its clock starts
+    too); once all have, ``together`` is awaited (the other load-generator processes' clients
+    are connected too), and the clock starts: ``WARMUP_S`` of warm-up, ``seconds`` measured;
     ops that start in the measured window count (latency: submit -> acknowledgement). The
-    CPU this process (the load generator) uses from the window's start until the last
-    client is done is ``client_cpu_s``."""
-    start = time.perf_counter()
-    measure_from = start + WARMUP_S
-    end = measure_from + seconds
+    raw figures: latencies, errors, and the CPU this process used from the window's start
+    until its last client was done; ``at_window`` is called as the measured window begins."""
+    connected = 0
+    all_connected = asyncio.Event()
+    clock: list[float] = []  # [measure_from, end], set once every client connected
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     first_error: dict[str, str] = {}
     cpu_start: list[float] = []
 
+    def count(exc: Exception) -> None:
+        errors[type(exc).__name__] += 1
+        first_error.setdefault(type(exc).__name__, f"{exc}"[:200])
+
+    async def first_write(client: Writer, key: str) -> None:
+        deadline = time.perf_counter() + CONNECT_TIMEOUT_S
+        while True:
+            try:
+                await client.put(key, value_of(0))
+                return
+            except Exception as exc:  # counted; retried until the deadline
+                count(exc)
+                if time.perf_counter() > deadline:
+                    return
+                await asyncio.sleep(0.01)
+
+    async def start_clock() -> None:
+        if together is not None:
+            await together()
+        now = time.perf_counter()
+        clock.extend((now + WARMUP_S, now + WARMUP_S + seconds))
+        all_connected.set()
+
     async def worker(i: int) -> None:
+        nonlocal connected
         client = make_client(i)
+        key = f"{key_prefix}-{i}"
         try:
+            await first_write(client, key)
+            connected += 1
+            if connected == len(ids):
+                await start_clock()
+            await all_connected.wait()
+            measure_from, end = clock
             n = 0
             while (t0 := time.perf_counter()) < end:
                 n += 1
                 if t0 >= measure_from and not cpu_start:
                     cpu_start.append(time.process_time())
+                    if at_window is not None:
+                        at_window()
                 try:
-                    await client.put(f"c{clients}-{i}", value_of(n))
+                    await client.put(key, value_of(n))
                 except Exception as exc:  # counted, reported; the run goes on
-                    errors[type(exc).__name__] += 1
-                    first_error.setdefault(type(exc).__name__, f"{exc}"[:200])
+                    count(exc)
                     await asyncio.sleep(0.01)  # no busy loop on a persistent error
                     continue
                 if t0 >= measure_from:
@@ -217,11 +260,24 @@ async def closed_loop(
         finally:
             client.close()
 
-    await asyncio.gather(*(worker(i) for i in range(clients)))
+    await asyncio.gather(*(worker(i) for i in ids))
     cpu = time.process_time() - (cpu_start[0] if cpu_start else time.process_time())
+    return {"latencies": latencies, "errors": dict(errors), "first_error": first_error, "cpu": cpu}
+
+
+def window_figures(clients: int, seconds: float, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One window's figures from its load-generator processes' raw figures."""
+    latencies = [x for part in parts for x in part["latencies"]]
+    errors: Counter[str] = Counter()
+    first_error: dict[str, str] = {}
+    for part in parts:
+        errors.update(part["errors"])
+        first_error = part["first_error"] | first_error
+    cpu = sum(float(part["cpu"]) for part in parts)
     return {
         "clients": clients,
         "seconds": seconds,
+        "client_processes": len(parts),
         "writes": len(latencies),
         "writes_per_s": round(len(latencies) / seconds, 1),
         "p50_ms": ms(percentile(latencies, 50)),
@@ -236,17 +292,101 @@ async def closed_loop(
     }
 
 
-async def orbital_window(
-    workdir: Path, level: int, seconds: float, curve: bool = True
+async def closed_loop(
+    make_client: Callable[[int], Writer],
+    clients: int,
+    seconds: float,
+    at_window: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """One measured window on a fresh orbital cluster (with CURVE keys, or without)."""
+    """``clients`` concurrent clients in this process (:func:`run_clients`), summarized."""
+    part = await run_clients(
+        make_client, range(clients), seconds, f"c{clients}", at_window=at_window
+    )
+    return window_figures(clients, seconds, [part])
+
+
+# ---- the load generator over several processes -----------------------------------------------
+def _orbital_client_part(
+    addrs: dict[str, str],
+    keys: ClientKeys | None,
+    ids: range,
+    clients: int,
+    seconds: float,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One load-generator process's share of an orbital window (run by ``spawn``)."""
+
+    def make(i: int) -> KVClient:
+        return KVClient(addrs, keys=keys, client_id=f"t{clients}-{i}", timeout=5.0)
+
+    async def together() -> None:
+        await asyncio.to_thread(barrier.wait, CONNECT_TIMEOUT_S + 30)
+
+    out.send(asyncio.run(run_clients(make, ids, seconds, f"c{clients}", together)))
+    out.close()
+
+
+async def closed_loop_procs(
+    addrs: dict[str, str], keys: ClientKeys | None, clients: int, seconds: float, procs: int
+) -> dict[str, Any]:
+    """An orbital window whose clients are split over ``procs`` load-generator processes
+    (one Python process's event loop is then not the clients' bottleneck); their clocks start
+    together once every client in every process is connected; the client CPU is their sum."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    shares = [range(k, clients, procs) for k in range(procs)]
+    pipes = [ctx.Pipe(duplex=False) for _ in shares]
+    children = [
+        ctx.Process(
+            target=_orbital_client_part,
+            args=(addrs, keys, ids, clients, seconds, barrier, w),
+            daemon=True,
+        )
+        for ids, (_, w) in zip(shares, pipes, strict=True)
+    ]
+    for c in children:
+        c.start()
+    try:
+        parts = [
+            await asyncio.to_thread(_receive, r, CONNECT_TIMEOUT_S + seconds + 90) for r, _ in pipes
+        ]
+    finally:
+        for c in children:
+            c.join(5)
+            if c.is_alive():
+                c.kill()
+                c.join()
+    return window_figures(clients, seconds, parts)
+
+
+def _receive(conn: Any, timeout: float) -> dict[str, Any]:
+    if not conn.poll(timeout):
+        raise RuntimeError("a load-generator process did not report in time")
+    part: dict[str, Any] = conn.recv()
+    return part
+
+
+async def orbital_window(
+    workdir: Path, level: int, seconds: float, curve: bool = True, procs: int = 1
+) -> dict[str, Any]:
+    """One measured window on a fresh orbital cluster (with CURVE keys, or without), its
+    clients in this process or split over ``procs`` processes; ``leader_changes``: terms
+    that got a new leader after the cluster was first steady (a stall of the workload)."""
     async with steady_cluster(ClusterSpec(toxiproxy=False, curve=curve), workdir) as cluster:
         addrs = cluster.client_addresses()
+        if procs > 1 and level > 1:
+            keys = cluster.orbital.keys("client")
+            out = await closed_loop_procs(addrs, keys, level, seconds, min(procs, level))
+        else:
 
-        def make(i: int) -> KVClient:
-            return cluster.kv_client(addrs, client_id=f"t{level}-{i}", timeout=5.0)
+            def make(i: int) -> KVClient:
+                return cluster.kv_client(addrs, client_id=f"t{level}-{i}", timeout=5.0)
 
-        return await closed_loop(make, level, seconds)
+            out = await closed_loop(make, level, seconds)
+        terms = {e["term"] for e in role_events(cluster) if e["role"] == "leader"}
+        out["leader_changes"] = max(0, len(terms) - 1)
+        return out
 
 
 #: the etcd load generators: etcd's Go client over gRPC (the fair baseline), the Python gRPC
@@ -299,6 +439,7 @@ async def paired_throughput(
     go_client: Path | None,
     systems: list[str],
     levels: tuple[int, ...] = LEVELS,
+    client_procs: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
     """Per level, ``rounds`` windows of each system on fresh clusters, alternating the order
     (orbital, etcd, ..., then the reverse): all see the same machine conditions, so the
@@ -314,7 +455,8 @@ async def paired_throughput(
                 where = workdir / f"{system}-{level}-{r}"
                 load = round(os.getloadavg()[0], 2)
                 if system.startswith("orbital"):
-                    w = await orbital_window(where, level, seconds, system == "orbital")
+                    curve = system == "orbital"
+                    w = await orbital_window(where, level, seconds, curve, client_procs)
                 else:
                     assert etcd_binary is not None
                     w = await etcd_window(etcd_binary, go_client, system, where, level, seconds)
@@ -801,7 +943,8 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "workload": "each client one put at a time on its own key, windows of"
             f" {args.seconds} s after a {WARMUP_S} s warm-up, each on a fresh cluster",
             "load_generators": {
-                "orbital": "KVClients in this Python process (asyncio, one shared ZeroMQ context)",
+                "orbital": "KVClients (asyncio, one shared ZeroMQ context per process) in this"
+                f" Python process, or split over {args.client_procs} (--client-procs)",
                 "etcd": "bench/etcdload: etcd's Go client (go.etcd.io/etcd/client/v3, v3 gRPC"
                 " API), one connection, every client on the leader",
                 "etcd-grpc-py": "harness.systems.etcd.EtcdClient (grpcio, the chaos runs'"
@@ -810,6 +953,7 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 " HTTP/1.1 client in this process, clients spread over the members",
             },
             "levels": list(args.levels),
+            "orbital_client_processes": args.client_procs,
             "rounds": args.rounds,
             "systems": args.systems,
             "cpus": os.cpu_count(),
@@ -828,7 +972,14 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         if go_client is None:
             systems.remove("etcd")
     paired = await paired_throughput(
-        root / "throughput", args.seconds, args.rounds, binary, go_client, systems, args.levels
+        root / "throughput",
+        args.seconds,
+        args.rounds,
+        binary,
+        go_client,
+        systems,
+        args.levels,
+        args.client_procs,
     )
     throughput = paired["orbital"]
     result["throughput"] = throughput
@@ -884,6 +1035,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, help="leader kills (default 20)")
     p.add_argument("--overload", type=int, help="commands in the burst (default 20000)")
     p.add_argument("--etcd-kills", type=int, help="etcd leader kills (default 20)")
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="orbital's load generator: processes to split the clients over (default 1)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument(
         "--systems",
@@ -909,6 +1066,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--levels: positive client counts")
     if not args.throughput_only and not {1, 64} <= set(args.levels):
         p.error("--levels must include 1 and 64 unless --throughput-only (the targets)")
+    if args.client_procs < 1:
+        p.error("--client-procs: at least 1")
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown or "orbital" not in args.systems:
         p.error(f"--systems: must include orbital; unknown {sorted(unknown)}")

@@ -45,7 +45,7 @@ from typing import Any
 
 import psutil
 
-from bench.cluster import WARMUP_S, closed_loop, steady, steady_cluster
+from bench.cluster import closed_loop, steady, steady_cluster
 from harness.cluster import ClusterSpec, LocalCluster, StatusPoller
 
 
@@ -158,24 +158,22 @@ async def level(
         details_before: dict[str, dict[str, float]] = {}
         spies: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
-        async def window_starts() -> None:  # the closed loop warms up first
+        def window_starts() -> None:  # every client connected, warmed up: measure from now
             nonlocal spies
-            await asyncio.sleep(WARMUP_S)
             before.update({n: _cpu(p) for n, p in procs.items()} | {"client": _cpu(me)})
             details_before.update({n: _detail(p) for n, p in procs.items()})
             details_before["client"] = _detail(me)
             spies = _start_spies(spy, cluster, {"leader": leader, "follower": follower}, seconds)
 
         try:
-            mark = asyncio.create_task(window_starts())
             window = await closed_loop(
                 lambda i: cluster.kv_client(addrs, client_id=f"p{clients}-{i}", timeout=5.0),
                 clients,
                 seconds,
+                window_starts,
             )
             after = {n: _cpu(p) for n, p in procs.items()} | {"client": _cpu(me)}
             details_after = {n: _detail(p) for n, p in procs.items()} | {"client": _detail(me)}
-            await mark
         finally:
             profiles = _collect(spies, flame_dir, clients)
         writes = max(1, int(window["writes"]))

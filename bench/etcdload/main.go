@@ -3,8 +3,9 @@
 //
 // The workload is the one bench/cluster.py runs against Orbital Raft: -clients concurrent
 // clients, each with one Put outstanding at a time (the next starts when the previous one is
-// acknowledged), each on its own key, values of -value-bytes bytes, for -warmup seconds and
-// then -seconds measured ones. A Put that starts inside the measured window counts; its
+// acknowledged), each on its own key, values of -value-bytes bytes. Every client first
+// completes one Put (as bench/cluster.py's clients do: connected, the leader found); then
+// the clock starts: -warmup seconds, then -seconds measured ones. A Put that starts inside the measured window counts; its
 // latency is from the call to its acknowledgement. The clients share -conns gRPC connections
 // (clientv3.Client values), client i the (i mod conns)-th.
 //
@@ -112,19 +113,36 @@ func main() {
 		kvs[i] = c
 	}
 
-	start := time.Now()
-	measureFrom := start.Add(time.Duration(*warmup * float64(time.Second)))
-	end := measureFrom.Add(time.Duration(*seconds * float64(time.Second)))
 	var (
 		mu        sync.Mutex
 		latencies []time.Duration
 		errors    = map[string]int{}
 		wg        sync.WaitGroup
+		ready     sync.WaitGroup
 		cpuOnce   sync.Once
 		cpuStart  float64
+		start     = make(chan struct{})
+		// the clock, set once every client completed its first Put (read after <-start)
+		measureFrom, end time.Time
 	)
+	put := func(kv *clientv3.Client, key string, n int) error {
+		value := fmt.Sprintf("%d:", n)
+		if pad := *valueBytes - len(value); pad > 0 {
+			value += strings.Repeat("x", pad)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		defer cancel()
+		_, err := kv.Put(ctx, key, value)
+		return err
+	}
+	countError := func(err error) {
+		mu.Lock()
+		errors[err.Error()]++
+		mu.Unlock()
+	}
 	// the CPU clock starts with the measured window (the first client to cross it reads it)
 	markWindow := func() { cpuOnce.Do(func() { cpuStart = cpuSeconds() }) }
+	ready.Add(*clients)
 	for i := 0; i < *clients; i++ {
 		wg.Add(1)
 		go func(i int) {
@@ -132,6 +150,17 @@ func main() {
 			kv := kvs[i%*conns]
 			key := fmt.Sprintf("%s-%d", *prefix, i)
 			own := make([]time.Duration, 0, 4096)
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				err := put(kv, key, 0)
+				if err == nil || time.Now().After(deadline) {
+					break
+				}
+				countError(err)
+				time.Sleep(10 * time.Millisecond)
+			}
+			ready.Done()
+			<-start
 			for n := 1; ; n++ {
 				t0 := time.Now()
 				if !t0.Before(end) {
@@ -140,17 +169,8 @@ func main() {
 				if !t0.Before(measureFrom) {
 					markWindow()
 				}
-				value := fmt.Sprintf("%d:", n)
-				if pad := *valueBytes - len(value); pad > 0 {
-					value += strings.Repeat("x", pad)
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-				_, err := kv.Put(ctx, key, value)
-				cancel()
-				if err != nil {
-					mu.Lock()
-					errors[err.Error()]++
-					mu.Unlock()
+				if err := put(kv, key, n); err != nil {
+					countError(err)
 					continue
 				}
 				if !t0.Before(measureFrom) {
@@ -162,6 +182,10 @@ func main() {
 			mu.Unlock()
 		}(i)
 	}
+	ready.Wait()
+	measureFrom = time.Now().Add(time.Duration(*warmup * float64(time.Second)))
+	end = measureFrom.Add(time.Duration(*seconds * float64(time.Second)))
+	close(start)
 	wg.Wait()
 	markWindow()
 	cpu := cpuSeconds() - cpuStart
