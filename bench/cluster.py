@@ -483,7 +483,13 @@ def summarize_windows(ws: list[dict[str, Any]]) -> dict[str, Any]:
     out["median_p50_ms"] = median_of("p50_ms")
     out["median_p99_ms"] = median_of("p99_ms")
     out["median_client_cpu_s_per_1000_writes"] = median_of("client_cpu_s_per_1000_writes")
-    for key in ("writes_per_s", "p50_ms", "p99_ms", "client_cpu_s_per_1000_writes"):
+    for key in (
+        "writes_per_s",
+        "p50_ms",
+        "p99_ms",
+        "client_cpu_s_per_1000_writes",
+        "leader_changes",
+    ):
         out[f"windows_{key}"] = [w.get(key) for w in ws]
     out["windows_loadavg_1m"] = [w["loadavg_1m"] for w in ws]
     return out
