@@ -45,7 +45,7 @@ from typing import Any
 
 import psutil
 
-from bench.cluster import closed_loop, steady, steady_cluster
+from bench.cluster import closed_loop, role_events, steady, steady_cluster
 from harness.cluster import ClusterSpec, LocalCluster, StatusPoller
 
 
@@ -181,10 +181,12 @@ async def level(
         per = {n: round(1000 * s / writes, 4) for n, s in used.items()}
         followers = [per[n] for n in spec.nodes if n != leader]
         nodes = sum(used[n] for n in spec.nodes)
+        terms = {e["term"] for e in role_events(cluster) if e["role"] == "leader"}
         result |= {
             "writes_per_s": window["writes_per_s"],
             "p50_ms": window["p50_ms"],
             "p99_ms": window["p99_ms"],
+            "leader_changes": max(0, len(terms) - 1),
             "cpu_ms_per_write": {
                 "leader": per[leader],
                 "follower": round(sum(followers) / len(followers), 4),
@@ -276,6 +278,8 @@ async def compare(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     for k in ("leader", "follower", "nodes", "client", "total")
                 },
                 "writes_per_s": [w["writes_per_s"] for w in ws],
+                "p99_ms": [w["p99_ms"] for w in ws],
+                "leader_changes": [w["leader_changes"] for w in ws],
                 "loadavg_1m": [w["loadavg_1m"] for w in ws],
             }
             if name != first:
