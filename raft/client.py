@@ -140,10 +140,10 @@ class RaftClient:
         self.leader: str | None = None
         self.last_node: str | None = None  #: the node that gave the last answer
         self._ctx = _shared_context()
-        #: per node: the DEALER (NOBLOCK sends raise ``zmq.Again`` at once) and its reader
+        #: per node: the connection (shared with this process's other clients of that node on
+        #: this event loop, with the same keys: see :class:`_Connection`)
         self._socks: dict[str, _Connection] = {}
         self._seq = 0
-        self._ids = itertools.count(1)
         self._rotation = itertools.cycle(self.nodes)
         self._lock = asyncio.Lock()
 
@@ -238,7 +238,7 @@ class RaftClient:
         that grace, not a whole attempt timeout.
         """
         conn = self._socket(node)
-        rid = next(self._ids)
+        rid = next(_REQUEST_IDS)
         frame = _encode_json({**body, "id": rid})
         give_up = time.monotonic() + min(timeout, CONNECT_GRACE_S)
         while True:
@@ -256,18 +256,22 @@ class RaftClient:
         except TimeoutError:
             return None
         finally:
-            conn.waiting = None
+            conn.forget(rid)
 
     def _socket(self, node: str) -> _Connection:
+        loop = asyncio.get_running_loop()
         conn = self._socks.get(node)
+        if conn is not None and conn.loop is not loop:  # used from another loop now
+            conn.release()
+            conn = None
         if conn is None:
-            conn = self._socks[node] = _Connection(self._ctx, self.nodes[node], node, self.keys)
-        conn.reader.start()
+            conn = _Connection.shared(self._ctx, self.nodes[node], node, self.keys, loop)
+            self._socks[node] = conn
         return conn
 
     def close(self) -> None:
         for conn in self._socks.values():
-            conn.close()
+            conn.release()
         self._socks.clear()
 
     async def __aenter__(self) -> Self:
@@ -300,8 +304,20 @@ def _result(reply: dict[str, Any]) -> bytes:
     return base64.b64decode(raw)
 
 
+#: request ids, unique in the process: the clients sharing a connection tell their replies
+#: apart by them
+_REQUEST_IDS = itertools.count(1)
+
+
 class _Connection:
-    """One DEALER to one node; the reply to the request in flight resolves its future."""
+    """One DEALER to one node, shared by every client of this process that talks to that
+    node from the same event loop with the same keys (as gRPC clients share a channel): with
+    many clients, their requests and replies travel together over one TCP connection instead
+    of waking the node once per client connection. Each reply resolves the future of the
+    request with its id; a reply nobody waits for any more (given up on) is dropped. The last
+    client to release it closes it."""
+
+    _SHARED: dict[tuple[Any, ...], _Connection] = {}
 
     def __init__(
         self,
@@ -309,20 +325,46 @@ class _Connection:
         address: str,
         node: str,
         keys: ClientKeys | None,
+        loop: asyncio.AbstractEventLoop,
+        key: tuple[Any, ...],
     ) -> None:
         sock = self.sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        sock.setsockopt(zmq.SNDHWM, 0)  # the clients bound what is in flight: one request each
+        sock.setsockopt(zmq.RCVHWM, 0)
         if netaddr.is_ipv6(address):
             sock.setsockopt(zmq.IPV6, 1)
         if keys is not None:
             keys.apply(sock, node)
         sock.connect(netaddr.endpoint(address))
-        self.reader = ZmqReader(sock, self._received, burst=16)
-        #: the request awaiting its reply: (id, future)
-        self.waiting: tuple[int, asyncio.Future[dict[str, Any]]] | None = None
+        self.loop = loop
+        self._key = key
+        self.users = 0
+        self.reader = ZmqReader(sock, self._received, burst=64)
+        self.reader.start()
+        #: the requests awaiting their replies, by id
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+
+    @classmethod
+    def shared(
+        cls,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        address: str,
+        node: str,
+        keys: ClientKeys | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> _Connection:
+        """The connection to ``node`` at ``address`` for a new user (made if needed)."""
+        who = None if keys is None else (keys.pair.public, keys.pair.secret, keys.servers[node])
+        key = (id(ctx), id(loop), address, node, who)
+        conn = cls._SHARED.get(key)
+        if conn is None or conn.loop is not loop or loop.is_closed():
+            conn = cls._SHARED[key] = cls(ctx, address, node, keys, loop, key)
+        conn.users += 1
+        return conn
 
     def send(self, frame: bytes) -> None:
         """Queue ``frame``; ``zmq.Again`` if there is no live connection (``IMMEDIATE``)."""
@@ -330,21 +372,35 @@ class _Connection:
         self.reader.recheck()  # the send may have consumed the descriptor's edge
 
     def expect(self, rid: int) -> asyncio.Future[dict[str, Any]]:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiting = (rid, fut)
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.waiting[rid] = fut
         return fut
 
+    def forget(self, rid: int) -> None:
+        self.waiting.pop(rid, None)
+
     def _received(self, parts: list[bytes]) -> None:
-        waiting = self.waiting
-        if waiting is None or len(parts) != 1:
-            return  # a late reply to a request given up on, or garbage
+        if len(parts) != 1:
+            return  # garbage
         try:
             reply = _decode_json(parts[0])
         except msgspec.DecodeError:
             return
-        rid, fut = waiting
-        if isinstance(reply, dict) and reply.get("id") == rid and not fut.done():
+        if not isinstance(reply, dict):
+            return
+        rid = reply.get("id")
+        fut = self.waiting.pop(rid, None) if isinstance(rid, int) else None
+        if fut is not None and not fut.done():  # else: a late reply to a request given up on
             fut.set_result(reply)
+
+    def release(self) -> None:
+        """One user fewer; the last one closes the socket."""
+        self.users -= 1
+        if self.users > 0:
+            return
+        if self._SHARED.get(self._key) is self:
+            del self._SHARED[self._key]
+        self.close()
 
     def close(self) -> None:
         self.reader.stop()
