@@ -5,9 +5,10 @@ Prints one JSON object. Every case runs a local 5-node cluster of ``orbital node
 talking **directly** (``ClusterSpec(toxiproxy=False)``: no proxy hop), on 127.0.0.1 only.
 Orbital's throughput clients run in ``--client-procs`` Python processes (default 2: with
 256 clients one process's event loop was the bottleneck, 1.15-1.9x fewer writes/s in 3
-alternating rounds at the same CPU per write; etcd's Go client uses both cores too); the
-other workloads run in this process. The load generators share the machine's cores with the
-nodes: on a 2-core box the client's own CPU is part of what is measured (and reported).
+alternating rounds at the same CPU per write, measured with a connection per client; etcd's
+Go client uses both cores too); the other workloads run in this process. The load
+generators share the machine's cores with the nodes: on a 2-core box the client's own CPU is
+part of what is measured (and reported).
 
 * ``throughput``: for 1, 16, 64 and 256 concurrent ``KVClient``s, each issuing one ``put``
   at a time (a client waits for the commit before its next write), for a fixed duration
