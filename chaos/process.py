@@ -155,6 +155,8 @@ class ManagedProcess:
         self._popen: subprocess.Popen[bytes] | None = None
         self._paused = False
         self._ended_by_us = False  # we sent the current incarnation SIGKILL or SIGTERM
+        #: (pid, exit code) of every earlier incarnation that ended on its own
+        self._died: list[tuple[int, int | None]] = []
         self._stopping: list[psutil.Process] = []  # the tree we sent SIGTERM to
 
     @property
@@ -235,7 +237,18 @@ class ManagedProcess:
         self._emit("start", argv=self.argv)
         return self.pid
 
+    def deaths(self) -> list[tuple[int, int | None]]:
+        """(pid, exit code) of every incarnation that ended on its own (a crash, a failed
+        start), the current one included: what no kill or stop of ours explains."""
+        out = list(self._died)
+        if self.exited_on_its_own:
+            assert self._popen is not None
+            out.append((self._popen.pid, self._popen.poll()))
+        return out
+
     def _spawn(self) -> None:
+        if self._popen is not None and self.exited_on_its_own:
+            self._died.append((self._popen.pid, self._popen.poll()))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(

@@ -99,6 +99,8 @@ def check_expectations(
         checks += stepdown_checks(ctx, observed, roles, exp.minority_leader_steps_down_within)
     if exp.disk_faults_handled:
         checks += disk_checks(ctx, observed)
+    if exp.no_node_dies:
+        checks.append(death_check(ctx, observed))
     if exp.converge_after_heal and no_leader is not None:
         checks.append(not_applicable("converge_after_heal", True, no_leader))
     elif exp.converge_after_heal:
@@ -314,6 +316,30 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1] if lines else ""
+
+
+#: disk faults after which a node is expected to stop on its own (``disk_checks`` judges how)
+_STOPPING_DISK_FAULTS = ("corrupt", "io-error", "disk-full")
+
+
+def death_check(ctx: RunContext, observed: Observed) -> dict[str, Any]:
+    """No node process ended on its own: a crash, a failed assertion or a failed restart is a
+    finding even when the cluster survived it (a planted bug once killed a node with an
+    ``AssertionError`` and every other check passed)."""
+    expected = {
+        f.node
+        for f in observed.applied
+        if f.kind == "disk" and f.node is not None and f.params.get("disk") in _STOPPING_DISK_FAULTS
+    }
+    died = {n: d for n, d in observed.died.items() if n not in expected}
+    seen = {
+        n: [{"pid": pid, "exit": code, "log": _last_line(ctx.run_dir / "nodes" / n / "node.log")}
+            for pid, code in d]
+        for n, d in died.items()
+    }  # fmt: skip
+    text = "; ".join(f"{n}: exit {d[-1]['exit']}: {d[-1]['log']}" for n, d in seen.items())
+    return check("no_node_dies", not died, "no node process ends on its own", text or "none",
+                 died=seen, expected_to_stop=sorted(expected))  # fmt: skip
 
 
 def disk_checks(ctx: RunContext, observed: Observed) -> list[dict[str, Any]]:

@@ -84,3 +84,5 @@ class Observed:
     roles_from: str = "roles.jsonl"
     #: expectation name -> why it could not be judged in this run
     not_applicable: dict[str, str] = field(default_factory=dict)
+    #: node -> [(pid, exit code)] of its processes that ended on their own
+    died: dict[str, list[tuple[int, int | None]]] = field(default_factory=dict)

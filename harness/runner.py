@@ -332,6 +332,7 @@ async def _drive(
             if not ok:
                 observed.silent = await _diagnose_silent(cluster, final)
     finally:
+        observed.died = {p.name: d for p in cluster.procs.processes() if (d := p.deaths())}
         observed.applied = list(nemesis.applied.values())
         observed.leader_samples = monitor.leader_samples
         observed.role_changes = monitor.role_changes

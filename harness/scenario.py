@@ -299,6 +299,9 @@ class Expect(_Model):
     majority_keeps_serving: bool = False
     converge_after_heal: bool = True
     disk_faults_handled: bool = True  #: corrupt data refused; EIO/ENOSPC stop the node
+    #: no node process ends on its own during the run (a crash, an assertion, a failed
+    #: restart); nodes a disk fault is expected to stop are judged by ``disk_faults_handled``
+    no_node_dies: bool = True
     min_ok_ops: int = Field(default=1, ge=0)
     #: a leader cut off on a minority side steps down within this many election timeouts of
     #: the cut (checked from the nodes' roles.jsonl, for every partition); ``false``: off

@@ -61,6 +61,7 @@ def scenario(tmp_path: Path, name: str, body: str, duration: float, head: str = 
 
 def valid_run(config: Path, store: Path, *extra: str) -> tuple[Path, dict[str, Any]]:
     code, run_dir, out = chaos_run(config, store, "--no-progress", *extra)
+    assert (run_dir / "results.json").exists(), f"exit {code}, no results.json:\n{out}"
     results = load_results(run_dir)
     assert code == 0, out
     assert results["valid"] is True, results["invariants"]

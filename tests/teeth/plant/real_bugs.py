@@ -19,6 +19,9 @@
 * ``late_vote_requests`` — *not a bug*: the network delivers every RequestVote (pre-votes
   excepted) 0.4 s late, so a voter can learn the new term from another message first and
   grant in a term it already persisted without a vote (the case issue 9's bug leaked).
+* ``follower_dies_on_an_assertion`` — a follower (``n2``) fails one of its own assertions
+  once it has applied 30 entries and its process exits; the cluster lives on without it (the
+  no_election_restriction plant once did this to a node, and every check passed).
 * ``slow_follower_config`` — *not a bug*: a follower takes 0.2 s to persist a configuration
   entry, so a membership change stays uncommitted long enough for a second one, asked for at
   the same moment, to meet it (the leader must refuse it).
@@ -110,6 +113,15 @@ def _receive_votes_late(self: RaftNode[Any], msg: Message) -> None:
     asyncio.get_running_loop().call_later(LATE_VOTE_S, deliver)
 
 
+_real_advance = RaftCore.advance
+
+
+def _advance_failing_an_assertion(self: RaftCore, rd: Ready) -> None:
+    _real_advance(self, rd)
+    if self.id == "n2" and self.log.applied >= 30:
+        raise AssertionError(f"planted: n2 gave up at applied index {self.log.applied}")
+
+
 REAL_BUGS: dict[str, Bug] = {
     b.name: b
     for b in [
@@ -144,6 +156,12 @@ REAL_BUGS: dict[str, Bug] = {
             "late_vote_requests",
             "an amplifier, not a bug: every RequestVote (not pre-votes) arrives 0.4 s late",
             ((RaftNode, "_received", _receive_votes_late),),
+            frozenset(),
+        ),
+        Bug(
+            "follower_dies_on_an_assertion",
+            "n2 fails an assertion of its own after applying 30 entries, and exits",
+            ((RaftCore, "advance", _advance_failing_an_assertion),),
             frozenset(),
         ),
         Bug(
