@@ -69,6 +69,7 @@ class Agent:
             "stop_all": self._stop_all,
             "tail": self._tail,
             "describe": lambda r: {"text": self._proc(r).describe()},
+            "dump_stacks": lambda r: {"sent": self._proc(r).dump_stacks()},
         }
 
     # ---- the loop ---------------------------------------------------------------------------

@@ -180,6 +180,30 @@ class RemoteHost:
         except (OSError, asyncssh.Error) as exc:
             raise self.fail(f"upload failed: {exc}") from None
 
+    async def write_files(self, files: Mapping[str, tuple[bytes, int]]) -> None:
+        """Write ``path -> (content, mode)`` on the host (SFTP), making the directories."""
+        assert self.conn is not None
+        try:
+            async with self.conn.start_sftp_client() as sftp:
+                for d in sorted({str(PurePosixPath(p).parent) for p in files}):
+                    await sftp.makedirs(d, exist_ok=True)
+                for path, (data, mode) in files.items():
+                    async with sftp.open(path, "wb", asyncssh.SFTPAttrs(permissions=mode)) as f:
+                        await f.write(data)
+                    await sftp.chmod(path, mode)
+        except (OSError, asyncssh.Error) as exc:
+            raise self.fail(f"upload failed: {exc}") from None
+
+    async def fetch_file(self, remote: str, local: Path) -> None:
+        """Copy one file of the host to ``local``."""
+        assert self.conn is not None
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            async with self.conn.start_sftp_client() as sftp:
+                await sftp.get(remote, str(local))
+        except (OSError, asyncssh.Error) as exc:
+            raise self.fail(f"download of {remote} failed: {exc}") from None
+
     async def download(self, remote: str, local: Path) -> bool:
         """Copy the host's directory ``remote`` (recursively) to ``local``; False if it does
         not exist."""
@@ -479,6 +503,15 @@ class RemoteProcess:
             return [str(x) for x in self._request("tail", lines=lines)["lines"]]
         except RemoteError as exc:
             return [str(exc)]
+
+    def dump_stacks(self) -> bool:
+        """SIGUSR1 on the host (a node prints its threads' stacks to its log)."""
+        if not self._running or self._paused:
+            return False
+        try:
+            return bool(self._request("dump_stacks")["sent"])
+        except RemoteError:
+            return False
 
     # ---- operations -----------------------------------------------------------------------
     def _request(self, op: str, **args: Any) -> dict[str, Any]:

@@ -408,7 +408,7 @@ class ProxyNetwork:
 
     def __init__(
         self,
-        server: ToxiproxyServer,
+        server: ProxyServer,
         nodes: Mapping[str, str],
         *,
         client_upstreams: Mapping[str, str] | None = None,
@@ -442,7 +442,7 @@ class ProxyNetwork:
     @classmethod
     def create(
         cls,
-        server: ToxiproxyServer,
+        server: ProxyServer,
         nodes: Mapping[str, str],
         *,
         client_upstreams: Mapping[str, str] | None = None,
