@@ -184,6 +184,7 @@ class RemoteProcesses:
 
     def __init__(self) -> None:
         self._procs: dict[str, RemoteProcess] = {}
+        self.errors: list[str] = []
 
     def add(self, proc: RemoteProcess) -> None:
         self._procs[proc.name] = proc
@@ -199,16 +200,14 @@ class RemoteProcesses:
 
     def stop_all(self, timeout: float = 5.0) -> None:
         """Stop every node (SIGCONT, SIGTERM, SIGKILL after ``timeout``, by each host's
-        agent); a host that fails does not keep the others from stopping."""
-        errors = []
+        agent); a host that fails does not keep the others from stopping (what it still
+        runs is stopped when its agent's session closes)."""
         for proc in self._procs.values():
             if proc.alive():
                 try:
                     proc.stop(timeout)
                 except RemoteError as exc:
-                    errors.append(str(exc))
-        if errors:
-            raise PlacementError("; ".join(errors))
+                    self.errors.append(str(exc))
 
 
 class _HostProxies:

@@ -22,7 +22,8 @@
 # ORBITAL_TESTBED_NAME (namespace prefix, default orbtb), ORBITAL_TESTBED_NET (the /24's
 # first three octets, default 10.77.0), ORBITAL_TESTBED_PYTHON (the hosts' Python: default
 # this repository's .venv/bin/python, which the namespaces see as they share the machine's
-# file system). Needs root, iproute2 and openssh-server (scripts/setup.sh --tests installs
+# file system), ORBITAL_TESTBED_TOXIPROXY (the hosts' toxiproxy-server: default the one beside
+# that Python). Needs root, iproute2 and openssh-server (scripts/setup.sh --tests installs
 # them). Exit 0 done, 1 failed (a failed `up` removes what it made), 2 bad usage.
 set -euo pipefail
 
@@ -31,6 +32,7 @@ dir=${ORBITAL_TESTBED_DIR:-/tmp/orbital-testbed}
 name=${ORBITAL_TESTBED_NAME:-orbtb}
 net=${ORBITAL_TESTBED_NET:-10.77.0}
 python=${ORBITAL_TESTBED_PYTHON:-$here/.venv/bin/python}
+toxiproxy=${ORBITAL_TESTBED_TOXIPROXY:-$(dirname "$python")/toxiproxy-server}
 sshd=/usr/sbin/sshd
 
 say() { printf '[testbed] %s\n' "$*" >&2; }
@@ -110,6 +112,7 @@ up() {
     echo "known_hosts = \"$dir/known_hosts\""
     echo "port = 22"
     echo "python = \"$python\""
+    echo "toxiproxy = \"$toxiproxy\""
     echo "install = \"code\""
     echo "connect_timeout = 5.0"
     echo
