@@ -482,7 +482,7 @@ class RemoteProcess:
     def describe(self) -> str:
         if self.pid is None:
             return "not started"
-        where = f"on {self.host}"
+        where = f"on host {self.host}"
         if not self._running:
             code = self.returncode
             if code is None:

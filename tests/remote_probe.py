@@ -1,0 +1,95 @@
+"""Run inside the test bed's control namespace by tests/test_ssh_placement.py (not a test).
+
+``python -m tests.remote_probe INVENTORY WORKDIR [--plant undelivered-kill]`` starts a 5-node
+Orbital cluster on the inventory's hosts over SSH, then kills the leader, pauses and resumes
+a follower and restarts the killed node through the cluster (the orchestrator's API), and
+prints what it saw *on the hosts*, independently of the agent: for each process, the network
+namespace it lives in (``ip netns identify``: which host runs it) and its state in ``/proc``
+(gone, ``T`` stopped, running). ``--plant undelivered-kill`` replaces the remote kill by one
+that records the fault but never reaches the host: the test shows its check catches that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from chaos.remote import RemoteProcess
+from harness.inventory import load_inventory
+from harness.local import Cluster, ClusterOptions
+from harness.placement import SshPlacement
+from harness.system import ClusterView, NodeCommand
+from harness.systems.orbital import OrbitalSystem
+
+
+def netns_of(pid: int | None) -> str:
+    if pid is None:
+        return ""
+    out = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def state_of(pid: int | None) -> str:
+    """``gone``, or the state letter of /proc/PID/stat (R, S, T, Z, ...)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat.rpartition(")")[2].split()[0]
+
+
+def _undelivered_kill(self: RemoteProcess) -> None:
+    """The planted bug: the fault is recorded, the host never hears of it."""
+    self._emit("kill")
+    self._ended_by_us = True
+    self._running = False
+
+
+class FailsOnThirdNode(OrbitalSystem):
+    """Orbital, except that n3's command exits at once: a node that fails to start."""
+
+    def command(self, node: str, cluster: ClusterView) -> NodeCommand:
+        if node != "n3":
+            return super().command(node, cluster)
+        return NodeCommand([sys.executable, "-c", "raise SystemExit('n3 cannot start here')"])
+
+
+def main() -> int:
+    inventory, workdir = Path(sys.argv[1]), Path(sys.argv[2])
+    if "--plant" in sys.argv and sys.argv[sys.argv.index("--plant") + 1] == "undelivered-kill":
+        RemoteProcess.kill = _undelivered_kill  # type: ignore[method-assign]
+    placement = SshPlacement(load_inventory(inventory))
+    options = ClusterOptions(nodes=("n1", "n2", "n3", "n4", "n5"), seed=3)
+    system = OrbitalSystem(election_ticks=30, heartbeat_ticks=5)
+    out: dict[str, Any] = {}
+    with Cluster(system, options, workdir, placement=placement) as cluster:
+        asyncio.run(cluster.wait_ready(60.0))
+        leader, _term, _ = asyncio.run(cluster.wait_for_leader(30.0))
+        follower = next(n for n in cluster.nodes if n != leader)
+        out["hosts"] = {n: netns_of(cluster.procs[n].pid) for n in cluster.nodes}
+        out["placed"] = dict(placement.host_of)
+        pid = cluster.procs[leader].pid
+        cluster.kill(leader)
+        out["kill"] = {"node": leader, "pid": pid, "after": state_of(pid)}
+        fpid = cluster.procs[follower].pid
+        cluster.pause(follower)
+        out["pause"] = {"node": follower, "pid": fpid, "after": state_of(fpid)}
+        cluster.resume(follower)
+        out["resume"] = {"node": follower, "pid": fpid, "after": state_of(fpid)}
+        cluster.restart(leader)
+        new = cluster.procs[leader].pid
+        out["restart"] = {"node": leader, "pid": new, "ns": netns_of(new), "after": state_of(new)}
+        out["old_after_restart"] = state_of(pid)
+        out["pids"] = [cluster.procs[n].pid for n in cluster.nodes]
+    out["after_stop"] = {str(p): state_of(p) for p in out["pids"]}
+    out["read_back"] = sorted(p.name for p in (workdir / "nodes" / leader).iterdir())
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
