@@ -120,6 +120,7 @@ import zmq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raft import netaddr
+from raft.argtypes import whole_number
 from raft.core.errors import ConfChangeError, NotLeader, ProposalDropped, RaftError
 from raft.core.raft import RaftConfig
 from raft.core.types import ConfChange, ConfChangeType, NodeId
@@ -774,14 +775,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="the same as --log-level WARNING")
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
+_seed = whole_number(0)
 
 
 class JsonFormatter(logging.Formatter):

@@ -52,7 +52,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--time-limit", "nan"], "positive number of seconds"),
         (["--time-limit", "inf"], "positive number of seconds"),
         (["--time-limit", "soon"], "not a number"),
-        (["--jobs", "-1"], "0 (all cores) or more"),
+        (["--jobs", "-1"], "0 or more (0: all cores)"),
     ],
 )
 def test_bad_arguments_exit_2(tmp_path: Path, args: list[str], words: str) -> None:

@@ -20,6 +20,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
+from raft.argtypes import whole_number
+
 if TYPE_CHECKING:
     from harness.checker.linearizable import CheckResult
 
@@ -34,14 +36,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (all cores) or more, got {value}")
-    return value
+_jobs = whole_number(0, note="0: all cores")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ import sys
 from dataclasses import replace
 
 from harness.sim.world import FAULTS, SimConfig, sweep_config
+from raft.argtypes import whole_number
 
 DEFAULT_FAULTS = ",".join(FAULTS)
 DEFAULT_CLIENTS = 4
@@ -50,34 +51,9 @@ def parse_faults(text: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 64: {text!r}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer seed: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seeds are non-negative: {text!r}")
-    return value
+_positive = whole_number(1)
+_count = whole_number(0, 64)
+_seed = whole_number(0, note="seeds are non-negative")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,11 @@ voters with two candidates in one term on their vote logs (``votes_one_per_term`
 
 Planted ``vote_not_persisted`` (``real_bugs.py``: the term is persisted, the vote is not),
 no leader has a durable majority of votes (``leader_votes_durable``), in any run.
+
+Five transfer rounds, not two: on a loaded machine the four TimeoutNow of one round can land
+far enough apart that the candidates end up in four different terms (no two leaders of one
+term even with the bug); each round is another chance, so a missed catch needs all five to
+spread out (seen once in a loaded full-suite run with two rounds).
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ SCENARIO: dict[str, Any] = {
     "name": "teeth-elections",
     "seed": 4,
     "nodes": ["n1", "n2", "n3", "n4", "n5"],
-    "duration": 4.0,
+    "duration": 6.0,
     "timing": {"tick_ms": 10.0, "election_ticks": 30, "heartbeat_ticks": 5},
     "workload": {"clients": 3, "rate": 10.0, "keys": 5, "timeout": 1.0},
     "nemesis": [
-        {"kind": "transfer", "target": "all", "interval": 1.5, "start": 1.0, "duration": 0.2}
+        {"kind": "transfer", "target": "all", "interval": 1.0, "start": 1.0, "duration": 0.2}
     ],
     "final": {"settle": 1.0, "converge_timeout": 4.0},
     "expect": {"min_ok_ops": 5},
