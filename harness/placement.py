@@ -289,7 +289,7 @@ class SshPlacement:
         assert self.hosts is not None
         used = sorted(set(self.host_of.values()))
         for host in used:
-            self._servers[host] = self._start_toxiproxy(host)
+            self._servers[host] = self.start_toxiproxy(host)
         sources = list(client_sources)
 
         def place(link: Link) -> tuple[ProxyServer, str]:
@@ -303,7 +303,8 @@ class SshPlacement:
             client_sources=sources, place=place,
         )  # fmt: skip
 
-    def _start_toxiproxy(self, host: str) -> ProxyServer:
+    def start_toxiproxy(self, host: str) -> ProxyServer:
+        """Start the Toxiproxy server of ``host`` (by its agent) and forward its API."""
         assert self.hosts is not None
         remote = self._host(host)
         port = int(self.hosts.request(host, "ports", address=LOOPBACK, count=1)["ports"][0])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A test bed of N "hosts" on this machine, each a network namespace with its own OpenSSH
-# server, for chaos runs with `placement = "ssh"` (docs/remote-hosts.md).
+# server, for chaos runs with `placement = "ssh"` (docs/multi-host.md).
 #
 #   scripts/testbed.sh up [N]        N hosts (default 5), a control namespace, the inventory
 #   scripts/testbed.sh exec CMD...   run CMD in the control namespace (the control node)
