@@ -67,10 +67,10 @@ class Bed:
                 found.append(f"{pid} {comm}")
         return found
 
-    def leftovers(self) -> dict[str, list[str]]:
-        """Every host namespace's processes other than its sshd (polled briefly: the agents
-        end as their sessions close)."""
-        deadline = time.monotonic() + 10.0
+    def leftovers(self, wait: float = 10.0) -> dict[str, list[str]]:
+        """Every host namespace's processes other than its sshd (polled for up to ``wait``
+        seconds: the agents end as their sessions close)."""
+        deadline = time.monotonic() + wait
         while True:
             extra = {
                 ns: [p for p in self.processes_in(ns) if not p.endswith(" sshd")]
@@ -274,3 +274,46 @@ def test_a_node_that_fails_to_start_names_its_host_and_nothing_is_left_running(
     run = bed.chaos(str(scenario), "--placement", "ssh", "--inventory", str(bed.inventory),
                     "--store", str(tmp_path / "store"), "--no-progress")  # fmt: skip
     _one_line_error(run, r"n3 exited with code 1 on host h3")
+
+
+def test_a_killed_control_node_leaves_nothing_running_on_the_hosts(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """SIGKILL of the control node runs no clean-up of ours: the SSH sessions end, and each
+    host's agent stops what it started (the fixture checks the hosts hold only their sshd)."""
+    argv = [str(TESTBED), "exec", sys.executable, "-m", "harness.cli", "chaos", "run",
+            "kill-leader", "--placement", "ssh", "--inventory", str(bed.inventory),
+            "--store", str(tmp_path / "store"), "--no-progress", "--time-limit", "60"]  # fmt: skip
+    control = subprocess.Popen(argv, env=bed.env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # every host runs its Toxiproxy and a node
+            running = [bed.processes_in(f"{bed.name}-h{k}") for k in range(1, 6)]
+            if all(sum(p.endswith(" python") for p in ps) >= 2 for ps in running) and all(
+                any("toxiproxy" in p for p in ps) for ps in running
+            ):
+                break
+            assert control.poll() is None, "the run ended before it was killed"
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the nodes did not start: {running}")
+    finally:
+        control.kill()  # the control node we started (testbed.sh exec execs into it)
+        control.wait(10)
+
+
+def test_the_leftover_check_sees_a_process_left_on_a_host(bed: Bed) -> None:
+    """The clean-up check has teeth: a process left in a host's namespace is reported."""
+    ns = f"{bed.name}-h2"
+    stray = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while not any(p.endswith(" sleep") for p in bed.processes_in(ns)):
+            assert time.monotonic() < deadline, "the stray process did not start"
+            time.sleep(0.05)
+        left = bed.leftovers(wait=0.2)
+        assert list(left) == [ns] and left[ns] == [f"{stray.pid} sleep"], left
+    finally:
+        stray.kill()  # by the PID we started
+        stray.wait(10)
