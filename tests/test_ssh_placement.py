@@ -313,7 +313,7 @@ def test_the_leftover_check_sees_a_process_left_on_a_host(bed: Bed) -> None:
             assert time.monotonic() < deadline, "the stray process did not start"
             time.sleep(0.05)
         left = bed.leftovers(wait=0.2)
-        assert list(left) == [ns] and left[ns] == [f"{stray.pid} sleep"], left
+        assert left == {ns: [f"{stray.pid} sleep"]}, left
     finally:
         stray.kill()  # by the PID we started
         stray.wait(10)
