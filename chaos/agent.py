@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from chaos.clock import libfaketime, write_atomically
 from chaos.process import ManagedProcess, ProcessManager
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -70,6 +71,8 @@ class Agent:
             "tail": self._tail,
             "describe": lambda r: {"text": self._proc(r).describe()},
             "dump_stacks": lambda r: {"sent": self._proc(r).dump_stacks()},
+            "write_file": self._write_file,
+            "libfaketime": lambda _: {"path": str(libfaketime())},
         }
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -140,6 +143,13 @@ class Agent:
     def _mkdir(self, request: dict[str, Any]) -> dict[str, Any]:
         for path in request["paths"]:
             Path(path).mkdir(parents=True, exist_ok=True)
+        return {}
+
+    def _write_file(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Replace a file atomically (a clock's timestamp file: libfaketime re-reads it)."""
+        path = Path(request["path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, str(request["text"]))
         return {}
 
     def _start(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -220,13 +220,11 @@ class Cluster:
                 f"placement {self.placement.name}: {self.system.name} dials every peer at one "
                 "address (shared peer addressing needs per-host kernel routing: not supported)"
             )
-        faults = {"disk": self.options.disk_faults, "clock": self.options.fake_clocks}
-        for what, wanted in faults.items():
-            if wanted:
-                raise PlacementError(
-                    f"placement {self.placement.name}: {what} faults run on this machine only "
-                    "(docs/multi-host.md)"
-                )
+        if self.options.disk_faults:
+            raise PlacementError(
+                f"placement {self.placement.name}: disk faults run on this machine only "
+                "(docs/multi-host.md)"
+            )
 
     def _allocate_ports(self) -> None:
         for node in self.options.all_nodes:
@@ -304,8 +302,9 @@ class Cluster:
         env = dict(extra)
         env.update(self.options.env)
         if self.options.fake_clocks and getattr(self.system, "clock_faults_apply", True):
-            clock = self.clocks.setdefault(node, FakeClock(self.node_dir(node) / "clock.rc"))
-            env.update(clock.env())
+            if node not in self.clocks:
+                self.clocks[node] = self.placement.clock(node, self.node_dir(node) / "clock.rc")
+            env.update(self.clocks[node].env())
         return env
 
     def _start_node(self, node: str) -> NodeProcess:

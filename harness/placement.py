@@ -54,6 +54,7 @@ from typing import Any, Protocol
 
 import requests
 
+from chaos.clock import ClockFaultError, FakeClock
 from chaos.process import EventSink, ManagedProcess, ProcessManager
 from chaos.remote import HostSpec, RemoteError, RemoteHost, RemoteHosts, RemoteProcess
 from chaos.toxiproxy import (
@@ -113,6 +114,10 @@ class Placement(Protocol):
     ) -> NodeProcess:
         """Start ``node``'s process (``env``: added to the place's own environment)."""
 
+    def clock(self, node: str, path: Path) -> FakeClock:
+        """The libfaketime clock of ``node`` (``path``: its timestamp file in the run
+        directory; a remote placement keeps it at the mirror of that path on the host)."""
+
     def collect(self) -> None:
         """Bring the nodes' directories back into the run directory (after they stopped)."""
 
@@ -165,6 +170,9 @@ class LocalPlacement:
     ) -> ManagedProcess:
         full = {**os.environ, **env}
         return self.procs.start(node, list(cmd.argv), log_path, env=full, cwd=cmd.cwd, group=group)
+
+    def clock(self, node: str, path: Path) -> FakeClock:
+        return FakeClock(path)
 
     def collect(self) -> None:
         pass  # written in place
@@ -241,6 +249,7 @@ class SshPlacement:
         self._on_event: EventSink | None = None
         self._servers: dict[str, ProxyServer] = {}
         self._toxiproxies: dict[str, RemoteProcess] = {}
+        self._libfaketime: dict[str, str] = {}
         self.collect_errors: list[str] = []
 
     # ---- paths ------------------------------------------------------------------------------
@@ -370,6 +379,23 @@ class SshPlacement:
         self.procs.add(proc)
         proc.start()
         return proc
+
+    def clock(self, node: str, path: Path) -> FakeClock:
+        """A clock whose timestamp file is written on ``node``'s host, by its agent."""
+        assert self.hosts is not None
+        hosts, host = self.hosts, self.host_of[node]
+        if host not in self._libfaketime:
+            try:
+                found = hosts.request(host, "libfaketime")["path"]
+            except RemoteError as exc:
+                raise ClockFaultError(str(exc)) from None
+            self._libfaketime[host] = str(found)
+
+        def write(where: Path, text: str) -> None:
+            hosts.request(host, "write_file", path=str(where), text=text)
+
+        remote = Path(self.translate(host, str(path)))
+        return FakeClock(remote, write=write, library=self._libfaketime[host])
 
     def collect(self) -> None:
         """Each node's directory back into ``nodes/<id>/``; role records onto our clock."""

@@ -15,9 +15,11 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from chaos.clock import FakeClock
 from chaos.remote import RemoteProcess
 from harness.inventory import load_inventory
 from harness.local import Cluster, ClusterOptions
@@ -58,12 +60,26 @@ class FailsOnThirdNode(OrbitalSystem):
         return NodeCommand([sys.executable, "-c", "raise SystemExit('n3 cannot start here')"])
 
 
+def _clock_here(self: SshPlacement, node: str, path: Path) -> FakeClock:
+    """The planted bug: the clock's file is written on the control node, not the host."""
+    return FakeClock(path)
+
+
+async def _clock_of(cluster: Cluster, node: str) -> float:
+    st = await cluster.status(node, timeout=2.0)
+    assert st is not None, f"{node} did not answer"
+    return float(st.extra["clock_s"])
+
+
 def main() -> int:
     inventory, workdir = Path(sys.argv[1]), Path(sys.argv[2])
-    if "--plant" in sys.argv and sys.argv[sys.argv.index("--plant") + 1] == "undelivered-kill":
+    plant = sys.argv[sys.argv.index("--plant") + 1] if "--plant" in sys.argv else None
+    if plant == "undelivered-kill":
         RemoteProcess.kill = _undelivered_kill  # type: ignore[method-assign]
+    if plant == "clock-here":
+        SshPlacement.clock = _clock_here  # type: ignore[method-assign]
     placement = SshPlacement(load_inventory(inventory))
-    options = ClusterOptions(nodes=("n1", "n2", "n3", "n4", "n5"), seed=3)
+    options = ClusterOptions(nodes=("n1", "n2", "n3", "n4", "n5"), seed=3, fake_clocks=True)
     system = OrbitalSystem(election_ticks=30, heartbeat_ticks=5)
     out: dict[str, Any] = {}
     with Cluster(system, options, workdir, placement=placement) as cluster:
@@ -85,6 +101,12 @@ def main() -> int:
         out["restart"] = {"node": leader, "pid": new, "ns": netns_of(new), "after": state_of(new)}
         out["old_after_restart"] = state_of(pid)
         out["pids"] = [cluster.procs[n].pid for n in cluster.nodes]
+        other = next(n for n in cluster.nodes if n not in (leader, follower))
+        before, t0 = asyncio.run(_clock_of(cluster, other)), time.monotonic()
+        cluster.clocks[other].jump(100.0)
+        after, t1 = asyncio.run(_clock_of(cluster, other)), time.monotonic()
+        out["clock"] = {"node": other, "moved_s": after - before, "elapsed_s": t1 - t0,
+                        "file": str(cluster.clocks[other].path)}  # fmt: skip
     out["after_stop"] = {str(p): state_of(p) for p in out["pids"]}
     out["read_back"] = sorted(p.name for p in (workdir / "nodes" / leader).iterdir())
     print(json.dumps(out))

@@ -209,6 +209,9 @@ def _landed(seen: dict[str, Any]) -> None:
     assert seen["restart"]["after"] != "gone"
     assert all(state == "gone" for state in seen["after_stop"].values()), seen["after_stop"]
     assert {"data", "node.log", "roles.jsonl"} <= set(seen["read_back"])
+    clock = seen["clock"]  # a 100 s jump of a node's libfaketime clock, made on its host
+    assert clock["file"].startswith(str(seen["host_dirs"])), clock
+    assert 99.0 < clock["moved_s"] - clock["elapsed_s"] < 101.0, f"the clock did not move: {clock}"
 
 
 def _probe(bed: Bed, workdir: Path, *plant: str) -> dict[str, Any]:
@@ -216,17 +219,25 @@ def _probe(bed: Bed, workdir: Path, *plant: str) -> dict[str, Any]:
                       str(workdir), *plant, timeout=180)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     seen: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
-    return {**seen, "bed": bed.name}
+    return {**seen, "bed": bed.name, "host_dirs": bed.dir / "hosts"}
 
 
 def test_process_faults_land_on_the_host_and_an_undelivered_kill_is_caught(
     bed: Bed, tmp_path: Path
 ) -> None:
-    """SIGKILL, SIGSTOP/SIGCONT and restart through the cluster reach the PID on its host;
-    a planted remote kill that never reaches the host is caught by the same check."""
+    """SIGKILL, SIGSTOP/SIGCONT and restart through the cluster reach the PID on its host,
+    and a clock jump moves the node's libfaketime clock on its host; a planted remote kill
+    that never reaches the host, and a planted clock written on the control node, are caught
+    by the same check."""
     _landed(_probe(bed, tmp_path / "good"))
     planted = _probe(bed, tmp_path / "planted", "--plant", "undelivered-kill")
     with pytest.raises(AssertionError, match="the kill did not land"):
+        _landed(planted)
+    planted = _probe(bed, tmp_path / "clock-here", "--plant", "clock-here")
+    with pytest.raises(AssertionError, match="startswith"):
+        _landed(planted)
+    planted["clock"]["file"] = str(bed.dir / "hosts")  # past the first check: the second
+    with pytest.raises(AssertionError, match="the clock did not move"):
         _landed(planted)
 
 
