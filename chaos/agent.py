@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from chaos.clock import libfaketime, write_atomically
+from chaos.diskfs import DiskFSError, DiskMount
 from chaos.process import ManagedProcess, ProcessManager
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -55,6 +56,9 @@ class Agent:
         self._lock = threading.Lock()
         self.procs = ProcessManager()
         self._reported: set[tuple[str, int]] = set()
+        #: each node's fault-injecting file system, mounted in this agent's mount namespace
+        #: (the one its nodes run in)
+        self.disks: dict[str, DiskMount] = {}
         self._stop = threading.Event()
         self._handlers: dict[str, Handler] = {
             "hello": self._hello,
@@ -72,6 +76,9 @@ class Agent:
             "describe": lambda r: {"text": self._proc(r).describe()},
             "dump_stacks": lambda r: {"sent": self._proc(r).dump_stacks()},
             "write_file": self._write_file,
+            "disk_start": self._disk_start,
+            "disk_call": self._disk_call,
+            "disk_stop": self._disk_stop,
             "libfaketime": lambda _: {"path": str(libfaketime())},
         }
 
@@ -88,6 +95,9 @@ class Agent:
         finally:
             self._stop.set()
             self.procs.stop_all(timeout=2.0)
+            for disk in self.disks.values():  # after the nodes: a busy mount unmounts lazily
+                disk.settle()
+            self.disks.clear()
 
     def answer(self, line: str) -> dict[str, Any]:
         """The reply to one request line."""
@@ -150,6 +160,33 @@ class Agent:
         path = Path(request["path"])
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, str(request["text"]))
+        return {}
+
+    def _disk_start(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = str(request["name"])
+        if name in self.disks:
+            raise ValueError(f"{name} already has a disk")
+        disk = DiskMount(
+            Path(request["backing"]),
+            Path(request["mountpoint"]),
+            Path(request["state_dir"]),
+            mmap_paths=tuple(request.get("mmap", ())),
+            allow_other=bool(request.get("allow_other", False)),
+        )
+        self.disks[name] = disk.start()
+        return {"pid": disk.pid}
+
+    def _disk_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        disk = self.disks[str(request["name"])]
+        try:
+            return {"result": disk.call(str(request["cmd"]), **request.get("args", {}))}
+        except DiskFSError as exc:  # the fault's own refusal, for the caller to handle
+            return {"disk_error": str(exc)}
+
+    def _disk_stop(self, request: dict[str, Any]) -> dict[str, Any]:
+        disk = self.disks.pop(str(request["name"]), None)
+        if disk is not None:
+            disk.settle()
         return {}
 
     def _start(self, request: dict[str, Any]) -> dict[str, Any]:

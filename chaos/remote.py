@@ -584,3 +584,54 @@ class RemoteProcess:
             return
         event = ProcessEvent(self.name, action, self.pid, time.monotonic_ns(), detail)
         self._on_event(event)
+
+
+class RemoteDisk:
+    """A node's fault-injecting disk (:class:`chaos.diskfs.DiskMount`) on its host, mounted
+    and driven by the host's agent in the mount namespace the node runs in
+    (:class:`chaos.diskfs.Disk`)."""
+
+    def __init__(
+        self,
+        hosts: RemoteHosts,
+        host: str,
+        name: str,
+        backing: str,
+        mountpoint: str,
+        state_dir: str,
+        *,
+        mmap_paths: tuple[str, ...] = (),
+    ) -> None:
+        self._hosts = hosts
+        self.host = host
+        self.name = name
+        self.backing = backing  #: on the host
+        self.mountpoint = mountpoint
+        self.state_dir = state_dir
+        self.mmap_paths = mmap_paths
+        self.pid: int | None = None
+
+    def start(self) -> RemoteDisk:
+        reply = self._hosts.request(
+            self.host, "disk_start", name=self.name, backing=self.backing,
+            mountpoint=self.mountpoint, state_dir=self.state_dir, mmap=list(self.mmap_paths),
+        )  # fmt: skip
+        self.pid = int(reply["pid"])
+        return self
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        from chaos.diskfs import DiskFSError
+
+        reply = self._hosts.request(self.host, "disk_call", name=self.name, cmd=cmd, args=args)
+        if "disk_error" in reply:
+            raise DiskFSError(f"{reply['disk_error']} (on host {self.host})")
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    def settle(self) -> None:
+        self._hosts.request(self.host, "disk_stop", name=self.name)
+
+    def fetch_durable(self, local: Path) -> Path:
+        """A copy of what is durable now (the backing directory) in ``local``."""
+        self._hosts.run(self._hosts.hosts[self.host].download(self.backing, local))
+        return local

@@ -39,9 +39,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from chaos.clock import FakeClock
-from chaos.diskfs import DiskMount
+from chaos.diskfs import Disk, DiskMount
 from chaos.nat import GID_BASE, Route, SourceRouting
 from chaos.process import ProcessEvent
+from chaos.remote import RemoteDisk
 from chaos.toxiproxy import CLIENT, Link, ProxyNetwork, ToxiproxyServer
 from harness.history import Op
 from harness.placement import LocalPlacement, NodeProcess, Placement, PlacementError, Processes
@@ -118,7 +119,7 @@ class Cluster:
         #: each node's libfaketime clock (``options.fake_clocks``)
         self.clocks: dict[str, FakeClock] = {}
         #: each node's fault-injecting file system (``options.disk_faults``)
-        self.disks: dict[str, DiskMount] = {}
+        self.disks: dict[str, Disk] = {}
         #: nodes out of the cluster by design (removed, or refusing a corrupted disk): not
         #: expected to answer, not restarted by a heal
         self.retired: set[str] = set()
@@ -220,11 +221,6 @@ class Cluster:
                 f"placement {self.placement.name}: {self.system.name} dials every peer at one "
                 "address (shared peer addressing needs per-host kernel routing: not supported)"
             )
-        if self.options.disk_faults:
-            raise PlacementError(
-                f"placement {self.placement.name}: disk faults run on this machine only "
-                "(docs/multi-host.md)"
-            )
 
     def _allocate_ports(self) -> None:
         for node in self.options.all_nodes:
@@ -289,13 +285,14 @@ class Cluster:
         """Unmount every disk (what the stopped nodes wrote is kept) and put its durable
         content where the data dir was, for a storage replay."""
         disks, self.disks = self.disks, {}
-        for node, disk in disks.items():
-            disk.stop()
-            data = self.data_dir(node)
-            if data.is_dir() and not any(data.iterdir()):
-                data.rmdir()
-                disk.backing.rename(data)
-            shutil.rmtree(disk.state_dir / "graveyard", ignore_errors=True)
+        errors = []
+        for disk in disks.values():  # each, whatever became of the others
+            try:
+                disk.settle()
+            except (OSError, RuntimeError) as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ClusterError("; ".join(errors))
 
     def _env(self, node: str, extra: Mapping[str, str]) -> dict[str, str]:
         """What a node's environment adds to its place's (the placement adds the rest)."""
@@ -310,14 +307,14 @@ class Cluster:
     def _start_node(self, node: str) -> NodeProcess:
         self.node_dir(node).mkdir(parents=True, exist_ok=True)
         if self.options.disk_faults and node not in self.disks:
-            disk = DiskMount(
+            self.disks[node] = self.placement.disk(
+                node,
                 self.node_dir(node) / "disk",
                 self.data_dir(node),
                 self.node_dir(node) / "disk.fs",
                 mmap_paths=tuple(getattr(self.system, "mmap_paths", ())),
                 allow_other=self.routing is not None,
             )
-            self.disks[node] = disk.start()
         cmd = self.system.command(node, self)
         env = self._env(node, cmd.env)
         proc = self.placement.start(node, cmd, env, self.log_path(node), self.gid(node))
@@ -470,8 +467,17 @@ class Cluster:
         if not isinstance(self.system, DiskLayout):
             raise ValueError(f"{self.system.name} does not say where its data can be corrupted")
         disk = self.disks.get(node)
-        where = disk.backing if disk is not None else self.data_dir(node)
-        return self.system.pick_corruption(where, target, seed)
+        if disk is None:
+            return self.system.pick_corruption(self.data_dir(node), target, seed)
+        if not isinstance(disk, RemoteDisk):
+            assert isinstance(disk, DiskMount), disk
+            return self.system.pick_corruption(disk.backing, target, seed)
+        copy = self._workdir / "hosts" / f"{node}.durable"  # a remote disk: a copy, here
+        shutil.rmtree(copy, ignore_errors=True)
+        try:
+            return self.system.pick_corruption(disk.fetch_durable(copy), target, seed)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
 
     def replay(self, nodes: Iterable[str]) -> dict[str, Any] | None:
         """The system's storage replay of ``nodes``' data dirs; None if it has none."""

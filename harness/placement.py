@@ -55,8 +55,16 @@ from typing import Any, Protocol
 import requests
 
 from chaos.clock import ClockFaultError, FakeClock
+from chaos.diskfs import Disk, DiskMount
 from chaos.process import EventSink, ManagedProcess, ProcessManager
-from chaos.remote import HostSpec, RemoteError, RemoteHost, RemoteHosts, RemoteProcess
+from chaos.remote import (
+    HostSpec,
+    RemoteDisk,
+    RemoteError,
+    RemoteHost,
+    RemoteHosts,
+    RemoteProcess,
+)
 from chaos.toxiproxy import (
     LOOPBACK,
     Link,
@@ -118,6 +126,19 @@ class Placement(Protocol):
         """The libfaketime clock of ``node`` (``path``: its timestamp file in the run
         directory; a remote placement keeps it at the mirror of that path on the host)."""
 
+    def disk(
+        self,
+        node: str,
+        backing: Path,
+        mountpoint: Path,
+        state_dir: Path,
+        *,
+        mmap_paths: tuple[str, ...],
+        allow_other: bool,
+    ) -> Disk:
+        """``node``'s fault-injecting file system (:mod:`chaos.diskfs`), mounted where the
+        node runs (started)."""
+
     def collect(self) -> None:
         """Bring the nodes' directories back into the run directory (after they stopped)."""
 
@@ -173,6 +194,21 @@ class LocalPlacement:
 
     def clock(self, node: str, path: Path) -> FakeClock:
         return FakeClock(path)
+
+    def disk(
+        self,
+        node: str,
+        backing: Path,
+        mountpoint: Path,
+        state_dir: Path,
+        *,
+        mmap_paths: tuple[str, ...],
+        allow_other: bool,
+    ) -> DiskMount:
+        disk = DiskMount(
+            backing, mountpoint, state_dir, mmap_paths=mmap_paths, allow_other=allow_other
+        )
+        return disk.start()
 
     def collect(self) -> None:
         pass  # written in place
@@ -396,6 +432,24 @@ class SshPlacement:
 
         remote = Path(self.translate(host, str(path)))
         return FakeClock(remote, write=write, library=self._libfaketime[host])
+
+    def disk(
+        self,
+        node: str,
+        backing: Path,
+        mountpoint: Path,
+        state_dir: Path,
+        *,
+        mmap_paths: tuple[str, ...],
+        allow_other: bool,
+    ) -> RemoteDisk:
+        """The file system is mounted by the host's agent, so in the mount namespace the
+        node runs in (on the test bed each sshd has its own: a mount made from the control
+        node would not be seen by the node)."""
+        assert self.hosts is not None
+        host = self.host_of[node]
+        paths = [self.translate(host, str(p)) for p in (backing, mountpoint, state_dir)]
+        return RemoteDisk(self.hosts, host, node, *paths, mmap_paths=mmap_paths).start()
 
     def collect(self) -> None:
         """Each node's directory back into ``nodes/<id>/``; role records onto our clock."""
