@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.clock import FakeClock
+from chaos.diskfs import DiskMount
 from chaos.remote import RemoteProcess
 from harness.inventory import load_inventory
 from harness.local import Cluster, ClusterOptions
@@ -71,9 +73,48 @@ async def _clock_of(cluster: Cluster, node: str) -> float:
     return float(st.extra["clock_s"])
 
 
+def _disk_here(self: SshPlacement, node: str, backing: Path, mountpoint: Path,
+               state_dir: Path, **kw: Any) -> DiskMount:  # fmt: skip
+    """The planted bug: the node's disk is mounted on the control node, not its host."""
+    return DiskMount(backing, mountpoint, state_dir).start()
+
+
+def fuse_mounts(pid: int | None) -> list[str]:
+    """The FUSE mount points process ``pid`` sees (its mount namespace's)."""
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    return [ln.split()[4] for ln in lines if " - fuse" in ln]
+
+
+def disks(inventory: Path, workdir: Path, plant: str | None) -> dict[str, Any]:
+    """Three nodes on fault-injecting disks: where each disk is mounted, seen from the node."""
+    if plant == "disk-here":
+        SshPlacement.disk = _disk_here  # type: ignore[method-assign]
+    placement = SshPlacement(load_inventory(inventory))
+    options = ClusterOptions(nodes=("n1", "n2", "n3"), seed=3, disk_faults=True)
+    out: dict[str, Any] = {}
+    with Cluster(OrbitalSystem(), options, workdir, placement=placement) as cluster:
+        asyncio.run(cluster.wait_ready(60.0))
+        for node in cluster.nodes:
+            host = placement.host_of[node]
+            out[node] = {
+                "data_dir": placement.translate(host, str(cluster.data_dir(node))),
+                "node_sees": fuse_mounts(cluster.procs[node].pid),
+                "status": sorted(cluster.disks[node].call("status")),
+            }
+        out["control_sees"] = fuse_mounts(os.getpid())
+    out["read_back"] = sorted(p.name for p in (workdir / "nodes" / "n1" / "data").iterdir())
+    return out
+
+
 def main() -> int:
     inventory, workdir = Path(sys.argv[1]), Path(sys.argv[2])
     plant = sys.argv[sys.argv.index("--plant") + 1] if "--plant" in sys.argv else None
+    if "--disks" in sys.argv:
+        print(json.dumps(disks(inventory, workdir, plant)))
+        return 0
     if plant == "undelivered-kill":
         RemoteProcess.kill = _undelivered_kill  # type: ignore[method-assign]
     if plant == "clock-here":

@@ -328,3 +328,24 @@ def test_the_leftover_check_sees_a_process_left_on_a_host(bed: Bed) -> None:
     finally:
         stray.kill()  # by the PID we started
         stray.wait(10)
+
+
+def _disks_on_hosts(seen: dict[str, Any]) -> None:
+    """Each node's data directory is a FUSE mount in the node's own mount namespace (made
+    on its host), answering control commands, invisible to the control node."""
+    for node in ("n1", "n2", "n3"):
+        mine = seen[node]
+        assert mine["data_dir"] in mine["node_sees"], f"{node}'s disk is not under it: {mine}"
+        assert mine["data_dir"] not in seen["control_sees"], mine
+        assert "unsynced" in mine["status"], mine
+    assert "wal" in seen["read_back"], seen["read_back"]
+
+
+def test_disks_are_mounted_where_the_nodes_run(bed: Bed, tmp_path: Path) -> None:
+    """The disk-fault file system runs on each node's host, under its data directory in its
+    mount namespace, and answers through the host's agent; a planted mount on the control
+    node is caught."""
+    _disks_on_hosts(_probe(bed, tmp_path / "good", "--disks"))
+    planted = _probe(bed, tmp_path / "here", "--disks", "--plant", "disk-here")
+    with pytest.raises(AssertionError, match="disk is not under it"):
+        _disks_on_hosts(planted)
