@@ -6,11 +6,11 @@ talking **directly** (``ClusterSpec(toxiproxy=False)``: no proxy hop), on 127.0.
 The load generator is this one Python process (asyncio), which shares the machine's cores
 with the five nodes: on a 2-core box the client's own CPU is part of what is measured.
 
-* ``throughput``: for 1, 16 and 64 concurrent ``KVClient``s, each issuing one ``put`` at a
-  time (a client waits for the commit before its next write), for a fixed duration after a
-  warm-up: committed writes/s and latency p50/p99 (submit -> acknowledged commit). Values
-  are ints (the state machine's type), so the brief's "100-byte values" cannot be expressed:
-  a command is ~75 bytes of JSON (key, int value, client id, sequence number).
+* ``throughput``: for 1, 16, 64 and 256 concurrent ``KVClient``s, each issuing one ``put``
+  at a time (a client waits for the commit before its next write), for a fixed duration
+  after a warm-up: committed writes/s, latency p50/p99 (submit -> acknowledged commit), and
+  the load generator's CPU seconds per 1,000 writes. Values are 100-digit integers (the
+  state machine's type), ~100 bytes as etcd's 100-byte strings.
 * ``failover``: SIGKILL the leader N times (restarting it and waiting for a steady state —
   one leader, all five caught up — after each). Per kill: ``recovery_s`` = from the SIGKILL
   to the acknowledgement of the first write issued after it (a KVClient with a 100 ms
@@ -27,16 +27,20 @@ with the five nodes: on a 2-core box the client's own CPU is part of what is mea
   up`` runs them. ``--systems orbital,orbital-nocurve`` adds windows of the same cluster
   without keys, alternating with the others, and ``curve_cost`` reports the secured
   cluster's throughput as a share of the unsecured one's per level (the issue's bar: 0.85).
-* ``etcd``: if ``etcd`` is on PATH, the throughput and failover workloads against a local
-  5-member etcd (``harness.systems.etcd.EtcdSystem`` run directly, without proxies;
-  127.0.0.1 only, fsync on, 1 s election timeout as shipped) through its v3 gRPC API (the
-  chaos runs' client: ``Put`` on one member, the next member after an error), and the
-  ratios. ``--etcd-client gateway`` uses etcd's JSON gateway (``/v3/kv/put``, a second hop
-  inside etcd) with a small asyncio HTTP/1.1 client instead, as this bench did before.
-  Otherwise ``"etcd": "not installed"``.
+* ``etcd``: if ``etcd`` is on PATH, the same throughput windows against a local 5-member
+  etcd (``harness.systems.etcd.EtcdSystem`` run by ``harness.local.Cluster`` without
+  proxies; 127.0.0.1 only, fsync on, 1 s election timeout as shipped), alternating with
+  orbital's, with three load generators: ``etcd``, etcd's own Go client
+  (``bench/etcdload``, ``go.etcd.io/etcd/client/v3``, built by ``bench.etcd_go``: the fair
+  baseline the targets use); ``etcd-grpc-py``, the chaos runs' Python gRPC client
+  (``harness.systems.etcd.EtcdClient``) in this process; ``etcd-gateway``, etcd's JSON
+  gateway (``/v3/kv/put``, a second hop inside etcd) with a small asyncio HTTP/1.1 client,
+  this bench's earliest baseline. etcd's failover through the Python gRPC client. Otherwise
+  ``"etcd": "not installed"``.
 
 Usage: ``python -m bench.cluster [--quick] [--seconds 10] [--rounds 5] [--kills 20]
-[--overload 20000] [--systems orbital,orbital-nocurve,etcd] [--throughput-only]``.
+[--overload 20000] [--systems orbital,orbital-nocurve,etcd,etcd-grpc-py,etcd-gateway]
+[--levels 1,16,64,256] [--throughput-only]``.
 Five rounds by default: on the shared 2-core machine one round's 1-client ratio to etcd
 ranged from 0.73 to 1.57 (2026-11-23), so the verdict takes each system's median window of
 five.
@@ -51,6 +55,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -65,6 +70,7 @@ import psutil
 import zmq
 import zmq.asyncio
 
+from bench import etcd_go
 from harness.cluster import ClusterSpec, LocalCluster, StatusPoller
 from harness.local import Cluster, ClusterOptions
 from harness.system import Operation
@@ -76,13 +82,21 @@ from raft.security import ClientKeys
 T = TypeVar("T")
 Status = dict[str, dict[str, Any] | None]
 
-LEVELS = (1, 16, 64)
+LEVELS = (1, 16, 64, 256)
 WARMUP_S = 1.0
+#: digits of each value written (~100 bytes, as the etcd clients' 100-byte strings)
+VALUE_DIGITS = 100
+_VALUE_BASE: int = int("1" + "0" * (VALUE_DIGITS - 1))
 FAILOVER_ATTEMPT_S = 0.1
 OVERLOAD_MAX_UNCOMMITTED = 1000
 OVERLOAD_SOCKETS = 20
 OVERLOAD_DEADLINE_S = 60.0
+#: the overload target's bound on any node's peak RSS (the burst must not grow memory
+#: without bound: back-pressure refuses the excess)
+OVERLOAD_RSS_BOUND_MIB = 256.0
 STEADY_TIMEOUT_S = 30.0
+#: how long each client may take for its first write (connecting, finding the leader)
+CONNECT_TIMEOUT_S = 30.0
 
 #: what the brief asks for, and etcd 3.4 on this machine as measured by the brief's authors
 TARGETS = {
@@ -164,67 +178,251 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
-async def closed_loop(
-    make_client: Callable[[int], Writer], clients: int, seconds: float
+def value_of(n: int) -> int:
+    """The ``n``-th value a client writes: an integer of ``VALUE_DIGITS`` digits, so a value
+    is ~100 bytes on the wire and in the log as in etcd's windows (the KV store holds
+    integers; the etcd clients write the same digits as a 100-byte string)."""
+    return _VALUE_BASE + n
+
+
+async def run_clients(
+    make_client: Callable[[int], Writer],
+    ids: range,
+    seconds: float,
+    key_prefix: str,
+    together: Callable[[], Awaitable[None]] | None = None,
+    at_window: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """``clients`` concurrent clients, one put at a time each, for ``WARMUP_S + seconds``;
-    ops that start in the measured window count (latency: submit -> acknowledgement)."""
-    start = time.perf_counter()
-    measure_from = start + WARMUP_S
-    end = measure_from + seconds
+    """Clients ``ids``, one put at a time each. Every client first completes one write (its
+    connections set up, the leader found: etcd's Go client connects before its clock starts
+    too); once all have, ``together`` is awaited (the other load-generator processes' clients
+    are connected too), and the clock starts: ``WARMUP_S`` of warm-up, ``seconds`` measured;
+    ops that start in the measured window count (latency: submit -> acknowledgement). The
+    raw figures: latencies, errors, and the CPU this process used from the window's start
+    until its last client was done; ``at_window`` is called as the measured window begins."""
+    connected = 0
+    all_connected = asyncio.Event()
+    clock: list[float] = []  # [measure_from, end], set once every client connected
     latencies: list[float] = []
     errors: Counter[str] = Counter()
+    first_error: dict[str, str] = {}
+    cpu_start: list[float] = []
+
+    def count(exc: Exception) -> None:
+        errors[type(exc).__name__] += 1
+        first_error.setdefault(type(exc).__name__, f"{exc}"[:200])
+
+    async def first_write(client: Writer, key: str) -> None:
+        deadline = time.perf_counter() + CONNECT_TIMEOUT_S
+        while True:
+            try:
+                await client.put(key, value_of(0))
+                return
+            except Exception as exc:  # counted; retried until the deadline
+                count(exc)
+                if time.perf_counter() > deadline:
+                    return
+                await asyncio.sleep(0.01)
+
+    async def start_clock() -> None:
+        if together is not None:
+            await together()
+        now = time.perf_counter()
+        clock.extend((now + WARMUP_S, now + WARMUP_S + seconds))
+        all_connected.set()
 
     async def worker(i: int) -> None:
+        nonlocal connected
         client = make_client(i)
+        key = f"{key_prefix}-{i}"
         try:
+            await first_write(client, key)
+            connected += 1
+            if connected == len(ids):
+                await start_clock()
+            await all_connected.wait()
+            measure_from, end = clock
             n = 0
             while (t0 := time.perf_counter()) < end:
                 n += 1
+                if t0 >= measure_from and not cpu_start:
+                    cpu_start.append(time.process_time())
+                    if at_window is not None:
+                        at_window()
                 try:
-                    await client.put(f"c{clients}-{i}", n)
+                    await client.put(key, value_of(n))
                 except Exception as exc:  # counted, reported; the run goes on
-                    errors[type(exc).__name__] += 1
+                    count(exc)
+                    await asyncio.sleep(0.01)  # no busy loop on a persistent error
                     continue
                 if t0 >= measure_from:
                     latencies.append(time.perf_counter() - t0)
         finally:
             client.close()
 
-    await asyncio.gather(*(worker(i) for i in range(clients)))
+    await asyncio.gather(*(worker(i) for i in ids))
+    cpu = time.process_time() - (cpu_start[0] if cpu_start else time.process_time())
+    return {"latencies": latencies, "errors": dict(errors), "first_error": first_error, "cpu": cpu}
+
+
+def window_figures(clients: int, seconds: float, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One window's figures from its load-generator processes' raw figures."""
+    latencies = [x for part in parts for x in part["latencies"]]
+    errors: Counter[str] = Counter()
+    first_error: dict[str, str] = {}
+    for part in parts:
+        errors.update(part["errors"])
+        first_error = part["first_error"] | first_error
+    cpu = sum(float(part["cpu"]) for part in parts)
     return {
         "clients": clients,
         "seconds": seconds,
+        "client_processes": len(parts),
         "writes": len(latencies),
         "writes_per_s": round(len(latencies) / seconds, 1),
         "p50_ms": ms(percentile(latencies, 50)),
         "p99_ms": ms(percentile(latencies, 99)),
         "max_ms": ms(max(latencies, default=0.0)),
         "errors": dict(errors),
+        "first_error": first_error,
+        "client_cpu_s": round(cpu, 3),
+        "client_cpu_s_per_1000_writes": round(1000 * cpu / len(latencies), 4)
+        if latencies
+        else None,
     }
 
 
-async def orbital_window(
-    workdir: Path, level: int, seconds: float, curve: bool = True
+async def closed_loop(
+    make_client: Callable[[int], Writer],
+    clients: int,
+    seconds: float,
+    at_window: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """One measured window on a fresh orbital cluster (with CURVE keys, or without)."""
+    """``clients`` concurrent clients in this process (:func:`run_clients`), summarized."""
+    part = await run_clients(
+        make_client, range(clients), seconds, f"c{clients}", at_window=at_window
+    )
+    return window_figures(clients, seconds, [part])
+
+
+# ---- the load generator over several processes -----------------------------------------------
+def _orbital_client_part(
+    addrs: dict[str, str],
+    keys: ClientKeys | None,
+    ids: range,
+    clients: int,
+    seconds: float,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """One load-generator process's share of an orbital window (run by ``spawn``)."""
+
+    def make(i: int) -> KVClient:
+        return KVClient(addrs, keys=keys, client_id=f"t{clients}-{i}", timeout=5.0)
+
+    async def together() -> None:
+        await asyncio.to_thread(barrier.wait, CONNECT_TIMEOUT_S + 30)
+
+    out.send(asyncio.run(run_clients(make, ids, seconds, f"c{clients}", together)))
+    out.close()
+
+
+async def closed_loop_procs(
+    addrs: dict[str, str], keys: ClientKeys | None, clients: int, seconds: float, procs: int
+) -> dict[str, Any]:
+    """An orbital window whose clients are split over ``procs`` load-generator processes
+    (one Python process's event loop is then not the clients' bottleneck); their clocks start
+    together once every client in every process is connected; the client CPU is their sum."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    shares = [range(k, clients, procs) for k in range(procs)]
+    pipes = [ctx.Pipe(duplex=False) for _ in shares]
+    children = [
+        ctx.Process(
+            target=_orbital_client_part,
+            args=(addrs, keys, ids, clients, seconds, barrier, w),
+            daemon=True,
+        )
+        for ids, (_, w) in zip(shares, pipes, strict=True)
+    ]
+    for c in children:
+        c.start()
+    try:
+        parts = [
+            await asyncio.to_thread(_receive, r, CONNECT_TIMEOUT_S + seconds + 90) for r, _ in pipes
+        ]
+    finally:
+        for c in children:
+            c.join(5)
+            if c.is_alive():
+                c.kill()
+                c.join()
+    return window_figures(clients, seconds, parts)
+
+
+def _receive(conn: Any, timeout: float) -> dict[str, Any]:
+    if not conn.poll(timeout):
+        raise RuntimeError("a load-generator process did not report in time")
+    part: dict[str, Any] = conn.recv()
+    return part
+
+
+async def orbital_window(
+    workdir: Path, level: int, seconds: float, curve: bool = True, procs: int = 1
+) -> dict[str, Any]:
+    """One measured window on a fresh orbital cluster (with CURVE keys, or without), its
+    clients in this process or split over ``procs`` processes; ``leader_changes``: terms
+    that got a new leader after the cluster was first steady (a stall of the workload)."""
     async with steady_cluster(ClusterSpec(toxiproxy=False, curve=curve), workdir) as cluster:
         addrs = cluster.client_addresses()
+        if procs > 1 and level > 1:
+            keys = cluster.orbital.keys("client")
+            out = await closed_loop_procs(addrs, keys, level, seconds, min(procs, level))
+        else:
 
-        def make(i: int) -> KVClient:
-            return cluster.kv_client(addrs, client_id=f"t{level}-{i}", timeout=5.0)
+            def make(i: int) -> KVClient:
+                return cluster.kv_client(addrs, client_id=f"t{level}-{i}", timeout=5.0)
 
-        return await closed_loop(make, level, seconds)
+            out = await closed_loop(make, level, seconds)
+        terms = {e["term"] for e in role_events(cluster) if e["role"] == "leader"}
+        out["leader_changes"] = max(0, len(terms) - 1)
+        return out
 
 
-async def etcd_window(binary: str, workdir: Path, level: int, seconds: float) -> dict[str, Any]:
-    """One measured window on a fresh etcd cluster."""
+#: the etcd load generators: etcd's Go client over gRPC (the fair baseline), the Python gRPC
+#: client of the chaos runs (``harness.systems.etcd.EtcdClient``), and the JSON gateway with a
+#: small Python HTTP client (this bench's earliest figure)
+ETCD_SYSTEMS = ("etcd", "etcd-grpc-py", "etcd-gateway")
+SYSTEMS = ("orbital", "orbital-nocurve", *ETCD_SYSTEMS)
+DEFAULT_SYSTEMS = ("orbital", *ETCD_SYSTEMS)
+
+
+async def etcd_window(
+    binary: str, go_client: Path | None, system: str, workdir: Path, level: int, seconds: float
+) -> dict[str, Any]:
+    """One measured window on a fresh etcd cluster (``harness.systems.etcd.EtcdSystem``, no
+    proxies). The Go client's clients all talk to the leader (as orbital's do: a follower
+    would forward each put to it, one more hop); the Python clients' are spread over the
+    members, as this bench ran them before (through one member's gateway they reached less
+    than half that throughput at 64 clients)."""
     with etcd_cluster(binary, workdir) as etcd:
-        await etcd_steady(etcd)
+        leader, _ = await etcd_steady(etcd)
+        if system == "etcd":
+            assert go_client is not None
+            return await etcd_go.window(
+                go_client,
+                [etcd.listen(leader, "client")],
+                level,
+                seconds,
+                WARMUP_S,
+                value_bytes=VALUE_DIGITS,
+                key_prefix=f"c{level}",
+            )
         endpoints = list(etcd.client_addresses().values())
+        kind = "gateway" if system == "etcd-gateway" else "grpc"
 
         def make(i: int) -> Writer:
-            return etcd_client(endpoints, at=i)  # spread clients over members, as etcd does
+            return etcd_client(endpoints, kind, at=i)  # spread over the members
 
         try:
             return await closed_loop(make, level, seconds)
@@ -238,14 +436,16 @@ async def paired_throughput(
     seconds: float,
     rounds: int,
     etcd_binary: str | None,
+    go_client: Path | None,
     systems: list[str],
     levels: tuple[int, ...] = LEVELS,
+    client_procs: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per level, ``rounds`` windows of each system on fresh clusters, alternating which goes
-    first (orbital, etcd, etcd, orbital, ...): all see the same machine conditions, so the
+    """Per level, ``rounds`` windows of each system on fresh clusters, alternating the order
+    (orbital, etcd, ..., then the reverse): all see the same machine conditions, so the
     ratio holds up when other work shares the machine. Each system's summary per level is
-    its window with the median writes/s; every window's figures are kept beside it."""
-    systems = [s for s in systems if s != "etcd" or etcd_binary]
+    its window with the median writes/s, with the medians of every window's p50, p99 and
+    client CPU, and every window's figures beside them."""
     windows: dict[str, dict[int, list[dict[str, Any]]]] = {
         s: {n: [] for n in levels} for s in systems
     }
@@ -253,23 +453,45 @@ async def paired_throughput(
         for r in range(rounds):
             for system in systems if r % 2 == 0 else systems[::-1]:
                 where = workdir / f"{system}-{level}-{r}"
+                load = round(os.getloadavg()[0], 2)
                 if system.startswith("orbital"):
-                    w = await orbital_window(where, level, seconds, system == "orbital")
+                    curve = system == "orbital"
+                    w = await orbital_window(where, level, seconds, curve, client_procs)
                 else:
                     assert etcd_binary is not None
-                    w = await etcd_window(etcd_binary, where, level, seconds)
+                    w = await etcd_window(etcd_binary, go_client, system, where, level, seconds)
+                w["loadavg_1m_before"] = load
                 w["loadavg_1m"] = round(os.getloadavg()[0], 2)
                 windows[system][level].append(w)
     out: dict[str, list[dict[str, Any]]] = {}
     for system, by_level in windows.items():
-        out[system] = []
-        for level in levels:
-            ws = sorted(by_level[level], key=lambda w: float(w["writes_per_s"]))
-            median = dict(ws[(len(ws) - 1) // 2])
-            median["windows_writes_per_s"] = [w["writes_per_s"] for w in by_level[level]]
-            median["windows_p50_ms"] = [w["p50_ms"] for w in by_level[level]]
-            median["windows_loadavg_1m"] = [w["loadavg_1m"] for w in by_level[level]]
-            out[system].append(median)
+        out[system] = [summarize_windows(by_level[level]) for level in levels]
+    return out
+
+
+def summarize_windows(ws: list[dict[str, Any]]) -> dict[str, Any]:
+    """The window with the median writes/s, the medians of the per-window latencies and
+    client CPU, and every window's figures."""
+    ordered = sorted(ws, key=lambda w: float(w["writes_per_s"]))
+    out = dict(ordered[(len(ordered) - 1) // 2])
+
+    def median_of(key: str) -> float | None:
+        values = [float(w[key]) for w in ws if w.get(key) is not None]
+        return round(statistics.median(values), 4) if values else None
+
+    out["median_writes_per_s"] = median_of("writes_per_s")
+    out["median_p50_ms"] = median_of("p50_ms")
+    out["median_p99_ms"] = median_of("p99_ms")
+    out["median_client_cpu_s_per_1000_writes"] = median_of("client_cpu_s_per_1000_writes")
+    for key in (
+        "writes_per_s",
+        "p50_ms",
+        "p99_ms",
+        "client_cpu_s_per_1000_writes",
+        "leader_changes",
+    ):
+        out[f"windows_{key}"] = [w.get(key) for w in ws]
+    out["windows_loadavg_1m"] = [w["loadavg_1m"] for w in ws]
     return out
 
 
@@ -436,10 +658,6 @@ async def burst(
 
 
 # ==== etcd ====================================================================================
-#: ``grpc`` (etcd's v3 API, the chaos runs' client) or ``gateway`` (its JSON gateway)
-ETCD_CLIENT = {"kind": "grpc"}
-
-
 class GrpcEtcd:
     """Puts through etcd's v3 gRPC API: ``harness.systems.etcd.EtcdClient`` (one member at a
     time, the next one after an error), retried until ``timeout``."""
@@ -481,10 +699,11 @@ async def closed_channels() -> None:
 
 
 def etcd_client(
-    endpoints: list[str], attempt_timeout: float = 1.0, at: int = 0
+    endpoints: list[str], kind: str, attempt_timeout: float = 1.0, at: int = 0
 ) -> GrpcEtcd | EtcdClient:
-    """The configured etcd client (``--etcd-client``)."""
-    if ETCD_CLIENT["kind"] == "gateway":
+    """A Python etcd client: ``grpc`` (the v3 gRPC API, the chaos runs' client) or
+    ``gateway`` (the JSON gateway)."""
+    if kind == "gateway":
         client = EtcdClient(endpoints, attempt_timeout)
         client._at = at % len(endpoints)
         return client
@@ -600,7 +819,7 @@ async def etcd_failover(binary: str, workdir: Path, kills: int) -> dict[str, Any
         await etcd_steady(etcd)
         endpoints = list(etcd.client_addresses().values())
         recovery: list[float] = []
-        client = etcd_client(endpoints, attempt_timeout=FAILOVER_ATTEMPT_S)
+        client = etcd_client(endpoints, "grpc", attempt_timeout=FAILOVER_ATTEMPT_S)
         try:
             for k in range(kills):
                 leader, _ = await etcd_steady(etcd)
@@ -637,11 +856,12 @@ def _etcd_version(binary: str) -> str:
 def verdicts(
     throughput: list[dict[str, Any]], failover: dict[str, Any], overload: dict[str, Any]
 ) -> dict[str, Any]:
+    """The brief's absolute targets (each ``met`` as measured, never adjusted)."""
     by = {r["clients"]: r for r in throughput}
     measured = {
         "writes_per_s_64_clients": by[64]["writes_per_s"],
-        "p50_ms_1_client": by[1]["p50_ms"],
-        "p99_ms_1_client": by[1]["p99_ms"],
+        "p50_ms_1_client": by[1]["median_p50_ms"],
+        "p99_ms_1_client": by[1]["median_p99_ms"],
         "failover_median_s": failover["recovery_median_s"],
         "failover_p99_s": failover["recovery_p99_s"],
     }
@@ -651,14 +871,66 @@ def verdicts(
         value = measured[name]
         met = value >= target if higher_is_better else value <= target
         out[name] = {"target": target, "measured": value, "met": met}
+    rss_ok = overload["rss_mib_peak_max"] <= OVERLOAD_RSS_BOUND_MIB
     out["overload"] = {
         "every_request_answered": overload["every_request_answered"],
         "excess_refused_busy": overload["answers"]["busy"] > 0,
         "leader_unchanged": overload["leader_unchanged"],
+        "peak_rss_mib_max": overload["rss_mib_peak_max"],
+        "peak_rss_bound_mib": OVERLOAD_RSS_BOUND_MIB,
         "met": overload["every_request_answered"]
         and overload["answers"]["busy"] > 0
-        and overload["leader_unchanged"],
+        and overload["leader_unchanged"]
+        and rss_ok,
     }
+    return out
+
+
+def versus(
+    ours: list[dict[str, Any]], theirs: list[dict[str, Any]], levels: tuple[int, ...]
+) -> dict[str, Any]:
+    """Orbital over another system per level: median writes/s over median writes/s, each
+    round's ratio, the 1-client latency medians side by side."""
+    a = {r["clients"]: r for r in ours}
+    b = {r["clients"]: r for r in theirs}
+    out: dict[str, Any] = {}
+    for n in levels:
+        if n not in a or n not in b:
+            continue
+        mine, other = a[n]["median_writes_per_s"], b[n]["median_writes_per_s"]
+        out[f"writes_per_s_{n}"] = round(mine / other, 3) if other else None
+        pairs = zip(a[n]["windows_writes_per_s"], b[n]["windows_writes_per_s"], strict=True)
+        out[f"writes_per_s_{n}_each_round"] = [round(x / y, 3) if y else None for x, y in pairs]
+    return out
+
+
+def etcd_targets(
+    ours: list[dict[str, Any]], etcd: list[dict[str, Any]], levels: tuple[int, ...]
+) -> dict[str, Any]:
+    """Issue 16's targets against etcd with its Go client, in the same run."""
+    a = {r["clients"]: r for r in ours}
+    b = {r["clients"]: r for r in etcd}
+    out: dict[str, Any] = {}
+    for n in (64, 256):
+        if n in levels:
+            ratio = a[n]["median_writes_per_s"] / b[n]["median_writes_per_s"]
+            out[f"writes_per_s_{n}_clients_vs_etcd_go"] = {
+                "target": ">= 1.0 (aim 1.5)",
+                "orbital": a[n]["median_writes_per_s"],
+                "etcd": b[n]["median_writes_per_s"],
+                "ratio": round(ratio, 3),
+                "met": ratio >= 1.0,
+                "aim_met": ratio >= 1.5,
+            }
+    if 1 in levels:
+        for p in ("p50", "p99"):
+            mine, other = a[1][f"median_{p}_ms"], b[1][f"median_{p}_ms"]
+            out[f"{p}_ms_1_client_vs_etcd_go"] = {
+                "target": "<= etcd's",
+                "orbital": mine,
+                "etcd": other,
+                "met": mine <= other,
+            }
     return out
 
 
@@ -669,17 +941,51 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "nodes": 5,
             "transport": "direct ZeroMQ (ClusterSpec(toxiproxy=False)), 127.0.0.1",
             "curve": "on every socket ('orbital'); 'orbital-nocurve': no keys",
+            "event_loop": os.environ.get("ORBITAL_EVENT_LOOP", "uvloop"),
             "fsync": "on (FileStorage: fsync before replies, group commit)",
             "election_timeout_ms": "150-300 (15 ticks of 10 ms, randomized)",
-            "value": "int (100-byte values cannot be expressed; commands ~75 B of JSON)",
-            "load_generator": "one Python asyncio process on the same machine",
+            "value": f"{VALUE_DIGITS}-digit integers (~{VALUE_DIGITS} B); etcd:"
+            f" {VALUE_DIGITS}-byte strings",
+            "workload": "each client one put at a time on its own key, windows of"
+            f" {args.seconds} s after a {WARMUP_S} s warm-up, each on a fresh cluster",
+            "load_generators": {
+                "orbital": "KVClients (asyncio, one shared ZeroMQ context per process) in this"
+                f" Python process, or split over {args.client_procs} (--client-procs)",
+                "etcd": "bench/etcdload: etcd's Go client (go.etcd.io/etcd/client/v3, v3 gRPC"
+                " API), one connection, every client on the leader",
+                "etcd-grpc-py": "harness.systems.etcd.EtcdClient (grpcio, the chaos runs'"
+                " client) in this Python process, clients spread over the members",
+                "etcd-gateway": "etcd's JSON gateway (/v3/kv/put) with a small asyncio"
+                " HTTP/1.1 client in this process, clients spread over the members",
+            },
+            "levels": list(args.levels),
+            "orbital_client_processes": args.client_procs,
+            "rounds": args.rounds,
+            "systems": args.systems,
             "cpus": os.cpu_count(),
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         },
     }
-    binary = shutil.which("etcd") if "etcd" in args.systems else None
+    binary = shutil.which("etcd") if any(s in ETCD_SYSTEMS for s in args.systems) else None
+    go_client: Path | None = None
+    systems = list(args.systems)
+    if binary is None:
+        systems = [s for s in systems if s not in ETCD_SYSTEMS]
+        result["etcd"] = "not installed"
+    elif "etcd" in systems:
+        go_client, how = etcd_go.build()
+        result["setup"]["etcd_go_client"] = how  # built, cached, or why it is missing
+        if go_client is None:
+            systems.remove("etcd")
     paired = await paired_throughput(
-        root / "throughput", args.seconds, args.rounds, binary, args.systems, args.levels
+        root / "throughput",
+        args.seconds,
+        args.rounds,
+        binary,
+        go_client,
+        systems,
+        args.levels,
+        args.client_procs,
     )
     throughput = paired["orbital"]
     result["throughput"] = throughput
@@ -688,53 +994,47 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         result["throughput_without_curve"] = paired["orbital-nocurve"]
         result["curve_cost"] = {
             f"secured_share_{r['clients']}": round(
-                r["writes_per_s"] / plain[r["clients"]]["writes_per_s"], 3
+                r["median_writes_per_s"] / plain[r["clients"]]["median_writes_per_s"], 3
             )
             for r in throughput
-            if plain[r["clients"]]["writes_per_s"]
+            if plain[r["clients"]]["median_writes_per_s"]
         } | {"target": ">= 0.85"}
+    etcd: dict[str, Any] = {}
+    if binary is not None:
+        etcd["version"] = _etcd_version(binary)
+        for system in ETCD_SYSTEMS:
+            if system in paired:
+                etcd[system] = {
+                    "throughput": paired[system],
+                    "orbital_over_it": versus(throughput, paired[system], args.levels),
+                }
+        result["etcd"] = etcd
+    result["client_cpu_s_per_1000_writes"] = {
+        system: {str(r["clients"]): r["median_client_cpu_s_per_1000_writes"] for r in rows}
+        for system, rows in paired.items()
+    }
+    targets: dict[str, Any] = {}
+    if "etcd" in paired:
+        targets |= etcd_targets(throughput, paired["etcd"], args.levels)
+    result["targets"] = targets
     if args.throughput_only:
+        result["setup"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return result
     failover = await orbital_failover(root / "failover", args.kills)
     result["failover"] = failover
     overload = await orbital_overload(root / "overload", args.overload)
     result["overload"] = overload
-    result["targets"] = verdicts(throughput, failover, overload)
-    result["setup"]["loadavg_after_orbital"] = [round(x, 2) for x in os.getloadavg()]
-    if binary is None:
-        result["etcd"] = "not installed"
-        return result
-    etcd: dict[str, Any] = {"version": _etcd_version(binary), "client": ETCD_CLIENT["kind"]}
-    etcd["throughput"] = paired["etcd"]
-    etcd["failover"] = await etcd_failover(binary, root / "etcd", args.etcd_kills)
-    ours = {r["clients"]: r for r in throughput}
-    theirs = {r["clients"]: r for r in etcd["throughput"]}
-    ratio: dict[str, Any] = {}
-    for n in LEVELS:
-        if theirs[n]["writes_per_s"]:
-            mine, etcds = ours[n]["writes_per_s"], theirs[n]["writes_per_s"]
-            ratio[f"writes_per_s_{n}"] = round(mine / etcds, 3)
-        pairs = zip(ours[n]["windows_writes_per_s"], theirs[n]["windows_writes_per_s"], strict=True)
-        ratio[f"writes_per_s_{n}_each_round"] = [round(a / b, 3) if b else None for a, b in pairs]
-    if etcd["failover"]["recovery_median_s"]:
-        ratio["failover_median"] = round(
-            failover["recovery_median_s"] / etcd["failover"]["recovery_median_s"], 3
-        )
-    etcd["ratio_orbital_over_etcd"] = ratio
-    result["etcd"] = etcd
-    # the issue's throughput target: at least etcd's, measured in this run, at every level
-    result["targets"]["writes_per_s_vs_etcd"] = {
-        f"{n}_clients": {"target": ">= 1.0", "ratio": ratio.get(f"writes_per_s_{n}")}
-        | {"met": (ratio.get(f"writes_per_s_{n}") or 0.0) >= 1.0}
-        for n in LEVELS
-    }
+    result["targets"] = verdicts(throughput, failover, overload) | targets
+    if binary is not None and args.etcd_kills:
+        etcd["failover"] = await etcd_failover(binary, root / "etcd", args.etcd_kills)
+    result["setup"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
     p.add_argument("--quick", action="store_true", help="a short smoke run")
-    p.add_argument("--seconds", type=float, help="measured seconds per window (default 10)")
+    p.add_argument("--seconds", type=float, help="measured seconds per window (default 5)")
     p.add_argument(
         "--rounds", type=int, help="windows per level and system, alternating (default 5)"
     )
@@ -742,22 +1042,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overload", type=int, help="commands in the burst (default 20000)")
     p.add_argument("--etcd-kills", type=int, help="etcd leader kills (default 20)")
     p.add_argument(
-        "--etcd-client",
-        choices=["grpc", "gateway"],
-        default="grpc",
-        help="etcd's v3 gRPC API (default) or its JSON gateway (the earlier baseline)",
+        "--client-procs",
+        type=int,
+        default=1,
+        help="orbital's load generator: processes to split the clients over (default 1)",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument(
         "--systems",
-        default="orbital,etcd",
-        help="comma-separated: orbital (CURVE on), orbital-nocurve, etcd (default orbital,etcd)",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated, of {', '.join(SYSTEMS)} (default {','.join(DEFAULT_SYSTEMS)})",
     )
     p.add_argument(
         "--throughput-only", action="store_true", help="skip failover, overload, etcd failover"
     )
     p.add_argument(
-        "--levels", default="1,16,64", help="clients per level, with --throughput-only (1,16,64)"
+        "--levels",
+        default=",".join(map(str, LEVELS)),
+        help="clients per level (default 1,16,64,256; 1 and 64 are needed unless"
+        " --throughput-only)",
     )
     args = p.parse_args(argv)
     args.systems = [x.strip() for x in args.systems.split(",") if x.strip()]
@@ -765,18 +1068,21 @@ def main(argv: list[str] | None = None) -> int:
         args.levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
     except ValueError:
         p.error(f"--levels: comma-separated client counts, got {args.levels!r}")
-    if args.levels != LEVELS and not args.throughput_only:
-        p.error("--levels needs --throughput-only (the other parts judge levels 1 and 64)")
-    unknown = set(args.systems) - {"orbital", "orbital-nocurve", "etcd"}
+    if not args.levels or min(args.levels) < 1:
+        p.error("--levels: positive client counts")
+    if not args.throughput_only and not {1, 64} <= set(args.levels):
+        p.error("--levels must include 1 and 64 unless --throughput-only (the targets)")
+    if args.client_procs < 1:
+        p.error("--client-procs: at least 1")
+    unknown = set(args.systems) - set(SYSTEMS)
     if unknown or "orbital" not in args.systems:
         p.error(f"--systems: must include orbital; unknown {sorted(unknown)}")
     quick = args.quick
-    args.seconds = args.seconds or (2.0 if quick else 10.0)
+    args.seconds = args.seconds or (2.0 if quick else 5.0)
     args.rounds = args.rounds or (1 if quick else 5)
     args.kills = args.kills or (3 if quick else 20)
     args.overload = args.overload or (5000 if quick else 20_000)
     args.etcd_kills = args.etcd_kills if args.etcd_kills is not None else (2 if quick else 20)
-    ETCD_CLIENT["kind"] = args.etcd_client
     root = Path(tempfile.mkdtemp(prefix="orbital-bench-cluster-"))
     try:
         result = asyncio.run(main_async(args, root))

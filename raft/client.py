@@ -49,6 +49,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Self
 
+import msgspec
 import zmq
 
 from raft import netaddr
@@ -74,6 +75,10 @@ BACKOFF_S = 0.05
 #: how long a request waits for a (re)connection before trying the next node
 CONNECT_GRACE_S = 0.1
 NOT_CONNECTED_PAUSE_S = 0.005
+#: sockets the process's shared client context may hold (ZeroMQ's default: 1023)
+MAX_SOCKETS = 65_536
+_encode_json = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.Decoder().decode
 #: errors after which the same request is simply sent again (sessions make that safe)
 _RETRY = {"not_leader", "busy", "lost", "read_failed", "unknown"}
 
@@ -234,7 +239,7 @@ class RaftClient:
         """
         conn = self._socket(node)
         rid = next(self._ids)
-        frame = json.dumps({**body, "id": rid}).encode()
+        frame = _encode_json({**body, "id": rid})
         give_up = time.monotonic() + min(timeout, CONNECT_GRACE_S)
         while True:
             try:
@@ -334,8 +339,8 @@ class _Connection:
         if waiting is None or len(parts) != 1:
             return  # a late reply to a request given up on, or garbage
         try:
-            reply = json.loads(parts[0])
-        except ValueError:
+            reply = _decode_json(parts[0])
+        except msgspec.DecodeError:
             return
         rid, fut = waiting
         if isinstance(reply, dict) and reply.get("id") == rid and not fut.done():
@@ -354,6 +359,9 @@ def _shared_context() -> zmq.Context[zmq.Socket[bytes]]:
     global _CONTEXT
     if _CONTEXT is None or _CONTEXT.closed:
         _CONTEXT = zmq.Context()
+        # ZeroMQ's default of 1023 sockets per context is reached by a few hundred clients
+        # (a socket per node each talks to): then every new socket fails "Too many open files"
+        _CONTEXT.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
     return _CONTEXT
 
 

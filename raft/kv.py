@@ -6,7 +6,7 @@ A :class:`KVStore` is a deterministic function of the sequence of commands appli
 replica that applies the same log ends in the same state and returns the same results. So
 nothing here reads a clock, a random source, or iterates a set/dict whose order could differ.
 
-Commands and results are compact JSON (pydantic models)::
+Commands and results are compact JSON (msgspec structs, decoded strictly)::
 
     {"op":"read","key":"x"}                      -> {"ok":true,"value":3}
     {"op":"write","key":"x","value":3}           -> {"ok":true}
@@ -37,9 +37,9 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+import msgspec
 
 __all__ = [
     "Cas",
@@ -69,52 +69,56 @@ class StateMachine(Protocol):
     def restore(self, snapshot: bytes) -> None: ...
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Read(_Model):
-    op: Literal["read"] = "read"
+class _Op(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", forbid_unknown_fields=True):
     key: str
 
 
-class Write(_Model):
-    op: Literal["write"] = "write"
-    key: str
+class Read(_Op, frozen=True, tag="read"):
+    pass
+
+
+class Write(_Op, frozen=True, tag="write"):
     value: int
 
 
-class Cas(_Model):
-    op: Literal["cas"] = "cas"
-    key: str
+class Cas(_Op, frozen=True, tag="cas"):
     expected: int | None
     new: int
 
 
-class _InSession(_Model):
-    client: str | None = None
-    seq: int = Field(default=0, ge=0)
+_Seq = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class ReadCommand(Read, _InSession):
+class ReadCommand(Read, frozen=True, tag="read", omit_defaults=True):
     """A proposed read: the operation's fields and the session's, flat as on the wire."""
 
+    client: str | None = None
+    seq: _Seq = 0
 
-class WriteCommand(Write, _InSession):
+
+class WriteCommand(Write, frozen=True, tag="write", omit_defaults=True):
     """A proposed write (see :class:`ReadCommand`)."""
 
+    client: str | None = None
+    seq: _Seq = 0
 
-class CasCommand(Cas, _InSession):
+
+class CasCommand(Cas, frozen=True, tag="cas", omit_defaults=True):
     """A proposed compare-and-set (see :class:`ReadCommand`)."""
+
+    client: str | None = None
+    seq: _Seq = 0
 
 
 #: one state machine command: an operation (a :class:`Read`, :class:`Write` or :class:`Cas`
 #: itself), optionally inside a client session (``client``, ``seq``)
 Command = ReadCommand | WriteCommand | CasCommand
-_COMMAND: TypeAdapter[Command] = TypeAdapter(Annotated[Command, Field(discriminator="op")])
+_COMMAND: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
+_IN_SESSION: dict[type, type[Command]] = {Read: ReadCommand, Write: WriteCommand, Cas: CasCommand}
+_encode = msgspec.json.Encoder().encode
 
 
-class Result(_Model):
+class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A command's outcome; ``value`` is the value read, or the current value on a mismatch."""
 
     ok: bool
@@ -122,36 +126,45 @@ class Result(_Model):
     error: str | None = None
 
 
+_RESULT = msgspec.json.Decoder(Result)
+
 #: the most common outcome, and its encoding (no encoder run for it)
 OK = Result(ok=True)
 OK_BYTES = b'{"ok":true}'
 
 
 def encode_command(op: Read | Write | Cas, client: str | None = None, seq: int = 0) -> bytes:
-    """The compact JSON a client proposes for ``op``."""
-    body = dict(op.__dict__)  # the fields, in order: what model_dump gives for these models
-    if client is not None:
-        body["client"] = client
-        body["seq"] = seq
-    return json.dumps(body, separators=(",", ":")).encode()
+    """The compact JSON a client proposes for ``op``: ``{"op":...,<its fields>}``, then
+    ``"client"`` and ``"seq"`` for a session."""
+    if client is None:
+        return _encode(op)
+    fields = {f: getattr(op, f) for f in op.__struct_fields__}
+    return _encode(_IN_SESSION[type(op)](**fields, client=client, seq=seq))
 
 
 def decode_command(data: bytes) -> Command:
-    """Parse a proposed command (raises ``ValidationError``, a ``ValueError``, on a malformed
-    one): one pass of pydantic's JSON validator over the flat object."""
-    return _COMMAND.validate_json(data)
+    """Parse a proposed command (raises ``ValueError`` on a malformed one): one pass of
+    msgspec's JSON decoder over the flat object, strict (no ``"1"`` for ``1``, no ``true``
+    for an integer, no unknown field)."""
+    try:
+        return _COMMAND.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def encode_result(result: Result) -> bytes:
     if result is OK:
         return OK_BYTES
-    return result.model_dump_json(exclude_none=True).encode()
+    return _encode(result)
 
 
 def decode_result(data: bytes) -> Result:
     if data == OK_BYTES:
         return OK
-    return Result.model_validate_json(data)
+    try:
+        return _RESULT.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 @dataclass(slots=True)
@@ -179,7 +192,7 @@ class KVStore:
         self._expire()
         try:
             cmd = decode_command(command)
-        except ValueError as exc:  # pydantic's ValidationError is one
+        except ValueError as exc:
             return encode_result(Result(ok=False, error=f"bad command: {_brief(exc)}"))
         if cmd.client is None:
             return encode_result(self._execute(cmd))
@@ -245,8 +258,4 @@ class KVStore:
 
 
 def _brief(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        err = exc.errors(include_url=False)[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        return f"{loc}: {err['msg']}" if loc else str(err["msg"])
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -593,7 +593,7 @@ class FileStorage:
             return
         if shape.terms and shape.last - meta.index > (shape.last - shape.first + 1) // 2:
             return  # most of it is still live: rewriting it would cost more than it frees
-        live = [e for e in read_wal(self._waldir).entries if e.index > meta.index]
+        live = read_wal(self._waldir, after=meta.index).entries
         data, terms = encode_entries(live)
         seg = writer.roll(data)
         shape.cut_after(meta.index)

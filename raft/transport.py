@@ -40,8 +40,8 @@ are waiting,
 comes back on the next loop iteration (ZeroMQ's descriptor is edge-triggered: it will not
 fire again for frames already queued), so other work interleaves with a flood.
 
-The wire format (one JSON frame per message: the pydantic :class:`~raft.wire.Envelope`, the
-hand-made encoder :func:`~raft.wire.encode_frame` and the validating
+The wire format (one MessagePack frame per message: the msgspec schema
+:class:`~raft.wire.Envelope`, the encoder :func:`~raft.wire.encode_frame` and the validating
 :func:`~raft.wire.decode_frame`) is :mod:`raft.wire`; the names callers import from here
 (``encode_frame``, ``decode_frame``, ``WireError``, ``MAX_FRAME_BYTES``, ...) are re-exported.
 """
@@ -55,6 +55,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -67,15 +68,13 @@ from raft.wire import (
     PROTOCOL_VERSION,
     Envelope,
     WireError,
-    _head,
     decode_frame,
+    encode_entries,
     encode_frame,
 )
 
-# private helpers tests reach into: re-exported explicitly (mypy --strict has no implicit
+# a private helper tests reach into: re-exported explicitly (mypy --strict has no implicit
 # re-export)
-from raft.wire import _entries_json as _entries_json
-from raft.wire import _frame as _frame
 from raft.wire import _model_frame as _model_frame
 
 __all__ = [
@@ -354,7 +353,6 @@ class ZmqTransport:
         except BaseException:
             self.close()
             raise
-        self._head = _head(cluster)
         self._log_limiter = _RateLimiter(per_second=5)
         self.sent = 0
         self.dropped_sends = 0
@@ -406,26 +404,26 @@ class ZmqTransport:
     def send_batch(self, msgs: list[Message]) -> None:
         """Send each of ``msgs`` without waiting. AppendEntries carrying the same run of
         entries (a broadcast: same first entry, same length) share one encoding of it."""
-        runs: dict[tuple[int, int, int], str] = {}
+        runs: dict[tuple[int, int, int], msgspec.Raw] = {}
         for m in msgs:
             if isinstance(m, AppendEntries) and m.entries:
                 first = m.entries[0]
                 key = (first.index, first.term, len(m.entries))
-                text = runs.get(key)
-                if text is None:
-                    text = runs[key] = _entries_json(m.entries)
-                self.send_nowait(m, text)
+                run = runs.get(key)
+                if run is None:
+                    run = runs[key] = encode_entries(m.entries)
+                self.send_nowait(m, run)
             else:
                 self.send_nowait(m)
 
-    def send_nowait(self, msg: Message, entries: str | None = None) -> None:
+    def send_nowait(self, msg: Message, entries: msgspec.Raw | None = None) -> None:
         """Queue ``msg`` without waiting; dropped if the peer is unknown or its queue full.
         ``entries``: the encoded entries of an AppendEntries, if already at hand."""
         sock = self._dealers.get(msg.dst)
         if sock is None or self._closed:
             self.dropped_sends += 1
             return
-        frame = _frame(self._head, msg, entries)
+        frame = encode_frame(msg, self.cluster, entries)
         if len(frame) > self.max_frame_bytes:
             self._warn(
                 "not sending a %d-byte %s to %s: over the limit",

@@ -55,6 +55,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import google_crc32c
 
@@ -96,6 +97,8 @@ _U64 = "Q"
 #: a BATCH record holds at most about this many bytes of commands (a bigger append is split)
 BATCH_LIMIT = 16 << 20
 _KINDS = frozenset(int(k) for k in EntryKind)
+#: EntryKind by value (a lookup instead of an enum call per decoded entry)
+_KIND_OF = {int(k): k for k in EntryKind}
 _RTYPES = frozenset((RT_ENTRY, RT_TRUNCATE, RT_BATCH, RT_COMMIT))
 _crc_value = google_crc32c.value
 _crc_extend = google_crc32c.extend
@@ -213,9 +216,9 @@ def _batch(
     return HEADER.pack(length, crc) + body
 
 
-def decode_batch(rec: Record) -> list[LogEntry]:
-    """The entries of a valid ``BATCH`` record; ``ValueError`` if its layout is inconsistent
-    (a checksum that matched bytes the writer never wrote as a batch: a bug, or corruption)."""
+def _batch_fields(rec: Record) -> tuple[int, tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+    """A ``BATCH`` record's layout, validated: where its commands start, and its entries'
+    terms, kinds and command lengths."""
     payload = rec.command
     if len(payload) < 4:
         raise ValueError("batch record without an entry count")
@@ -229,11 +232,29 @@ def decode_batch(rec: Record) -> list[LogEntry]:
         raise ValueError("batch record: command lengths do not add up to its size")
     if terms[-1] != rec.term or not _KINDS.issuperset(kinds):
         raise ValueError("batch record: bad last term or entry kind")
+    return meta, terms, kinds, lengths
+
+
+def decode_batch(rec: Record) -> list[LogEntry]:
+    """The entries of a valid ``BATCH`` record; ``ValueError`` if its layout is inconsistent
+    (a checksum that matched bytes the writer never wrote as a batch: a bug, or corruption)."""
+    meta, terms, kinds, lengths = _batch_fields(rec)
+    payload, kind_of = rec.command, _KIND_OF
     ends = list(itertools.accumulate(lengths, initial=meta))
     return [
-        LogEntry(rec.index + k, terms[k], payload[ends[k] : ends[k + 1]], EntryKind(kinds[k]))
-        for k in range(n)
+        LogEntry(rec.index + k, terms[k], payload[ends[k] : ends[k + 1]], kind_of[kinds[k]])
+        for k in range(len(terms))
     ]
+
+
+def batch_count(rec: Record) -> int:
+    """How many entries a ``BATCH`` record holds, as its header says (validated later)."""
+    return int.from_bytes(rec.command[:4], "little") if len(rec.command) >= 4 else 0
+
+
+#: a stand-in, in :func:`read_wal`'s entries, for an entry at or below its ``after`` (never
+#: returned)
+_SKIPPED = LogEntry(0, 0, b"")
 
 
 def encode_truncate(index: int) -> bytes:
@@ -275,6 +296,9 @@ class Record:
     end: int
     #: a BATCH record's entries (filled in by :func:`scan_segment`)
     batch: list[LogEntry] = field(default_factory=list)
+    #: a BATCH record left undecoded (all its entries at or below ``scan_segment``'s
+    #: ``after``): its entries' terms
+    terms: tuple[int, ...] = ()
 
 
 def record_problem(buf: bytes, pos: int) -> str | None:
@@ -441,8 +465,12 @@ def list_segments(waldir: Path) -> list[Segment]:
     return sorted(segments, key=lambda s: s.seq)
 
 
-def scan_segment(path: Path, buf: bytes, *, last: bool) -> tuple[list[Record], TornTail | None]:
-    """The valid records of one segment, and its torn tail (only the last may have one)."""
+def scan_segment(
+    path: Path, buf: bytes, *, last: bool, after: int = 0
+) -> tuple[list[Record], TornTail | None]:
+    """The valid records of one segment, and its torn tail (only the last may have one). A
+    ``BATCH`` record whose entries are all at or below ``after`` is validated but its entries
+    are not built (``Record.terms`` instead of ``Record.batch``)."""
     magic = len(SEGMENT_MAGIC)
     if buf[:magic] not in (SEGMENT_MAGIC, SEGMENT_MAGIC_V1):
         if last and len(buf) < magic and SEGMENT_MAGIC.startswith(buf):
@@ -473,7 +501,11 @@ def scan_segment(path: Path, buf: bytes, *, last: bool) -> tuple[list[Record], T
             )
         if record.rtype == RT_BATCH:
             try:
-                record = replace(record, batch=decode_batch(record))
+                if record.index + batch_count(record) - 1 <= after:
+                    terms = tuple(_batch_fields(record)[1])
+                    record = replace(record, terms=terms)
+                else:
+                    record = replace(record, batch=decode_batch(record))
             except (ValueError, struct.error) as exc:
                 raise StorageCorrupted(str(exc), path=path, offset=pos) from exc
         records.append(record)
@@ -543,8 +575,10 @@ class WalState:
     commits: list[CommitMark] = field(default_factory=list)
 
 
-def read_wal(waldir: Path, *, keep_entries: bool = True) -> WalState:
-    """Read and replay every segment of ``waldir`` (no file is changed)."""
+def read_wal(waldir: Path, *, keep_entries: bool = True, after: int = 0) -> WalState:
+    """Read and replay every segment of ``waldir`` (no file is changed). With ``after``, the
+    entries returned are only those above that index (the others are not even built: what
+    a snapshot covers, when the log is rewritten without it)."""
     shape = LogShape(segments=list_segments(waldir))
     entries: list[LogEntry] = []
     commits: list[CommitMark] = []
@@ -553,7 +587,8 @@ def read_wal(waldir: Path, *, keep_entries: bool = True) -> WalState:
     for i, seg in enumerate(shape.segments):
         with io_errors("read", seg.path):
             buf = seg.path.read_bytes()
-        records, torn = scan_segment(seg.path, buf, last=i == len(shape.segments) - 1)
+        last = i == len(shape.segments) - 1
+        records, torn = scan_segment(seg.path, buf, last=last, after=after)
         end = torn.offset if torn else records[-1].end if records else len(SEGMENT_MAGIC)
         for rec in records:
             if rec.rtype == RT_COMMIT:
@@ -561,6 +596,8 @@ def read_wal(waldir: Path, *, keep_entries: bool = True) -> WalState:
                     commits.append(CommitMark(rec.index, rec.term, *_COMMIT.unpack(rec.command)))
                 continue
             _replay(shape, seg, rec, entries if keep_entries else None)
+    if after:  # the stand-ins sit at indexes <= after: entries[k] is entry shape.first + k
+        entries = entries[max(0, after - shape.first + 1) :] if shape.terms else []
     return WalState(shape, entries, torn, end, commits)
 
 
@@ -574,10 +611,15 @@ def _replay(shape: LogShape, seg: Segment, rec: Record, entries: list[LogEntry] 
         msg = f"entry {rec.index} leaves a gap after {shape.last}"
         raise StorageCorrupted(msg, path=seg.path, offset=rec.offset)
     if rec.rtype == RT_BATCH:
-        shape.add(seg, rec.index, [e.term for e in rec.batch])
+        if rec.batch:
+            shape.add(seg, rec.index, [e.term for e in rec.batch])
+            n = len(rec.batch)
+        else:  # left undecoded: entries read_wal does not return
+            shape.add(seg, rec.index, rec.terms)
+            n = len(rec.terms)
         if entries is not None:  # the shape kept a prefix of its entries, then added these
-            del entries[len(shape.terms) - len(rec.batch) :]
-            entries.extend(rec.batch)
+            del entries[len(shape.terms) - n :]
+            entries.extend(rec.batch or [_SKIPPED] * n)
         return
     shape.add(seg, rec.index, [rec.term])
     if entries is not None:  # the shape kept a prefix of its entries, then added this one

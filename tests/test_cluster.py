@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 import zmq
 
@@ -34,7 +35,7 @@ from raft.client import KVError, Rejected, Unknown
 from raft.core.messages import Heartbeat
 from raft.core.types import EntryKind, NodeId
 from raft.kv import decode_command
-from raft.transport import MAX_FRAME_BYTES, encode_frame
+from raft.transport import MAX_FRAME_BYTES, PROTOCOL_VERSION, encode_frame
 
 pytestmark = pytest.mark.integration
 
@@ -408,17 +409,16 @@ def send_bad_frames(ctx: zmq.Context[zmq.Socket[bytes]], addr: str, node: str, t
     """Send the bad frames to one node's Raft ROUTER; wait until they are flushed."""
     hb = Heartbeat(src=NodeId("n1"), dst=NodeId(node), term=term + 100, commit=10**9)
     foreign = encode_frame(hb, "another-cluster")
-    future_version = json.loads(encode_frame(hb, "orbital-test"))
-    future_version["v"] = 99
+    _, cluster_id, msg = msgspec.msgpack.decode(encode_frame(hb, "orbital-test"))
     misrouted = encode_frame(
         Heartbeat(src=NodeId("n1"), dst=NodeId("n9"), term=term + 100, commit=0), "orbital-test"
     )
     frames: list[list[bytes]] = [
-        [b"\x00\xff\xfenot json at all"],
-        [b'{"v": 1, "cluster": "orbital-test", "msg": {"type": "nonsense"}}'],
+        [b"\x00\xff\xfenot msgpack at all"],
+        [msgspec.msgpack.encode([PROTOCOL_VERSION, "orbital-test", ["nonsense"]])],
         [b"two", b"parts"],
         [foreign],
-        [json.dumps(future_version).encode()],
+        [msgspec.msgpack.encode([99, cluster_id, msg])],
         [misrouted],
         [b"{" * 4096],
     ]

@@ -221,6 +221,9 @@ def test_the_declaration_check_has_teeth() -> None:
 
 def test_the_library_alone_needs_no_framework_package() -> None:
     base, _ = _declared()
-    # tomli-w: ``orbital keys init`` writes a deployment's cluster file
-    assert base == {"pydantic", "pyzmq", "google-crc32c", "prometheus-client", "tomli-w"}
+    # tomli-w: ``orbital keys init`` writes a deployment's cluster file; msgspec: the wire
+    # format, KV commands and client protocol; uvloop: the node's event loop
+    assert base == {
+        "pydantic", "pyzmq", "google-crc32c", "prometheus-client", "tomli-w", "msgspec", "uvloop",
+    }  # fmt: skip
     assert not _imports("raft") & {"psutil", "rich", "matplotlib", "requests", "toxiproxy"}

@@ -535,7 +535,9 @@ def _led_by(sts: dict[str, dict[str, Any] | None], node: str) -> bool | None:
 #: how long the fuzz runs, and its pace (frames per 10 ms round)
 FUZZ_S = 6.0
 FUZZ_PER_ROUND = 8
-EXTREME = [2**63, 2**64 - 1, 2**64 + 7, 10**30, -1]
+#: beyond what a node may persist (0..2**63-1); the wire (MessagePack) carries integers from
+#: -2**63 to 2**64-1 only, so larger ones cannot even be sent
+EXTREME = [2**63, 2**64 - 1, 2**63 + 7, -(2**63), -1]
 
 
 class Fuzzer:
@@ -559,7 +561,7 @@ class Fuzzer:
         return self.higher() if r < 0.6 else self.term
 
     def index(self) -> int:
-        return self.rng.choice([0, 1, self.commit, self.commit + 3, 2**62, 2**63, 2**64, -1])
+        return self.rng.choice([0, 1, self.commit, self.commit + 3, 2**62, 2**63, 2**64 - 1, -1])
 
     def _pick(self, msgs: list[Message]) -> Message:
         return msgs[self.rng.randrange(len(msgs))]

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import pytest
 import zmq
 import zmq.asyncio
@@ -30,7 +31,6 @@ from raft.transport import (
     MemoryNetwork,
     WireError,
     ZmqTransport,
-    _frame,
     _model_frame,
     decode_frame,
     encode_frame,
@@ -73,15 +73,23 @@ def test_wire_refuses_foreign_old_malformed_and_oversized() -> None:
     frame = encode_frame(TimeoutNow(A, B, 3), "c1")
     with pytest.raises(WireError, match="cluster"):
         decode_frame(frame, "other")
-    env = json.loads(frame)
-    env["v"] = 99
+    v, cluster, msg = msgspec.msgpack.decode(frame)
     with pytest.raises(WireError, match="version"):
-        decode_frame(json.dumps(env).encode(), "c1")
-    env["v"], env["msg"]["type"] = 1, "nope"
-    with pytest.raises(WireError, match="malformed"):
-        decode_frame(json.dumps(env).encode(), "c1")
+        decode_frame(msgspec.msgpack.encode([99, cluster, msg]), "c1")
+    for bad in (
+        [77, *msg[1:]],  # no such kind
+        [*msg, 5],  # a field too many
+        msg[:-1],  # a field too few
+        [msg[0], msg[1], msg[2], -1],  # a negative term
+        [msg[0], "x" * 257, msg[2], msg[3]],  # a node id over MAX_NODE_ID
+        [msg[0], msg[1], msg[2], "3"],  # a string for a number
+    ):
+        with pytest.raises(WireError, match="malformed"):
+            decode_frame(msgspec.msgpack.encode([v, cluster, bad]), "c1")
     with pytest.raises(WireError, match="malformed"):
         decode_frame(b"\xff{", "c1")
+    with pytest.raises(WireError, match="malformed"):
+        decode_frame(json.dumps({"v": v, "cluster": cluster}).encode(), "c1")
     with pytest.raises(WireError, match="limit"):
         decode_frame(frame, "c1", max_bytes=10)
 
@@ -163,10 +171,10 @@ def test_zmq_drops_bad_frames_and_keeps_serving() -> None:
             await _until(lambda: _receives(tb, ta, TimeoutNow(B, A, 1)))
             good = encode_frame(Heartbeat(B, A, 7, 0), "c1")
             bad = [
-                [b"not json at all"],
+                [b"not msgpack at all"],
                 [encode_frame(Heartbeat(B, A, 7, 0), "another-cluster")],
-                [good.replace(b'"v":1', b'"v":2')],
-                [good.replace(b'"heartbeat"', b'"heartbeep"')],
+                [msgspec.msgpack.encode([1, *msgspec.msgpack.decode(good)[1:]])],
+                [msgspec.msgpack.encode([2, "c1", [55, "b", "a", 7, 0, 0]])],
                 [encode_frame(Heartbeat(B, NodeId("zz"), 7, 0), "c1")],
                 [good, good],  # two frames in one message
             ]
@@ -209,28 +217,34 @@ def test_without_keys_loopback_ipv6_and_insecure_wildcard_bind() -> None:
 
 
 @given(messages)
-def test_hand_encoder_writes_what_the_model_writes(msg: Message) -> None:
-    """The hot-path encoder emits exactly the pydantic Envelope's JSON (sorted sets aside:
-    the model keeps a frozenset's iteration order, the encoder sorts)."""
-    assert json.loads(encode_frame(msg, "c1")) == json.loads(_normalized_model_frame(msg))
+def test_hand_encoder_writes_what_the_schema_writes(msg: Message) -> None:
+    """The hot-path encoder (tuples) emits exactly the bytes msgspec writes for the wire
+    structs the decoder validates against."""
+    assert encode_frame(msg, "c1") == _model_frame(msg, "c1")
 
 
-def _normalized_model_frame(msg: Message) -> bytes:
-    env = json.loads(_model_frame(msg, "c1"))
-    conf = env["msg"].get("meta", {}).get("conf")
-    if conf is not None:
-        for k in ("voters", "learners", "promoting"):
-            conf[k] = sorted(conf[k])
-    return json.dumps(env).encode()
+def test_hand_encoder_is_checked_against_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Teeth: an encoder that writes a field out of order no longer matches the schema."""
+    from raft import wire
+
+    fields = wire._fields
+
+    def swapped(msg: Message, entries: msgspec.Raw | None) -> tuple[object, ...]:
+        out = fields(msg, entries)
+        return (*out[:4], *reversed(out[4:])) if isinstance(msg, AppendEntries) else out
+
+    monkeypatch.setattr(wire, "_fields", swapped)
+    msg = AppendEntries(A, B, 3, 4, 3, (LogEntry(5, 3, b"x"),), 4)
+    assert encode_frame(msg, "c1") != _model_frame(msg, "c1")
 
 
 def test_broadcast_shares_one_encoding_of_the_entries() -> None:
     run = tuple(LogEntry(i, 3, b"cmd%d" % i) for i in range(5, 9))
     msgs: list[Message] = [AppendEntries(A, NodeId(p), 3, 4, 3, run, 4) for p in ("b", "n3")]
-    sent: list[tuple[Message, str | None]] = []
+    sent: list[tuple[Message, msgspec.Raw | None]] = []
 
     class Probe(ZmqTransport):
-        def send_nowait(self, msg: Message, entries: str | None = None) -> None:
+        def send_nowait(self, msg: Message, entries: msgspec.Raw | None = None) -> None:
             sent.append((msg, entries))
             super().send_nowait(msg, entries)
 
@@ -242,8 +256,8 @@ def test_broadcast_shares_one_encoding_of_the_entries() -> None:
     assert [m for m, _ in sent] == [*msgs, Heartbeat(A, B, 3, 4)]
     assert sent[0][1] is not None
     assert sent[0][1] is sent[1][1]
-    for m, text in sent[:2]:
-        assert decode_frame(_frame(t._head, m, text), "c1") == m
+    for m, run in sent[:2]:
+        assert decode_frame(encode_frame(m, "c1", run), "c1") == m
 
 
 @pytest.mark.integration
