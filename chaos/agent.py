@@ -211,7 +211,8 @@ class Agent:
         proc = self._proc(request)
         previous, was_running = proc.pid, proc.alive()
         pid = proc.restart(request.get("env") or None)
-        return {"pid": pid, "previous_pid": previous, "killed": was_running}
+        died = [list(d) for d in proc.deaths()]  # crashes the watcher may not have reported
+        return {"pid": pid, "previous_pid": previous, "killed": was_running, "died": died}
 
     def _stop_one(self, request: dict[str, Any]) -> dict[str, Any]:
         proc = self._proc(request)

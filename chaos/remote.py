@@ -556,6 +556,9 @@ class RemoteProcess:
             self._ended_by_us = True  # the old incarnation, if running, is killed by us
         reply = self._request("restart", env=dict(env or {}))
         with self._lock:
+            for pid, code in reply.get("died", []):  # the host's account of earlier crashes
+                if (pid, code) not in self._died:
+                    self._died.append((pid, code))
             self.pid, self._running, self._paused = int(reply["pid"]), True, False
             self._ended_by_us, self.returncode = False, None
         self._emit("restart", previous_pid=old, killed=bool(reply.get("killed")))
