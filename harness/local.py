@@ -249,26 +249,40 @@ class Cluster:
         return out
 
     def stop(self) -> None:
-        """Stop every process we started, then the mounts, routes, proxies and Toxiproxy."""
+        """Stop every process we started, then the mounts, routes, proxies and Toxiproxy, and
+        read the nodes' directories back (a remote placement). Every step runs whatever
+        became of the ones before it; the first error is raised at the end."""
         for clock in self.clocks.values():
             clock.stop_strobe()
-        try:
-            self.procs.stop_all()
-        finally:
+        steps = [
+            self.procs.stop_all,
+            getattr(self.system, "close", None),  # the system's status and admin connections
+            self._unmount_disks,
+            self._close_routing,
+            self._close_network,
+            self.placement.collect,  # the nodes' logs and data, for the replay
+            self.placement.close,
+        ]
+        first: BaseException | None = None
+        for step in steps:
+            if step is None:
+                continue
             try:
-                close = getattr(self.system, "close", None)
-                if close is not None:
-                    close()  # the system's status and admin connections
-                self._unmount_disks()
-                if self.routing is not None:
-                    self.routing.close()
-                    self.routing = None
-                if self.network is not None:
-                    self.network.close()
-                    self.network = None
-                self.placement.collect()  # the nodes' logs and data, for the replay
-            finally:
-                self.placement.close()
+                step()
+            except BaseException as exc:  # the rest of the clean-up still runs
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def _close_routing(self) -> None:
+        if self.routing is not None:
+            self.routing.close()
+            self.routing = None
+
+    def _close_network(self) -> None:
+        if self.network is not None:
+            self.network.close()
+            self.network = None
 
     def __enter__(self) -> Self:
         return self.start()
