@@ -236,6 +236,9 @@ def execute(ctx: RunContext, *, progress: bool) -> int:
         run_start_ns=ctx.run_start_ns,
         placement=make_placement(ctx.scenario),
     )
+    if isinstance(cluster.placement, SshPlacement):
+        names = ", ".join(s.name for s in cluster.placement.specs)
+        say(f"placement ssh: connecting to {names}, uploading, starting agents and Toxiproxy")
     try:
         cluster.start()
         asyncio.run(drive(ctx, cluster, history, sink, observed, progress))
