@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,17 @@ def state_of(pid: int | None) -> str:
     except OSError:
         return "gone"
     return stat.rpartition(")")[2].split()[0]
+
+
+def state_within(pid: int | None, wanted: Callable[[str], bool], seconds: float = 2.0) -> str:
+    """The state of ``pid`` once ``wanted`` holds, or after ``seconds`` (a signal is acted on
+    when the process is next scheduled: SIGSTOP may take a moment on a loaded machine)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        state = state_of(pid)
+        if wanted(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.01)
 
 
 def _undelivered_kill(self: RemoteProcess) -> None:
@@ -134,9 +146,10 @@ def main() -> int:
         out["kill"] = {"node": leader, "pid": pid, "after": state_of(pid)}
         fpid = cluster.procs[follower].pid
         cluster.pause(follower)
-        out["pause"] = {"node": follower, "pid": fpid, "after": state_of(fpid)}
+        out["pause"] = {"node": follower, "pid": fpid, "after": state_within(fpid, "T".__eq__)}
         cluster.resume(follower)
-        out["resume"] = {"node": follower, "pid": fpid, "after": state_of(fpid)}
+        after = state_within(fpid, lambda st: st not in ("T", "t"))
+        out["resume"] = {"node": follower, "pid": fpid, "after": after}
         cluster.restart(leader)
         new = cluster.procs[leader].pid
         out["restart"] = {"node": leader, "pid": new, "ns": netns_of(new), "after": state_of(new)}

@@ -181,8 +181,11 @@ def test_antarctic_split_brain_across_five_hosts(bed: Bed, tmp_path: Path) -> No
     _assert_on_five_hosts(results)
     met = {c["name"].split("[")[0] for c in results["expectations"]["checks"] if c["ok"] is True}
     wanted = {"minority_silent", "majority_serves", "converge_after_heal", "leader_placed",
-              "minority_leader_steps_down", "leader_elected"}  # fmt: skip
+              "leader_elected"}  # fmt: skip
     assert wanted <= met, met
+    # met, or not applicable when a loaded machine moved the leadership north before the cut
+    (down,) = [c for c in results["expectations"]["checks"] if "steps_down" in c["name"]]
+    assert down["ok"] is True or "no minority node led" in str(down["observed"]), down
 
 
 @pytest.mark.slow
@@ -204,7 +207,7 @@ def _landed(seen: dict[str, Any]) -> None:
     assert seen["hosts"] == {n: f"{seen['bed']}-{h}" for n, h in seen["placed"].items()}
     assert seen["kill"]["after"] == "gone", f"the kill did not land: {seen['kill']}"
     assert seen["pause"]["after"] == "T", f"the pause did not land: {seen['pause']}"
-    assert seen["resume"]["after"] in ("R", "S"), f"the resume did not land: {seen['resume']}"
+    assert seen["resume"]["after"] not in ("T", "t", "gone"), f"the resume did not land: {seen}"
     assert seen["restart"]["ns"] == f"{seen['bed']}-{seen['placed'][seen['kill']['node']]}"
     assert seen["restart"]["after"] != "gone"
     assert all(state == "gone" for state in seen["after_stop"].values()), seen["after_stop"]
