@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
@@ -174,6 +175,49 @@ class _Session:
     last_active: int  #: the store position of its last command
 
 
+class StaleCommand(Exception):
+    """A command numbered below its session's last one: its result is gone."""
+
+
+class SessionTable(OrderedDict[str, _Session]):
+    """Client sessions (dissertation §6.3), ordered by last activity, oldest first: per
+    client, the number of its last applied command and that command's encoded result. Shared
+    by :class:`KVStore` and :class:`raft.sessions.Sessions`; positions count applied commands
+    (never time), so every replica expires the same sessions."""
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[str, int, bytes, int]]) -> SessionTable:
+        """A table from ``(client, seq, result, last_active)`` rows, oldest first."""
+        return cls((c, _Session(seq, result, last)) for c, seq, result, last in rows)
+
+    def lookup(self, client: str, seq: int, position: int) -> bytes | None:
+        """The recorded result when ``seq`` is ``client``'s last applied command (a retry: the
+        session is marked active at ``position``), ``None`` for a new command; raises
+        :class:`StaleCommand` for a number below the session's."""
+        session = self.get(client)
+        if session is None or seq > session.seq:
+            return None
+        if seq < session.seq:
+            raise StaleCommand(client)
+        session.last_active = position
+        self.move_to_end(client)
+        return session.result
+
+    def record(self, client: str, seq: int, result: bytes, position: int) -> None:
+        """``client``'s command ``seq`` was applied at ``position`` with ``result``."""
+        self[client] = _Session(seq, result, position)
+        self.move_to_end(client)
+
+    def expire(self, position: int, ttl: int) -> None:
+        """Forget the sessions idle for more than ``ttl`` commands, oldest first."""
+        horizon = position - ttl
+        while self:
+            client, oldest = next(iter(self.items()))
+            if oldest.last_active >= horizon:
+                return
+            del self[client]
+
+
 class KVStore:
     """String keys, integer values; see the module docstring."""
 
@@ -183,13 +227,13 @@ class KVStore:
         self.session_ttl = session_ttl
         self.data: dict[str, int] = {}
         #: ordered by last activity, oldest first (so expiry pops from the front)
-        self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        self.sessions = SessionTable()
         self.position = 0  #: commands applied so far
 
     # -- the StateMachine protocol --------------------------------------------------------
     def apply(self, command: bytes) -> bytes:
         self.position += 1
-        self._expire()
+        self.sessions.expire(self.position, self.session_ttl)
         try:
             cmd = decode_command(command)
         except ValueError as exc:
@@ -212,8 +256,8 @@ class KVStore:
         image = json.loads(snapshot)
         self.position = int(image["position"])
         self.data = {str(k): int(v) for k, v in image["data"].items()}
-        self.sessions = OrderedDict(
-            (str(c), _Session(int(seq), str(res).encode(), int(last)))
+        self.sessions = SessionTable.of(
+            (str(c), int(seq), str(res).encode(), int(last))
             for c, seq, res, last in image["sessions"]
         )
 
@@ -224,16 +268,14 @@ class KVStore:
 
     # -- internals --------------------------------------------------------------------------
     def _apply_in_session(self, cmd: Command, client: str) -> bytes:
-        session = self.sessions.get(client)
-        if session is not None and cmd.seq <= session.seq:
-            if cmd.seq < session.seq:
-                return encode_result(Result(ok=False, error="stale"))
-            session.last_active = self.position
-            self.sessions.move_to_end(client)
-            return session.result
+        try:
+            done = self.sessions.lookup(client, cmd.seq, self.position)
+        except StaleCommand:
+            return encode_result(Result(ok=False, error="stale"))
+        if done is not None:
+            return done
         result = encode_result(self._execute(cmd))
-        self.sessions[client] = _Session(cmd.seq, result, self.position)
-        self.sessions.move_to_end(client)
+        self.sessions.record(client, cmd.seq, result, self.position)
         return result
 
     def _execute(self, op: Read | Write | Cas) -> Result:
@@ -247,14 +289,6 @@ class KVStore:
             return Result(ok=False, error="mismatch", value=current)
         self.data[op.key] = op.new
         return OK
-
-    def _expire(self) -> None:
-        horizon = self.position - self.session_ttl
-        while self.sessions:
-            client, oldest = next(iter(self.sessions.items()))
-            if oldest.last_active >= horizon:
-                return
-            del self.sessions[client]
 
 
 def _brief(exc: Exception) -> str:

@@ -113,7 +113,7 @@ import signal
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -954,18 +954,39 @@ async def _run_until_signal(
     node: RaftNode[Any], server: ClientServer, storage: FileStorage
 ) -> None:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, node.stop)
-    serving = asyncio.create_task(server.serve())
-    if node.metrics is not None:
-        loop.call_soon(_announce_metrics, node)
+    with stop_on_signals(loop, node.stop):
+        serving = asyncio.create_task(server.serve())
+        if node.metrics is not None:
+            loop.call_soon(_announce_metrics, node)
+        try:
+            await node.run()
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            server.close()
+            storage.close()
+
+
+#: the signals that stop a node gracefully
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> Iterator[None]:
+    """Call ``stop`` on SIGTERM, SIGINT or SIGHUP while inside; afterwards every one of them
+    has the handler it had before. (uvloop leaves its own handler installed when its loop
+    closes: in a process that goes on, e.g. a test or an application that runs a node and
+    then forks workers, a later SIGTERM would be swallowed and the worker never end.)"""
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
     try:
-        await node.run()
+        yield
     finally:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-        server.close()
-        storage.close()
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _announce_metrics(node: RaftNode[Any]) -> None:

@@ -33,11 +33,9 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from raft.kv import DEFAULT_SESSION_TTL, StateMachine
+from raft.kv import DEFAULT_SESSION_TTL, SessionTable, StaleCommand, StateMachine
 
 __all__ = ["SessionError", "Sessions", "decode_result", "encode_command"]
 
@@ -89,13 +87,6 @@ def _decode(entry: bytes) -> tuple[str, int, bytes]:
     return client, seq, entry[pos + _SEQ.size :]
 
 
-@dataclass(slots=True)
-class _Session:
-    seq: int
-    result: bytes
-    last_active: int
-
-
 class Sessions(Generic[SM]):
     """Wraps ``inner`` so that each ``(client, seq)`` is applied once (module docstring)."""
 
@@ -104,28 +95,26 @@ class Sessions(Generic[SM]):
             raise ValueError("session_ttl must be >= 1")
         self.inner = inner
         self.session_ttl = session_ttl
-        self.sessions: OrderedDict[str, _Session] = OrderedDict()
+        self.sessions = SessionTable()
         self.position = 0
 
     def apply(self, command: bytes) -> bytes:
         self.position += 1
-        self._expire()
+        self.sessions.expire(self.position, self.session_ttl)
         try:
             client, seq, payload = _decode(command)
         except (ValueError, UnicodeDecodeError) as exc:
             return _ERR + f"bad envelope: {exc}".encode()
         if not client:
             return _OK + self.inner.apply(payload)
-        session = self.sessions.get(client)
-        if session is not None and seq <= session.seq:
-            if seq < session.seq:
-                return _ERR + b"stale"
-            session.last_active = self.position
-            self.sessions.move_to_end(client)
-            return session.result
+        try:
+            done = self.sessions.lookup(client, seq, self.position)
+        except StaleCommand:
+            return _ERR + b"stale"
+        if done is not None:
+            return done
         result = _OK + self.inner.apply(payload)
-        self.sessions[client] = _Session(seq, result, self.position)
-        self.sessions.move_to_end(client)
+        self.sessions.record(client, seq, result, self.position)
         return result
 
     def snapshot(self) -> bytes:
@@ -143,16 +132,8 @@ class Sessions(Generic[SM]):
         (n,) = _SNAP.unpack_from(snapshot, 0)
         header = json.loads(snapshot[_SNAP.size : _SNAP.size + n])
         self.position = int(header["position"])
-        self.sessions = OrderedDict(
-            (str(c), _Session(int(seq), base64.b64decode(res), int(last)))
+        self.sessions = SessionTable.of(
+            (str(c), int(seq), base64.b64decode(res), int(last))
             for c, seq, res, last in header["sessions"]
         )
         self.inner.restore(snapshot[_SNAP.size + n :])
-
-    def _expire(self) -> None:
-        horizon = self.position - self.session_ttl
-        while self.sessions:
-            client, oldest = next(iter(self.sessions.items()))
-            if oldest.last_active >= horizon:
-                return
-            del self.sessions[client]

@@ -8,7 +8,9 @@ number of workers. A failing seed can be replayed alone with a trace (``replay``
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -80,6 +82,20 @@ def _configs(base: SimConfig, start: int, count: int) -> Iterator[SimConfig]:
         yield replace(base, seed=seed)
 
 
+def _default_signals() -> None:
+    """A worker dies of SIGTERM, whatever handler the parent had: ``Pool.terminate`` ends
+    workers with SIGTERM and waits for them, and an inherited handler that does not exit
+    (uvloop's, left behind by a closed loop) made that wait last for ever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def worker_pool(jobs: int) -> multiprocessing.pool.Pool:
+    """The sweep's worker processes (forked where possible: no re-import per worker), each
+    with SIGTERM's default action."""
+    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    return ctx.Pool(jobs, initializer=_default_signals)
+
+
 def sweep(
     base: SimConfig,
     start_seed: int,
@@ -98,8 +114,7 @@ def sweep(
             if on_result:
                 on_result(r)
     else:
-        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        with ctx.Pool(jobs) as pool:
+        with worker_pool(jobs) as pool:
             # Small chunks: a run takes ~0.1 s and a task costs well under a millisecond, but
             # the last chunk runs while the other workers idle (16 runs ~ 1.6 s at the end).
             chunk = max(1, count // (jobs * 256))
