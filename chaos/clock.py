@@ -34,6 +34,7 @@ import glob
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -71,15 +72,28 @@ class FakeClock:
     safe to call from any thread; a strobe runs in its own daemon thread.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        write: Callable[[Path, str], None] | None = None,
+        library: str | None = None,
+    ) -> None:
+        """``path``: the timestamp file, where the process reads it. ``write(path, text)``
+        replaces it atomically (default: on this machine; a remote placement writes it on
+        the node's host, :mod:`chaos.remote`); ``library``: libfaketime's path where the
+        process runs (default: :func:`libfaketime` here)."""
         self.path = path
+        self._writer = write
+        self._library = library
         self.offset_s = 0.0
         self.rate = 1.0
         self._lock = threading.Lock()
         self._strobe: threading.Thread | None = None
         self._stop_strobe = threading.Event()
         self._started: float | None = None
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if write is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         self._write()
 
     def process_started(self) -> None:
@@ -89,15 +103,17 @@ class FakeClock:
     def env(self) -> dict[str, str]:
         """The variables that put a process on this clock."""
         return {
-            "LD_PRELOAD": str(libfaketime()),
+            "LD_PRELOAD": self._library or str(libfaketime()),
             "FAKETIME_TIMESTAMP_FILE": str(self.path),
             "FAKETIME_NO_CACHE": "1",
         }
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(_spec(self.offset_s, self.rate) + "\n")
-        os.replace(tmp, self.path)
+        text = _spec(self.offset_s, self.rate) + "\n"
+        if self._writer is not None:
+            self._writer(self.path, text)
+        else:
+            write_atomically(self.path, text)
 
     def skew(self, rate: float) -> dict[str, Any]:
         """Run the clock at ``rate`` times real time (0.01 .. 100)."""
@@ -164,6 +180,14 @@ class FakeClock:
     def detail(self) -> dict[str, Any]:
         """The clock's setting, for a faults.jsonl ``detail``."""
         return {"offset_s": round(self.offset_s, 6), "rate": self.rate}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (write a temporary file, rename): a reader sees the old
+    or the new content, never half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def read_clock_setting(path: Path) -> tuple[float, float]:

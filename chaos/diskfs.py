@@ -65,7 +65,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 import mfusepy
 
@@ -734,6 +734,19 @@ def unmount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True, timeout=30)
 
 
+class Disk(Protocol):
+    """A node's fault-injecting disk, wherever it runs: :class:`DiskMount` on this machine,
+    ``chaos.remote.RemoteDisk`` on a host (through its agent)."""
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """A control command (``docs/disk-faults.md``); raises :class:`DiskFSError`."""
+        ...
+
+    def settle(self) -> None:
+        """Unmount, and leave the durable content where the data directory was."""
+        ...
+
+
 class DiskMount:
     """A :class:`DiskFS` process serving ``backing`` at ``mountpoint``.
 
@@ -816,6 +829,16 @@ class DiskMount:
                     proc.kill()
                     proc.wait()
                 unmount(self.mountpoint)  # a killed server leaves a dead mount behind
+
+    def settle(self) -> None:
+        """:meth:`stop`, then put the durable content (the backing directory: what was
+        fsynced) where the mount point was, for a storage replay."""
+        self.stop()
+        data = self.mountpoint
+        if data.is_dir() and not any(data.iterdir()):
+            data.rmdir()
+            self.backing.rename(data)
+        shutil.rmtree(self.state_dir / "graveyard", ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -261,7 +261,7 @@ class AppliedFault:
     groups: list[list[str]] = field(default_factory=list)  #: partition sides as applied
     leader_before: tuple[str, int] | None = None
     started_ns: int = 0  #: monotonic, just before the fault was applied
-    applied_ns: int = 0  #: monotonic, once it was fully in place
+    applied_ns: int = 0  #: monotonic, once it was fully in place (0: never, e.g. still going)
     stopped_ns: int | None = None  #: monotonic, just before the fault began to be undone
     skipped: str | None = None
 
@@ -278,7 +278,7 @@ class AppliedFault:
             "groups": self.groups,
             "leader_before": None if self.leader_before is None else list(self.leader_before),
             "start": rel(self.started_ns),
-            "applied": rel(self.applied_ns),
+            "applied": rel(self.applied_ns or None),
             "stop": rel(self.stopped_ns),
             "skipped": self.skipped,
         }

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from chaos.diskfs import DiskFSError, DiskMount
+from chaos.diskfs import Disk, DiskFSError
 
 if TYPE_CHECKING:
     from chaos.clock import FakeClock
@@ -47,7 +48,9 @@ CATCH_FSYNC_MS = 300
 class FaultCluster(Protocol):
     """What these faults need of a cluster (``harness.local.Cluster`` has it)."""
 
-    disks: dict[str, DiskMount]
+    @property
+    def disks(self) -> Mapping[str, Disk]: ...
+
     clocks: dict[str, FakeClock]
     retired: set[str]
     joined: list[str]
@@ -76,14 +79,14 @@ class FaultError(RuntimeError):
 # ==== disk ====================================================================================
 
 
-def _disk(cluster: FaultCluster, node: str) -> DiskMount:
+def _disk(cluster: FaultCluster, node: str) -> Disk:
     disk = cluster.disks.get(node)
     if disk is None:
         raise FaultError(f"{node} has no fault-injecting disk (scenario without disk faults)")
     return disk
 
 
-def _catch_unsynced(disk: DiskMount, prefix: str) -> str | None:
+def _catch_unsynced(disk: Disk, prefix: str) -> str | None:
     """Slow the node's fsyncs down until one of its log files (under ``prefix``) has a write
     that is not yet synced (a crash then loses, or tears, a write in flight: what this fault
     is for); that file, or None if none came within :data:`CATCH_UNSYNCED_S`."""

@@ -5,7 +5,9 @@ its REST API answers, and stops it (SIGTERM, then SIGKILL, only the PID it start
 
 `ProxyNetwork` puts one proxy on every directed link `i -> j` between nodes (node `i` dials
 `address(i, j)` to reach `j`; the proxy forwards to `j`'s real listen address) and one proxy
-per `client -> j`. Faults are toxics on those proxies:
+per `client -> j`. All proxies live on one local server, or, for nodes on several hosts,
+wherever the network's `place` says (`i -> j` on `i`'s host): the links and faults are the
+same model either way. Faults are toxics on those proxies:
 
 - a **cut** of link `i -> j` is a `timeout` toxic with `timeout=0` and `toxicity=1` on *both*
   streams of proxy `(i, j)`: every byte `i` sends on its connections to `j`, and every byte
@@ -49,7 +51,11 @@ and ZeroMQ reconnects.
 toxiproxy-python 0.1.1 habits: it keeps the server's host and port in class attributes
 (`APIConsumer`), so one Python process talks to one server at a time (enforced here); it sets
 no HTTP timeout; it raises on 400/404/409 but ignores every other error status (a failed
-proxy create surfaces as `KeyError: 'name'`), so proxy creation is a direct REST call here.
+proxy create surfaces as `KeyError: 'name'`). So `ProxyNetwork` makes its REST calls itself
+(a handful of endpoints: create and delete a proxy, add and remove a toxic, enable and
+disable), each on the server that holds the link's proxy: with a remote placement
+(:mod:`chaos.remote`) each host has its own server. `ToxiproxyServer` still points
+toxiproxy-python at itself for callers that use the library.
 """
 
 from __future__ import annotations
@@ -64,16 +70,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final, Self
+from typing import IO, Any, Final, Protocol, Self
 
 # requests is toxiproxy-python's own dependency and ships its own type hints (py.typed).
 import requests
-from toxiproxy import Proxy, Toxiproxy
-from toxiproxy.api import APIConsumer
+from toxiproxy import Toxiproxy
 
 from chaos.process import spawn
 
@@ -296,25 +301,9 @@ class ToxiproxyServer:
         self._proc.wait()
         self._proc = None
 
-    def create_proxy(self, name: str, upstream: str) -> str:
-        """Create a proxy listening on a free 127.0.0.1 port; return its listen address.
-
-        A direct REST call: toxiproxy-python's `create` ignores a 500 (e.g. port in use) and
-        then fails with `KeyError: 'name'`, which hides the server's error message.
-        """
-        body: dict[str, str | bool] = {
-            "name": name,
-            "upstream": upstream,
-            "listen": f"{LOOPBACK}:0",
-            "enabled": True,
-        }
-        response = requests.post(f"{self.url}/proxies", json=body, timeout=HTTP_TIMEOUT_S)
-        if response.status_code != 201:
-            raise ToxiproxyError(f"creating proxy {name}: {response.status_code} {response.text}")
-        listen = response.json()["listen"]
-        assert isinstance(listen, str), listen
-        assert listen.startswith(f"{LOOPBACK}:"), listen
-        return listen
+    def create_proxy(self, name: str, upstream: str, listen_host: str = LOOPBACK) -> str:
+        """Create a proxy listening on a free port of ``listen_host``; its listen address."""
+        return create_proxy(self.url, name, upstream, listen_host)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -326,6 +315,45 @@ class ToxiproxyServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def create_proxy(url: str, name: str, upstream: str, listen_host: str = LOOPBACK) -> str:
+    """Create a proxy on the server whose API is at ``url``, listening on a free port of
+    ``listen_host``; return its listen address.
+
+    A direct REST call: toxiproxy-python's `create` ignores a 500 (e.g. port in use) and
+    then fails with `KeyError: 'name'`, which hides the server's error message.
+    """
+    host = f"[{listen_host}]" if ":" in listen_host else listen_host
+    body: dict[str, str | bool] = {
+        "name": name,
+        "upstream": upstream,
+        "listen": f"{host}:0",
+        "enabled": True,
+    }
+    response = requests.post(f"{url}/proxies", json=body, timeout=HTTP_TIMEOUT_S)
+    if response.status_code != 201:
+        raise ToxiproxyError(f"creating proxy {name}: {response.status_code} {response.text}")
+    listen = response.json()["listen"]
+    assert isinstance(listen, str), listen
+    assert listen.rpartition(":")[0].strip("[]") == listen_host, (listen, listen_host)
+    return listen
+
+
+class ProxyServer(Protocol):
+    """A Toxiproxy server that proxies can live on: this machine's
+    (:class:`ToxiproxyServer`) or a host's, reached over SSH (:mod:`chaos.remote`)."""
+
+    @property
+    def url(self) -> str:
+        """The REST API's base URL, as this process reaches it."""
+
+    def running(self) -> bool:
+        """Whether the server still runs."""
+
+
+#: where the proxy of a link lives: its server and the address it listens on
+ProxyPlace = Callable[["Link"], tuple[ProxyServer, str]]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -380,16 +408,20 @@ class ProxyNetwork:
 
     def __init__(
         self,
-        server: ToxiproxyServer,
+        server: ProxyServer,
         nodes: Mapping[str, str],
         *,
         client_upstreams: Mapping[str, str] | None = None,
         client_sources: Iterable[str] = (CLIENT,),
+        place: ProxyPlace | None = None,
     ) -> None:
         """``nodes`` maps node ids to the address their peers dial. Client proxies lead to
         ``client_upstreams[node]`` (a node's separate client port) when given, else to the same
         address. Each name in ``client_sources`` gets its own proxy to every node, so clients
-        can stand on different sides of a partition (``partition(..., clients=...)``)."""
+        can stand on different sides of a partition (``partition(..., clients=...)``).
+        ``place(link)`` says which server holds a link's proxy and the address it listens
+        on (default: ``server``, 127.0.0.1): a remote placement puts ``i -> j`` on ``i``'s
+        host. The faults do not depend on where a proxy lives."""
         for node, address in nodes.items():
             _check_node(node, address)
         self.server = server
@@ -401,28 +433,34 @@ class ProxyNetwork:
         for source in self.client_sources:
             if source in self.nodes or not source.startswith(CLIENT):
                 raise ValueError(f"client source {source!r} must start with {CLIENT!r}")
+        self._place: ProxyPlace = place or (lambda link: (server, LOOPBACK))
         self._listen: dict[Link, str] = {}
+        self._server_of: dict[Link, ProxyServer] = {}
         self._cuts: set[Link] = set()
         self._latency: dict[Link, tuple[int, int]] = {}
 
     @classmethod
     def create(
         cls,
-        server: ToxiproxyServer,
+        server: ProxyServer,
         nodes: Mapping[str, str],
         *,
         client_upstreams: Mapping[str, str] | None = None,
         client_sources: Iterable[str] = (CLIENT,),
+        place: ProxyPlace | None = None,
     ) -> ProxyNetwork:
-        """Build the network and create all its proxies on `server`."""
+        """Build the network and create all its proxies (on `server`, or where `place` says)."""
         network = cls(
-            server, nodes, client_upstreams=client_upstreams, client_sources=client_sources
-        )
+            server, nodes, client_upstreams=client_upstreams, client_sources=client_sources,
+            place=place,
+        )  # fmt: skip
         try:
             for link in network.links(include_clients=True):
                 is_client = link.src in network.client_sources
                 upstream = (network.client_upstreams if is_client else network.nodes)[link.dst]
-                network._listen[link] = server.create_proxy(link.proxy_name, upstream)
+                where, host = network._place(link)
+                network._server_of[link] = where
+                network._listen[link] = create_proxy(where.url, link.proxy_name, upstream, host)
         except BaseException:
             network.close()
             raise
@@ -511,10 +549,13 @@ class ProxyNetwork:
 
     def close(self) -> None:
         """Delete this network's proxies from the server (if it still runs)."""
-        if self.server.running():
-            for link in self._listen:  # direct, with a timeout: this also runs on error paths
-                requests.delete(f"{self.server.url}/proxies/{link.proxy_name}", timeout=5.0)
+        for link in self._listen:  # direct, with a timeout: this also runs on error paths
+            where = self._server_of[link]
+            if where.running():
+                with contextlib.suppress(requests.RequestException):
+                    requests.delete(f"{where.url}/proxies/{link.proxy_name}", timeout=5.0)
         self._listen.clear()
+        self._server_of.clear()
         self._cuts.clear()
         self._latency.clear()
 
@@ -563,21 +604,28 @@ class ProxyNetwork:
         )  # fmt: skip
 
     def _proxy_call(self, link: Link, method: str, *args: Any, **kwargs: Any) -> None:
-        """Call a toxiproxy-python `Proxy` method on the proxy of `link`."""
-        if APIConsumer.port != self.server.port:
-            raise ToxiproxyError("toxiproxy-python points at another server than this network's")
-        proxy = _library_proxy(link.proxy_name, self._listen[link], self.nodes[link.dst])
-        getattr(proxy, method)(*args, **kwargs)
-
-
-def _library_proxy(name: str, listen: str, upstream: str) -> Any:
-    """A toxiproxy-python `Proxy` handle (it is a plain record of the server's fields)."""
-    return Proxy(name=name, listen=listen, upstream=upstream, enabled=True)
+        """``add_toxic``, ``destroy_toxic``, ``disable`` or ``enable`` on the proxy of
+        ``link``, on the server that holds it (REST: toxiproxy-python keeps one server per
+        process in class attributes, and a remote placement has one per host)."""
+        url = f"{self._server_of[link].url}/proxies/{link.proxy_name}"
+        if method == "add_toxic":
+            response = requests.post(f"{url}/toxics", json=kwargs, timeout=HTTP_TIMEOUT_S)
+        elif method == "destroy_toxic":
+            response = requests.delete(f"{url}/toxics/{args[0]}", timeout=HTTP_TIMEOUT_S)
+        elif method in ("disable", "enable"):
+            body = {"enabled": method == "enable"}
+            response = requests.post(url, json=body, timeout=HTTP_TIMEOUT_S)
+        else:
+            raise ValueError(f"unknown proxy call {method!r}")
+        if response.status_code >= 300:
+            raise ToxiproxyError(
+                f"{method} on proxy {link}: {response.status_code} {response.text.strip()}"
+            )
 
 
 def _check_node(node: str, address: str) -> None:
     if node == CLIENT or not _NODE_ID.fullmatch(node):
         raise ValueError(f"bad node id {node!r}: use letters, digits, '_', '.', '-'")
     host, _, port = address.rpartition(":")
-    if host != LOOPBACK or not port.isdigit():
-        raise ValueError(f"node {node} address {address!r} must be {LOOPBACK}:<port>")
+    if host.strip("[]") in ("", "0.0.0.0", "::") or not port.isdigit():
+        raise ValueError(f"node {node} address {address!r} must be a dialable <host>:<port>")

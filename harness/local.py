@@ -30,7 +30,6 @@ it sees must not depend on the faults it injects. Clients use :meth:`client_addr
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,11 +39,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from chaos.clock import FakeClock
-from chaos.diskfs import DiskMount
+from chaos.diskfs import Disk, DiskMount
 from chaos.nat import GID_BASE, Route, SourceRouting
-from chaos.process import ManagedProcess, ProcessEvent, ProcessManager
-from chaos.toxiproxy import CLIENT, LOOPBACK, Link, ProxyNetwork, ToxiproxyServer, free_port
+from chaos.process import ProcessEvent
+from chaos.remote import RemoteDisk
+from chaos.toxiproxy import CLIENT, Link, ProxyNetwork, ToxiproxyServer
 from harness.history import Op
+from harness.placement import LocalPlacement, NodeProcess, Placement, PlacementError, Processes
 from harness.system import (
     Client,
     DiskLayout,
@@ -100,8 +101,11 @@ class Cluster:
         *,
         on_fault: FaultSink | None = None,
         run_start_ns: int | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.system = system
+        #: where the processes run (this machine unless told otherwise: harness.placement)
+        self.placement: Placement = placement or LocalPlacement()
         self.options = options
         self.spec: ClusterOptions = options  #: the same (``harness.cluster`` narrows it)
         self._workdir = workdir.resolve()
@@ -109,14 +113,13 @@ class Cluster:
         self._on_fault = on_fault
         #: node -> port name -> host:port it listens on
         self.addr: dict[str, dict[str, str]] = {}
-        self.server: ToxiproxyServer | None = None
         self.network: ProxyNetwork | None = None
         self.routing: SourceRouting | None = None
-        self.procs = ProcessManager(on_event=self._process_event)
+        self.placement.bind(self._process_event)
         #: each node's libfaketime clock (``options.fake_clocks``)
         self.clocks: dict[str, FakeClock] = {}
         #: each node's fault-injecting file system (``options.disk_faults``)
-        self.disks: dict[str, DiskMount] = {}
+        self.disks: dict[str, Disk] = {}
         #: nodes out of the cluster by design (removed, or refusing a corrupted disk): not
         #: expected to answer, not restarted by a heal
         self.retired: set[str] = set()
@@ -129,6 +132,16 @@ class Cluster:
             self.no_fake_clock = (
                 f"clock faults do not apply to {system.name}: libfaketime cannot move its clock"
             )
+
+    @property
+    def procs(self) -> Processes:
+        """The node processes, wherever they run (:mod:`harness.placement`)."""
+        return self.placement.procs
+
+    @property
+    def server(self) -> ToxiproxyServer | None:
+        """The local Toxiproxy server (None with a remote placement: one per host)."""
+        return self.placement.server if isinstance(self.placement, LocalPlacement) else None
 
     # ---- the ClusterView a system sees ------------------------------------------------------
     @property
@@ -182,11 +195,16 @@ class Cluster:
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> Self:
         try:
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            self._check_placement()
+            self.placement.open(self._workdir, self.options.all_nodes)
             self._allocate_ports()
             if self.options.toxiproxy:
                 self._start_network()
-            self._workdir.mkdir(parents=True, exist_ok=True)
+            before = _files(self._workdir)
             self.system.prepare(self)
+            after = _files(self._workdir)
+            self.placement.share(p for p, st in after.items() if before.get(p) != st)
             for node in self.options.nodes:
                 self._start_node(node)
         except BaseException:
@@ -194,19 +212,27 @@ class Cluster:
             raise
         return self
 
+    def _check_placement(self) -> None:
+        """What a remote placement cannot do yet is refused before anything starts."""
+        if self.placement.name == "local":
+            return
+        if self.system.peer_addressing == "shared":
+            raise PlacementError(
+                f"placement {self.placement.name}: {self.system.name} dials every peer at one "
+                "address (shared peer addressing needs per-host kernel routing: not supported)"
+            )
+
     def _allocate_ports(self) -> None:
         for node in self.options.all_nodes:
-            self.addr[node] = {p: f"{LOOPBACK}:{free_port()}" for p in self.system.ports}
+            self.addr[node] = self.placement.addresses(node, self.system.ports)
 
     def _start_network(self) -> None:
         has_peers = "peer" in self.system.ports and self.system.peer_addressing != "none"
         port = "peer" if has_peers else "client"
-        self.server = ToxiproxyServer().start()
-        self.network = ProxyNetwork.create(
-            self.server,
+        self.network = self.placement.network(
             {n: a[port] for n, a in self.addr.items()},
-            client_upstreams={n: a["client"] for n, a in self.addr.items()},
-            client_sources=self.options.client_sources,
+            {n: a["client"] for n, a in self.addr.items()},
+            self.options.client_sources,
         )
         if has_peers and self.system.peer_addressing == "shared":
             self.routing = SourceRouting().start(self._routes(self.options.all_nodes))
@@ -223,25 +249,40 @@ class Cluster:
         return out
 
     def stop(self) -> None:
-        """Stop every process we started, then the mounts, routes, proxies and Toxiproxy."""
+        """Stop every process we started, then the mounts, routes, proxies and Toxiproxy, and
+        read the nodes' directories back (a remote placement). Every step runs whatever
+        became of the ones before it; the first error is raised at the end."""
         for clock in self.clocks.values():
             clock.stop_strobe()
-        try:
-            self.procs.stop_all()
-        finally:
-            close = getattr(self.system, "close", None)
-            if close is not None:
-                close()  # the system's status and admin connections
-            self._unmount_disks()
-            if self.routing is not None:
-                self.routing.close()
-                self.routing = None
-            if self.network is not None:
-                self.network.close()
-                self.network = None
-            if self.server is not None:
-                self.server.stop()
-                self.server = None
+        steps = [
+            self.procs.stop_all,
+            getattr(self.system, "close", None),  # the system's status and admin connections
+            self._unmount_disks,
+            self._close_routing,
+            self._close_network,
+            self.placement.collect,  # the nodes' logs and data, for the replay
+            self.placement.close,
+        ]
+        first: BaseException | None = None
+        for step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except BaseException as exc:  # the rest of the clean-up still runs
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def _close_routing(self) -> None:
+        if self.routing is not None:
+            self.routing.close()
+            self.routing = None
+
+    def _close_network(self) -> None:
+        if self.network is not None:
+            self.network.close()
+            self.network = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -258,43 +299,39 @@ class Cluster:
         """Unmount every disk (what the stopped nodes wrote is kept) and put its durable
         content where the data dir was, for a storage replay."""
         disks, self.disks = self.disks, {}
-        for node, disk in disks.items():
-            disk.stop()
-            data = self.data_dir(node)
-            if data.is_dir() and not any(data.iterdir()):
-                data.rmdir()
-                disk.backing.rename(data)
-            shutil.rmtree(disk.state_dir / "graveyard", ignore_errors=True)
+        errors = []
+        for disk in disks.values():  # each, whatever became of the others
+            try:
+                disk.settle()
+            except (OSError, RuntimeError) as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ClusterError("; ".join(errors))
 
     def _env(self, node: str, extra: Mapping[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(extra)
+        """What a node's environment adds to its place's (the placement adds the rest)."""
+        env = dict(extra)
         env.update(self.options.env)
         if self.options.fake_clocks and getattr(self.system, "clock_faults_apply", True):
-            clock = self.clocks.setdefault(node, FakeClock(self.node_dir(node) / "clock.rc"))
-            env.update(clock.env())
+            if node not in self.clocks:
+                self.clocks[node] = self.placement.clock(node, self.node_dir(node) / "clock.rc")
+            env.update(self.clocks[node].env())
         return env
 
-    def _start_node(self, node: str) -> ManagedProcess:
+    def _start_node(self, node: str) -> NodeProcess:
         self.node_dir(node).mkdir(parents=True, exist_ok=True)
         if self.options.disk_faults and node not in self.disks:
-            disk = DiskMount(
+            self.disks[node] = self.placement.disk(
+                node,
                 self.node_dir(node) / "disk",
                 self.data_dir(node),
                 self.node_dir(node) / "disk.fs",
                 mmap_paths=tuple(getattr(self.system, "mmap_paths", ())),
                 allow_other=self.routing is not None,
             )
-            self.disks[node] = disk.start()
         cmd = self.system.command(node, self)
-        proc = self.procs.start(
-            node,
-            list(cmd.argv),
-            self.log_path(node),
-            env=self._env(node, cmd.env),
-            cwd=cmd.cwd,
-            group=self.gid(node),
-        )
+        env = self._env(node, cmd.env)
+        proc = self.placement.start(node, cmd, env, self.log_path(node), self.gid(node))
         if node in self.clocks:
             self.clocks[node].process_started()
         return proc
@@ -444,8 +481,17 @@ class Cluster:
         if not isinstance(self.system, DiskLayout):
             raise ValueError(f"{self.system.name} does not say where its data can be corrupted")
         disk = self.disks.get(node)
-        where = disk.backing if disk is not None else self.data_dir(node)
-        return self.system.pick_corruption(where, target, seed)
+        if disk is None:
+            return self.system.pick_corruption(self.data_dir(node), target, seed)
+        if not isinstance(disk, RemoteDisk):
+            assert isinstance(disk, DiskMount), disk
+            return self.system.pick_corruption(disk.backing, target, seed)
+        copy = self._workdir / "hosts" / f"{node}.durable"  # a remote disk: a copy, here
+        shutil.rmtree(copy, ignore_errors=True)
+        try:
+            return self.system.pick_corruption(disk.fetch_durable(copy), target, seed)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
 
     def replay(self, nodes: Iterable[str]) -> dict[str, Any] | None:
         """The system's storage replay of ``nodes``' data dirs; None if it has none."""
@@ -531,6 +577,17 @@ class Cluster:
             if time.monotonic() - t0 > timeout:
                 raise ClusterError(f"no leader within {timeout:.1f}s (last seen: {found})")
             await asyncio.sleep(0.02)
+
+
+def _files(root: Path) -> dict[Path, tuple[int, int]]:
+    """Every file under ``root`` with its (mtime, size): what a system's ``prepare`` wrote is
+    what differs afterwards."""
+    out = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            st = path.stat()
+            out[path] = (st.st_mtime_ns, st.st_size)
+    return out
 
 
 def leader_of(statuses: Mapping[str, NodeStatus | None]) -> tuple[str, int] | None:

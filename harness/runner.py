@@ -68,8 +68,10 @@ from harness import signals
 from harness.cluster import READY_TIMEOUT_S
 from harness.expectations import check_expectations
 from harness.history import FaultWriter, HistoryWriter, Op, read_history
+from harness.inventory import InventoryError, load_inventory
 from harness.local import Cluster, ClusterError, ClusterOptions, NotApplicable
 from harness.monitor import Sample, StatusMonitor, sample_json
+from harness.placement import LocalPlacement, Placement, SshPlacement
 from harness.run_state import Observed, RunContext
 from harness.scenario import (
     Scenario,
@@ -97,6 +99,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--system", metavar="KIND", help="test another system: orbital, etcd or module:Class"
     )
     p.add_argument("--time-limit", type=float, metavar="S", help="seconds of workload")
+    p.add_argument(
+        "--placement", choices=("local", "ssh"), help="where the nodes run (default: the file's)"
+    )
+    p.add_argument(
+        "--inventory", metavar="FILE", help="the hosts of --placement ssh (docs/multi-host.md)"
+    )
     p.add_argument("--store", type=Path, default=Path("store"), help="store root (./store)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.add_argument("--json", action="store_true", help="print results.json instead of a table")
@@ -142,11 +150,14 @@ def run(args: argparse.Namespace) -> int:
         if args.time_limit is not None and args.time_limit <= 0:
             raise ScenarioError("--time-limit: must be greater than 0")
         scenario = scenario.with_overrides(
-            seed=args.seed, duration=args.time_limit, system=args.system
-        )
+            seed=args.seed, duration=args.time_limit, system=args.system,
+            placement=getattr(args, "placement", None), inventory=getattr(args, "inventory", None),
+        )  # fmt: skip
         make_system(scenario)  # a bad kind or options: exit 2 before anything starts
-        find_server_binary()
-    except (ScenarioError, ToxiproxyError, SystemLoadError) as exc:
+        make_placement(scenario)  # a bad inventory too
+        if scenario.placement == "local":
+            find_server_binary()
+    except (ScenarioError, ToxiproxyError, SystemLoadError, InventoryError) as exc:
         print(f"orbital chaos: {exc}", file=sys.stderr)
         return 2
     ctx = RunContext.create(scenario, args.store)
@@ -186,6 +197,15 @@ def make_system(scenario: Scenario) -> System:
     return system
 
 
+def make_placement(scenario: Scenario) -> Placement:
+    """Where the scenario's nodes run (``placement``; ``ssh`` reads the inventory)."""
+    if scenario.placement == "local":
+        return LocalPlacement()
+    if scenario.inventory is None:
+        raise ScenarioError('placement "ssh" needs an inventory: --inventory FILE or inventory =')
+    return SshPlacement(load_inventory(Path(scenario.inventory)))
+
+
 def cluster_options(scenario: Scenario) -> ClusterOptions:
     kinds = {n.kind for n in scenario.nemesis}
     return ClusterOptions(
@@ -214,7 +234,11 @@ def execute(ctx: RunContext, *, progress: bool) -> int:
         ctx.run_dir,
         on_fault=sink,
         run_start_ns=ctx.run_start_ns,
+        placement=make_placement(ctx.scenario),
     )
+    if isinstance(cluster.placement, SshPlacement):
+        names = ", ".join(s.name for s in cluster.placement.specs)
+        say(f"placement ssh: connecting to {names}, uploading, starting agents and Toxiproxy")
     try:
         cluster.start()
         asyncio.run(drive(ctx, cluster, history, sink, observed, progress))
@@ -222,6 +246,7 @@ def execute(ctx: RunContext, *, progress: bool) -> int:
         ctx.interrupted = True
     except (ClusterError, ToxiproxyError, ProcessError, OSError, RuntimeError) as exc:
         ctx.error = f"{type(exc).__name__}: {exc}"
+        print(f"orbital chaos: could not run: {str(exc).splitlines()[0]}", file=sys.stderr)
     finally:
         with signals.deferred():  # a SIGTERM now must not cut the stop (and heal) short
             try:
@@ -514,6 +539,7 @@ def judge(ctx: RunContext, cluster: Cluster, observed: Observed) -> int:
         "error": ctx.error,
         "interrupted": ctx.interrupted,
         "metrics": observed.metrics,
+        "placement": cluster.placement.describe(),
         "run_dir": str(ctx.run_dir),
     }
     write_results(ctx)

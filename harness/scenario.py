@@ -335,6 +335,10 @@ class Scenario(_Model):
     spares: list[str] = Field(default_factory=list, max_length=15)
     final: Final = Field(default_factory=Final)
     expect: Expect = Field(default_factory=Expect)
+    #: where the nodes run: ``local`` (this machine) or ``ssh`` (the hosts of ``inventory``,
+    #: docs/multi-host.md)
+    placement: Literal["local", "ssh"] = "local"
+    inventory: str | None = None  #: the inventory file of ``placement = "ssh"``
 
     @model_validator(mode="after")
     def _check_references(self) -> Scenario:
@@ -380,7 +384,13 @@ class Scenario(_Model):
         return group if group != source and group in self.groups else None
 
     def with_overrides(
-        self, *, seed: int | None = None, duration: float | None = None, system: str | None = None
+        self,
+        *,
+        seed: int | None = None,
+        duration: float | None = None,
+        system: str | None = None,
+        placement: str | None = None,
+        inventory: str | None = None,
     ) -> Scenario:
         """A copy with the command line's ``--seed`` / ``--time-limit`` / ``--system``
         applied, validated like the file (raises :class:`ScenarioError` naming the option).
@@ -392,12 +402,17 @@ class Scenario(_Model):
             changes["duration"] = duration
         if system is not None:
             changes["system"] = {"kind": system}
+        if placement is not None:
+            changes["placement"] = placement
+        if inventory is not None:
+            changes["inventory"] = inventory
         if not changes:
             return self
         try:
             return Scenario.model_validate({**self.model_dump(), **changes})
         except ValidationError as exc:
-            option = {"seed": "--seed", "duration": "--time-limit", "system": "--system"}
+            option = {"seed": "--seed", "duration": "--time-limit", "system": "--system",
+                      "placement": "--placement", "inventory": "--inventory"}  # fmt: skip
             first = exc.errors()[0]
             loc = str(first.get("loc", ("",))[0])
             msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 A chaos run does not know which system it tests. It runs every node of a :class:`System` as
-its own local process (:class:`harness.local.Cluster` picks the ports, the directories, the
-Toxiproxy proxies and starts, kills, pauses and restarts the processes), drives the workload
+its own process, on this machine or on a host over SSH (:class:`harness.local.Cluster` picks
+the ports, the directories, the Toxiproxy proxies and starts, kills, pauses and restarts the
+processes, wherever its :mod:`harness.placement` says), drives the workload
 through a :class:`Client` per logical process, and judges the history it recorded. A system
 is two small classes:
 

@@ -126,5 +126,26 @@ PY
       say "ip (iproute2) is not installed: the network-namespace test will be skipped"
     fi
   fi
+  # OpenSSH's server for the test bed of SSH hosts (scripts/testbed.sh runs one sshd per
+  # network namespace). Installing it must not start the machine's own sshd: a policy-rc.d
+  # that refuses every service start is in place while apt-get runs, unless one already is.
+  if [ ! -x /usr/sbin/sshd ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing Debian's openssh-server for the SSH test bed (no service is started)"
+      policy=/usr/sbin/policy-rc.d
+      made_policy=0
+      if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        made_policy=1
+      fi
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        openssh-server openssh-client >/dev/null || { [ "$made_policy" = 0 ] || rm -f "$policy"; exit 1; }
+      [ "$made_policy" = 0 ] || rm -f "$policy"
+    else
+      say "openssh-server is not installed: the SSH test bed tests will be skipped"
+    fi
+  fi
 fi
 say "ready: $root/.venv/bin/orbital"

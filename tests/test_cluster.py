@@ -512,7 +512,7 @@ def test_a_node_that_cannot_start_is_reported_not_waited_for(
     other two may elect a leader meanwhile: only ``wait_ready`` waits for every node.)"""
     import socket
 
-    import harness.local as cluster_module
+    import harness.placement as cluster_module
 
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))

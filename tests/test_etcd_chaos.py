@@ -129,8 +129,22 @@ def test_clock_faults_are_skipped_saying_why(tmp_path: Path) -> None:
     assert all(f["skipped"] and "clock" in f["skipped"] for f in clocks)
 
 
+def segfaulted(results: dict[str, Any]) -> list[str]:
+    """The members that ended by SIGSEGV on their own (etcd's crash, docs/etcd.md)."""
+    (deaths,) = checks(results, "no_node_dies")
+    died: dict[str, list[dict[str, Any]]] = deaths.get("died", {})
+    return sorted(n for n, ends in died.items() if any(e["exit"] == -11 for e in ends))
+
+
 def test_membership_changes(tmp_path: Path) -> None:
-    results = etcd_run(tmp_path, "membership-churn", 12)
+    """An etcd member was seen dying by SIGSEGV at its first start, silently, as after a
+    restart (docs/etcd.md): the spare being added never came up and the add waited for it
+    until the run ended. That is etcd's crash, not the membership fault's: the run is made
+    once more when it happens (and the first run's crash is shown)."""
+    results = etcd_run(tmp_path / "first", "membership-churn", 12)
+    if crashed := segfaulted(results):
+        print(f"etcd crashed by SIGSEGV in the first run: {crashed}; running again")
+        results = etcd_run(tmp_path / "again", "membership-churn", 12)
     changes = applied(results, "membership")
     assert changes
     assert any("added" in f["params"]["applied"] for f in changes)

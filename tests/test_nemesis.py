@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chaos.nemesis import NemesisExecutor, make_schedule, schedule_json
+from chaos.nemesis import AppliedFault, NemesisExecutor, make_schedule, schedule_json
 from harness.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from harness.workload import op_stream
 
@@ -325,3 +325,13 @@ def test_transfer_asks_the_leader_for_every_target_at_once() -> None:
     assert sorted(asked) == [("n2", "n1"), ("n2", "n3"), ("n2", "n4"), ("n2", "n5")]
     assert ex.applied[0].nodes == ["n1", "n3", "n4", "n5"]
     assert [(k, a) for k, a, _ in events] == [("transfer", "start"), ("transfer", "stop")]
+
+
+def test_a_fault_still_going_at_the_end_has_no_applied_time() -> None:
+    """A membership add that never completed was written with ``applied`` = minus the run's
+    start (its unset time, 0, made relative): a time that never happened."""
+    going = AppliedFault(id=0, kind="membership", params={}, started_ns=5_000)
+    assert going.to_json(run_start_ns=1_000)["applied"] is None
+    assert going.to_json(run_start_ns=1_000)["start"] == 4_000
+    going.applied_ns = 7_000
+    assert going.to_json(run_start_ns=1_000)["applied"] == 6_000

@@ -181,8 +181,10 @@ def test_node_ids_and_addresses_are_validated() -> None:
     srv = ToxiproxyServer(Path("/nonexistent"))
     with pytest.raises(ValueError, match="bad node id"):
         ProxyNetwork(srv, {CLIENT: f"{LOOPBACK}:1"})
-    with pytest.raises(ValueError, match=r"must be 127\.0\.0\.1"):
+    with pytest.raises(ValueError, match=r"must be a dialable <host>:<port>"):
         ProxyNetwork(srv, {"a": "0.0.0.0:1"})
+    with pytest.raises(ValueError, match=r"must be a dialable <host>:<port>"):
+        ProxyNetwork(srv, {"a": "10.0.0.1"})
 
 
 def test_a_bad_toxiproxy_server_variable_is_an_error_naming_it(
