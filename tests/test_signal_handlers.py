@@ -95,20 +95,30 @@ def sigterm_swallowed() -> object:
     signal.signal(signal.SIGTERM, saved)
 
 
+def _in_workers(fn: Callable[[int], bool]) -> list[bool]:
+    """``fn`` over four tasks in the sweep's pool, ended gracefully (``close``: the workers
+    leave on the pool's sentinel): ``terminate`` would SIGTERM workers that, with the reset
+    planted away, swallow it, and wait for them for ever."""
+    pool = worker_pool(2)
+    try:
+        return pool.map(fn, range(4))
+    finally:
+        pool.close()
+        pool.join()
+
+
 @pytest.mark.usefixtures("sigterm_swallowed")
 def test_sweep_workers_die_of_sigterm_whatever_the_parent_does() -> None:
     """``Pool.terminate`` ends the workers with SIGTERM and waits for them: a worker that
     inherited a handler that does not exit is waited for for ever (the suite's hang)."""
-    with worker_pool(2) as pool:
-        assert pool.map(_sigterm_is_default, range(4)) == [True] * 4
+    assert _in_workers(_sigterm_is_default) == [True] * 4
 
 
 @pytest.mark.usefixtures("sigterm_swallowed")
 def test_the_worker_check_sees_an_inherited_handler(monkeypatch: pytest.MonkeyPatch) -> None:
     """Teeth: without the workers' reset they keep the parent's handler."""
     monkeypatch.setattr(sweep_module, "_default_signals", lambda: None)
-    with worker_pool(2) as pool:
-        assert pool.map(_sigterm_is_default, range(4)) == [False] * 4
+    assert _in_workers(_sigterm_is_default) == [False] * 4
 
 
 def test_a_sweep_in_a_process_that_swallows_sigterm_ends() -> None:
