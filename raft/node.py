@@ -73,7 +73,10 @@ election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epo
 from the core's event callback; role and term changes are also appended to ``roles_path`` as
 JSON lines ``{"time": ns, "node", "role", "term"}``, timed by ``record_clock`` (system-wide
 CLOCK_MONOTONIC, the clock of ``history.jsonl`` and ``faults.jsonl``: the server reads it with
-a raw system call, so that it stays true when the node's own clock is faked).
+a raw system call, so that it stays true when the node's own clock is faked). A line is
+written when the core changes role or term in memory, before that term is persisted: a node
+killed in between comes back with its durable term, which may be lower than the last line
+(a leader's term is always durable: its own vote in that term was persisted first).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ never a blind kill. Without toxiproxy-server these tests skip, except in CI wher
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -145,6 +146,35 @@ def test_short_kill_leader_run_is_valid(tmp_path: Path) -> None:
     assert_store_layout(run_dir, ["n1", "n2", "n3", "n4", "n5"])
 
 
+def term_falls(roles: list[dict[str, Any]]) -> list[int]:
+    """Indexes of a node's role lines whose term went back where it must not. A line is the
+    term in memory, possibly not yet persisted when a kill came (a term learned from a vote
+    request, killed before its fsync): a restart may come back below it, never below a term
+    the node led (its own vote in that term was durable), and a running node never goes back."""
+    falls, led = [], 0
+    for i, (before, after) in enumerate(itertools.pairwise(roles), start=1):
+        if before["role"] == "leader":
+            led = max(led, before["term"])
+        if before["role"] == "down":
+            if after["term"] < led:
+                falls.append(i)
+        elif after["role"] != "down" and after["term"] < before["term"]:
+            falls.append(i)
+    return falls
+
+
+def test_term_falls_allows_an_undurable_term_lost_by_a_kill_not_a_led_one() -> None:
+    def line(role: str, term: int) -> dict[str, Any]:
+        return {"role": role, "term": term}
+
+    # the CI record of issue 9's follow-up: term 2 learned, killed before its fsync, back at 1
+    lost = [line("follower", 1), line("follower", 2), line("down", 2), line("follower", 1)]
+    assert term_falls([*lost, line("candidate", 2), line("leader", 2)]) == []
+    # a restart on empty data after leading term 2; a running node going back a term
+    assert term_falls([line("leader", 2), line("down", 2), line("follower", 0)]) == [2]
+    assert term_falls([line("follower", 3), line("follower", 2)]) == [1]
+
+
 def test_crash_storm_kills_any_node_and_each_restarts_on_its_own_data(tmp_path: Path) -> None:
     """configs/crash-storm.toml cut to its first 12 s: a minority, then all five, then a storm
     of sub-second kills of random nodes while writes flow."""
@@ -169,5 +199,4 @@ def test_crash_storm_kills_any_node_and_each_restarts_on_its_own_data(tmp_path: 
         roles = [json.loads(x) for x in (run_dir / "nodes" / node / "roles.jsonl").read_text()
                  .splitlines()]  # fmt: skip
         assert sum(r["role"] == "down" for r in roles) == kills
-        terms = [r["term"] for r in roles]
-        assert terms == sorted(terms), f"{node}: a restart never goes back a term"
+        assert term_falls(roles) == [], node
