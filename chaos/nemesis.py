@@ -26,7 +26,9 @@ transfer to each of its targets at once (the system's leader transfer; skipped, 
 for a system without one); a membership ``remove`` with a group target asks for the removal
 of each of them at once (the system's membership changes). Blocking cluster calls
 (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
-clients' event loop keeps going. Every fault is reported to
+clients' event loop keeps going; such a call runs to its end even when the nemesis is cancelled,
+and :meth:`NemesisExecutor.settle` waits for the ones still going (a heal that ran beside a
+restart still under way would start a node twice on one data directory). Every fault is reported to
 ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
 ``cut``, are reported here as ``partition`` so that the heal closes them). :meth:`heal_all`
 is the final generator: heal the network, reset clocks, clear disk faults, resume paused nodes,
@@ -44,12 +46,14 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from chaos import node_faults
 from chaos.diskfs import DiskFSError
 from chaos.node_faults import FaultCluster
 from chaos.shapes import cut_links
+
+_T = TypeVar("_T")
 
 Action = Literal["start", "stop"]
 #: targets that name a set of nodes (kills, pauses and transfers)
@@ -303,6 +307,21 @@ class NemesisExecutor:
         self._on_fault = on_fault
         self._client_groups = client_groups or {}
         self._spares = list(spares)
+        #: blocking calls still running in a worker thread (see :meth:`settle`)
+        self._jobs: set[asyncio.Task[Any]] = set()
+
+    async def _thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a worker thread, run to its end even if the caller is cancelled."""
+        job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return await asyncio.shield(job)
+
+    async def settle(self) -> None:
+        """Wait for the blocking calls still running (their callers were cancelled): call it
+        before :meth:`heal_all`, so that the heal never races a kill or a restart."""
+        while self._jobs:
+            await asyncio.gather(*list(self._jobs), return_exceptions=True)
 
     def describe_active(self) -> str:
         """A short text of the faults in force, for the progress display."""
@@ -345,7 +364,7 @@ class NemesisExecutor:
             return
         target = self._resolve_target(f)
         if f.kind == "latency":
-            await asyncio.to_thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
+            await self._thread(self.cluster.latency, f.params["ms"], f.params["jitter_ms"])
         elif f.kind in ("disk", "clock", "membership"):
             await self._node_fault(f, target)
         else:
@@ -361,7 +380,7 @@ class NemesisExecutor:
             return
         call = self.cluster.kill if f.kind == "kill" else self.cluster.pause
         for node in running:
-            await asyncio.to_thread(call, node)
+            await self._thread(call, node)
 
     async def _transfer(self, f: AppliedFault, targets: list[str]) -> None:
         """Ask the leader, on its direct client port, to transfer to every target at once."""
@@ -406,7 +425,7 @@ class NemesisExecutor:
         for node in removed:
             self.cluster.retired.add(node)
         alive = [n for n in removed if self.cluster.alive(n)]
-        await asyncio.gather(*(asyncio.to_thread(self.cluster.stop_node, n) for n in alive))
+        await asyncio.gather(*(self._thread(self.cluster.stop_node, n) for n in alive))
         detail = {"membership": "remove", "removed": removed, "refused": refused}
         f.params["applied"] = detail
         self._report("membership", "start", detail)
@@ -435,11 +454,11 @@ class NemesisExecutor:
             f.skipped = f"{target} is out of the cluster"
             return
         if f.kind == "disk":
-            detail = await asyncio.to_thread(node_faults.start_disk, self.cluster, f.params, target)
+            detail = await self._thread(node_faults.start_disk, self.cluster, f.params, target)
         elif f.kind == "clock":
             detail = node_faults.start_clock(self.cluster, f.params, target)
         else:
-            detail = await asyncio.to_thread(
+            detail = await self._thread(
                 node_faults.start_membership, self.cluster, f.params, target, self._spares
             )
         f.params["applied"] = detail
@@ -461,12 +480,12 @@ class NemesisExecutor:
     async def _partition(self, f: AppliedFault, target: str) -> None:
         shape = f.params["shape"]
         if "links" in f.params:  # ring, bridge, majorities-ring: cut links, not groups
-            await asyncio.to_thread(node_faults.start_links, self.cluster, f.params["links"])
+            await self._thread(node_faults.start_links, self.cluster, f.params["links"])
             self._report("partition", "start", {"shape": shape, "links": f.params["links"]})
             return
         if shape == "one-way":
             f.node = target
-            await asyncio.to_thread(self._one_way, target)
+            await self._thread(self._one_way, target)
             return
         if shape in ("isolate-leader", "isolate-node"):
             f.node = target
@@ -475,7 +494,7 @@ class NemesisExecutor:
             groups = [list(g) for g in f.params["groups"]]
         f.groups = groups
         clients = self._place_clients(f.params.get("group_names", []))
-        await asyncio.to_thread(self.cluster.partition, groups, clients)
+        await self._thread(self.cluster.partition, groups, clients)
 
     def _place_clients(self, group_names: Sequence[str]) -> dict[str, int]:
         """Client sources standing in a named group go to that group's side."""
@@ -503,7 +522,7 @@ class NemesisExecutor:
         # the heal begins now: healing link by link takes a while, and what the nodes do
         # meanwhile (a cut-off leader learning a newer term) is no longer the fault's
         fault.stopped_ns = time.monotonic_ns()
-        await asyncio.to_thread(self._undo, fault)
+        await self._thread(self._undo, fault)
 
     def _undo(self, f: AppliedFault) -> None:
         if f.kind in ("kill", "pause"):

@@ -405,6 +405,7 @@ async def _main_phase(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await _drain(work, ctx.scenario.workload.timeout + DRAIN_GRACE_S)
+        await nemesis.settle()  # a restart still under way ends before the heal looks
         await asyncio.to_thread(nemesis.heal_all)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,59 @@ def test_heal_all_ends_everything_even_mid_fault() -> None:
     assert ("resume", "n2") in cluster.calls
     assert ("heal",) in cluster.calls
     assert all(p.running and not p.paused for p in cluster.procs.values())
+
+
+class SlowRestartCluster(FakeCluster):
+    """A restart that takes a while in its thread (a process spawning under load): the node
+    counts as down until the spawn returns, as a real process does. The spawn ends once
+    somebody else has looked at the node meanwhile (or after 0.5 s): no race on the clock."""
+
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(leader)
+        self.restarting = threading.Event()
+        self.looked = threading.Event()
+
+    def alive(self, node: str) -> bool:
+        up = super().alive(node)
+        if self.restarting.is_set():
+            self.looked.set()
+        return up
+
+    def restart(self, node: str) -> None:
+        self.restarting.set()
+        self.looked.wait(0.5)
+        super().restart(node)
+
+
+def cancel_mid_restart(ex: NemesisExecutor, cluster: SlowRestartCluster, settle: bool) -> None:
+    """The run's end: the nemesis is cancelled while its restart of n1 is under way in a
+    thread; the heal follows (after :meth:`NemesisExecutor.settle` when ``settle``)."""
+
+    async def end_of_run() -> None:
+        task = asyncio.create_task(ex.run(time.monotonic()))
+        while not cluster.restarting.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if settle:
+            await ex.settle()
+        await asyncio.to_thread(ex.heal_all)
+        await ex.settle()  # the test's own cleanup: no thread outlives the loop
+
+    asyncio.run(end_of_run())
+
+
+@pytest.mark.parametrize("settle", [True, False])
+def test_the_heal_waits_for_a_restart_still_under_way(settle: bool) -> None:
+    """A heal that looked while a cancelled restart was still spawning saw the node down and
+    started it a second time (two processes on one data directory); ``settle`` first, as the
+    runner does, and it is started once. Without ``settle`` the double start shows."""
+    cluster = SlowRestartCluster(leader="n1")
+    sc = scenario({"kind": "kill", "target": "leader", "at": 0.0, "duration": 0.05})
+    ex = NemesisExecutor(cluster, make_schedule(sc, 1, 10.0))  # type: ignore[arg-type]
+    cancel_mid_restart(ex, cluster, settle)
+    restarts = cluster.calls.count(("restart", "n1"))
+    assert restarts == (1 if settle else 2), cluster.calls
 
 
 @pytest.mark.parametrize(("target", "count"), [("minority", 2), ("majority", 3), ("all", 5)])
