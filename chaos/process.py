@@ -267,13 +267,16 @@ class ManagedProcess:
         self._paused = False
 
     def kill(self) -> None:
-        """SIGKILL the process and its descendants (a crash); it is reaped before returning."""
+        """SIGKILL the process and its descendants (a crash); it is reaped before returning.
+
+        The ``kill`` event is stamped once the process is gone, so every line it wrote (a
+        node's role record, timed by the same clock) is before the stamp."""
         self._require_alive("kill")
-        self._emit("kill")
         self._ended_by_us = True
         self._signal_tree(signal.SIGKILL)
         self.wait_exit(10.0)
         self._paused = False
+        self._emit("kill")
 
     def pause(self) -> None:
         """SIGSTOP the process and its descendants."""
