@@ -200,8 +200,10 @@ def stepdown_checks(
 ) -> list[dict[str, Any]]:
     """A leader on a minority side of a partition steps down within ``factor`` election
     timeouts of the cut (check-quorum), judged from the nodes' own roles.jsonl: one check per
-    partition; not applicable (``None``) when no minority node led at the cut, or when the
-    partition healed before the bound without a step-down."""
+    partition; not applicable (``None``) when no minority node led when the partition began,
+    or when the partition healed before the bound without a step-down. Who led is read when
+    the first link is cut, the bound counts from the last (a leader whose links went first may
+    step down while the others are still being cut: that is within any bound)."""
     bound_ns = int(factor * ctx.scenario.timing.election_timeout_s * 1e9)
     expected = f"<= {bound_ns / 1e9:.3f}s ({factor:g} election timeouts)"
     end = max((e["time"] for es in roles.values() for e in es), default=0)
@@ -212,10 +214,11 @@ def stepdown_checks(
             continue
         name = f"minority_leader_steps_down[partition#{f.id}]"
         cut, heal = _window(ctx, f, end)
+        begun = min(cut, ctx.rel(f.started_ns))
         minority = sorted(set().union(*minorities))
         leaders = []
         for node in minority:
-            at = role_at(roles.get(node, []), cut)
+            at = role_at(roles.get(node, []), begun)
             if at is not None and at.get("role") == "leader":
                 leaders.append((node, at))
         if not any(roles.get(n) for n in minority):
@@ -226,25 +229,29 @@ def stepdown_checks(
                              minority=minority))  # fmt: skip
             continue
         for node, at in leaders:
-            out.append(_stepdown(name, roles[node], node, at, cut, heal, bound_ns, expected))
+            window = (begun, cut, heal)
+            out.append(_stepdown(name, roles[node], node, at, window, bound_ns, expected))
     return out
 
 
 def _stepdown(
-    name: str, entries: list[dict[str, Any]], node: str, at: dict[str, Any], cut: int, heal: int,
-    bound_ns: int, expected: str,
+    name: str, entries: list[dict[str, Any]], node: str, at: dict[str, Any],
+    window: tuple[int, int, int], bound_ns: int, expected: str,
 ) -> dict[str, Any]:  # fmt: skip
-    """One minority leader: when it stopped leading (its next roles line after the cut)."""
+    """One minority leader: when it stopped leading (its next roles line after the partition
+    began), counted from the cut (``window``: began, cut, heal)."""
+    begun, cut, heal = window
     later = [
-        e for e in entries if e["time"] > cut and (e["role"], e["term"]) != ("leader", at["term"])
-    ]
+        e for e in entries
+        if e["time"] > begun and (e["role"], e["term"]) != ("leader", at["term"])
+    ]  # fmt: skip
     step = later[0] if later else None
     if step is None or step["time"] > heal:
         ok: bool | None = None if heal - cut < bound_ns else False
         lasted = (heal - cut) / 1e9
         text = f"{node} still led term {at['term']} at the heal, {lasted:.3f}s after the cut"
         return check(name, ok, expected, text, node=node, term=at["term"], cut_ns=cut, heal_ns=heal)
-    took = step["time"] - cut
+    took = max(0, step["time"] - cut)
     text = f"{node} (leader of term {at['term']}) became {step['role']} after {took / 1e9:.3f}s"
     return check(
         name, took <= bound_ns, expected, text, node=node, term=at["term"],

@@ -110,6 +110,24 @@ def test_a_minority_leader_steps_down_within_the_bound(
     assert c["node"] == "n4"
 
 
+def test_a_leader_that_steps_down_while_the_cut_is_still_being_applied_is_judged() -> None:
+    """Applying a partition is one Toxiproxy call per link: under load the last lands long after
+    the first, and a check-quorum leader whose links went first may step down in between. Who
+    led is read when the partition began; the bound counts from the last link."""
+    slow = AppliedFault(
+        1, "partition", {"shape": "halves"}, groups=[["n4", "n5"], ["n1", "n2", "n3"]],
+        started_ns=1000 * MS, applied_ns=1800 * MS, stopped_ns=15_000 * MS,
+    )  # fmt: skip
+    stepped = roles((10.0, "n4", "leader", 3), (1500.0, "n4", "follower", 3))
+    (c,) = stepdown_checks(context(), Observed(applied=[slow]), stepped, 3.0)
+    assert c["ok"] is True, c
+    assert (c["node"], c["stepped_down_s"]) == ("n4", 0)
+    # the same leader still leading at the heal is caught, as before
+    kept = roles((10.0, "n4", "leader", 3))
+    (c,) = stepdown_checks(context(), Observed(applied=[slow]), kept, 3.0)
+    assert c["ok"] is False, c
+
+
 def test_no_minority_leader_is_not_applicable_never_met() -> None:
     observed = Observed(applied=[halves(["n4", "n5"], 1000 * MS, 5000 * MS)])
     recorded = roles((5.0, "n4", "follower", 3), (10.0, "n1", "leader", 3))
