@@ -339,9 +339,9 @@ def test_sigkill_all_five_and_restart_loses_nothing_committed(
                 for node in spec.nodes:  # crash every node while writes are in flight
                     cluster.kill(node)
                 stop.set()
-                before = dict(acked)
+                # a reply a leader sent before it died may still be read here (the kills
+                # blocked this loop): such a write is acknowledged, and read back below
                 await asyncio.gather(*tasks)
-                assert acked == before, "a write was acknowledged after every node was dead"
                 for node in spec.nodes:
                     cluster.restart(node)
                 await poller.until(stable_leader, SETTLE_S)
