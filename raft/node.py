@@ -69,7 +69,9 @@ serves Prometheus metrics over HTTP while it runs (:mod:`raft.metrics`); off by 
 Time: a tick task reads the node's clock (``clock``, the OS's monotonic clock by default; a
 chaos run may fake it for the whole process with libfaketime) and enqueues one tick per
 ``tick_ms`` of clock time that passed (capped, so a paused process wakes with at most two
-election timeouts' worth). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
+election timeouts' worth); with lease reads, the ticks the clock owes are also stepped before
+client calls are (a process woken from a stop must not judge a read on a lease its missed
+ticks would have ended). Timeline lines (``[t=0.150s] n1: ...``, t since ``epoch``) come
 from the core's event callback; role and term changes are also appended to ``roles_path`` as
 JSON lines ``{"time": ns, "node", "role", "term"}``, timed by ``record_clock`` (system-wide
 CLOCK_MONOTONIC, the clock of ``history.jsonl`` and ``faults.jsonl``: the server reads it with
@@ -244,6 +246,8 @@ class RaftNode(Generic[SM]):
         self.sm = state_machine
         self.tick_s = tick_ms / 1000.0
         self._clock = clock
+        #: the clock time up to which ticks were counted (see ``_due_ticks``)
+        self._tick_last: float | None = None
         self._record_clock = record_clock
         self._epoch = time.monotonic() if epoch is None else epoch
         self._timeline = timeline
@@ -283,6 +287,7 @@ class RaftNode(Generic[SM]):
 
             self.metrics = NodeMetrics(self)
         self.core = self._load(peers, config or DEFAULT_CONFIG, seed)
+        self._lease_read = self.core.cfg.lease_read
         if roster is not None:  # every node that may ever be a member (raft.core.guard)
             self.core.guard.roster = frozenset(NodeId(n) for n in roster)
         self._record_role()
@@ -588,6 +593,12 @@ class RaftNode(Generic[SM]):
             if audit and core.role is _LEADER and core.log.committed > self._commit_noted:
                 self._audit_commit()
         calls = self._client_inbox
+        if calls and self._lease_read:
+            # a lease is counted in ticks: a process that was stopped (SIGSTOP, a VM stall)
+            # wakes with its reads ready before its tick task has run, and a read judged
+            # before the owed ticks were stepped is served on a lease that ran out long ago
+            for _ in range(self._due_ticks()):
+                core.tick()
         for _ in range(min(len(calls), MAX_CALLS_PER_BATCH)):
             call = calls.popleft()
             if isinstance(call, _Propose):
@@ -832,18 +843,29 @@ class RaftNode(Generic[SM]):
                 await asyncio.sleep(0)
 
     async def _tick_loop(self) -> None:
-        cap = 2 * self.core.cfg.election_ticks
-        last = self._clock()
+        self._tick_last = self._clock()
         while True:
             await asyncio.sleep(self.tick_s)
-            now = self._clock()
-            n = int((now - last) / self.tick_s)
+            n = self._due_ticks()
             if n <= 0:
                 continue
-            last = now if n > cap else last + n * self.tick_s
-            for _ in range(min(n, cap)):
+            for _ in range(n):
                 self._raft_inbox.append(_Tick())
             self.kick()
+
+    def _due_ticks(self) -> int:
+        """The ticks the clock owes since they were last counted (capped at two election
+        timeouts), counted now: the tick task's, or a lease read's before it is judged."""
+        last = self._tick_last
+        if last is None:
+            return 0
+        now = self._clock()
+        n = int((now - last) / self.tick_s)
+        if n <= 0:
+            return 0
+        cap = 2 * self.core.cfg.election_ticks
+        self._tick_last = now if n > cap else last + n * self.tick_s
+        return min(n, cap)
 
     # ==== timeline and roles ==================================================================
     def _on_core_event(self, text: str) -> None:
