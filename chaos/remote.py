@@ -528,13 +528,14 @@ class RemoteProcess:
         return self.pid
 
     def kill(self) -> None:
-        """SIGKILL on the host; returns once the agent has reaped it."""
+        """SIGKILL on the host; returns once the agent has reaped it (and stamps the kill
+        then, as a local kill does: every line the process wrote is before the stamp)."""
         self._require("kill")
-        self._emit("kill")
         self._ended_by_us = True
         reply = self._request("kill")
         with self._lock:
             self._running, self._paused, self.returncode = False, False, reply.get("code")
+        self._emit("kill")
 
     def pause(self) -> None:
         self._require("pause")
