@@ -54,6 +54,8 @@ from chaos.node_faults import FaultCluster
 from chaos.shapes import cut_links
 
 _T = TypeVar("_T")
+#: how long :meth:`NemesisExecutor.settle` waits for fault calls still running
+SETTLE_TIMEOUT_S = 60.0
 
 Action = Literal["start", "stop"]
 #: targets that name a set of nodes (kills, pauses and transfers)
@@ -317,11 +319,18 @@ class NemesisExecutor:
         job.add_done_callback(self._jobs.discard)
         return await asyncio.shield(job)
 
-    async def settle(self) -> None:
+    async def settle(self, timeout: float = SETTLE_TIMEOUT_S) -> bool:
         """Wait for the blocking calls still running (their callers were cancelled): call it
-        before :meth:`heal_all`, so that the heal never races a kill or a restart."""
+        before :meth:`heal_all`, so that the heal never races a kill or a restart. False if
+        some were still running after ``timeout`` s (every such call has its own bound, far
+        below it; the heal then goes on rather than hang the run's end)."""
+        deadline = time.monotonic() + timeout
         while self._jobs:
-            await asyncio.gather(*list(self._jobs), return_exceptions=True)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.wait(list(self._jobs), timeout=left)
+        return True
 
     def describe_active(self) -> str:
         """A short text of the faults in force, for the progress display."""

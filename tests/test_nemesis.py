@@ -389,3 +389,20 @@ def test_a_fault_still_going_at_the_end_has_no_applied_time() -> None:
     assert going.to_json(run_start_ns=1_000)["start"] == 4_000
     going.applied_ns = 7_000
     assert going.to_json(run_start_ns=1_000)["applied"] == 6_000
+
+
+def test_settle_is_bounded_and_says_so() -> None:
+    """A fault call that outlives ``settle``'s bound: settle says False rather than hang the
+    run's end, and True once nothing is running."""
+    ex = NemesisExecutor(FakeCluster(leader=None), [])  # type: ignore[arg-type]
+    release = threading.Event()
+
+    async def main() -> tuple[bool, bool]:
+        job = asyncio.create_task(ex._thread(release.wait, 5.0))
+        await asyncio.sleep(0)
+        early = await ex.settle(timeout=0.05)
+        release.set()
+        await job
+        return early, await ex.settle(timeout=5.0)
+
+    assert asyncio.run(main()) == (False, True)
