@@ -26,11 +26,12 @@ transfer to each of its targets at once (the system's leader transfer; skipped, 
 for a system without one); a membership ``remove`` with a group target asks for the removal
 of each of them at once (the system's membership changes). Blocking cluster calls
 (Toxiproxy's REST API, waiting for a SIGKILLed process) run in a worker thread so the
-clients' event loop keeps going; such a call runs to its end even when the nemesis is cancelled,
-and :meth:`NemesisExecutor.settle` waits for the ones still going (a heal that ran beside a
-restart still under way would start a node twice on one data directory). Every fault is reported to
-``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the cluster reports as
-``cut``, are reported here as ``partition`` so that the heal closes them). :meth:`heal_all`
+clients' event loop keeps going; such a call runs to its end even when the nemesis is
+cancelled, and :meth:`NemesisExecutor.settle` waits for the ones still going (a heal that ran
+beside a restart still under way would start a node twice on one data directory). Every fault
+is reported to ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the
+cluster reports as ``cut``, are reported here as ``partition`` so that the heal closes them).
+:meth:`heal_all`
 is the final generator: heal the network, reset clocks, clear disk faults, resume paused nodes,
 restart dead ones (not the *retired*: removed members and nodes refusing a corrupted disk); it
 runs at the end whatever happened, including after a cancellation. Disk, clock and membership
