@@ -31,10 +31,10 @@ cancelled, and :meth:`NemesisExecutor.settle` waits for the ones still going (a 
 beside a restart still under way would start a node twice on one data directory). Every fault
 is reported to ``faults.jsonl`` through the cluster's ``on_fault`` (one-way cuts, which the
 cluster reports as ``cut``, are reported here as ``partition`` so that the heal closes them).
-:meth:`heal_all`
-is the final generator: heal the network, reset clocks, clear disk faults, resume paused nodes,
-restart dead ones (not the *retired*: removed members and nodes refusing a corrupted disk); it
-runs at the end whatever happened, including after a cancellation. Disk, clock and membership
+:meth:`heal_all` is the final generator: heal the network, reset clocks, clear disk faults,
+resume paused nodes, restart dead ones (not the *retired*: removed members and nodes refusing
+a corrupted disk); it runs at the end whatever happened, including after a cancellation.
+Disk, clock and membership
 faults, and the link-shaped partitions (ring, bridge, majorities-ring, drawn here from the
 seed by :mod:`chaos.shapes`), are applied by :mod:`chaos.node_faults`.
 """
