@@ -50,16 +50,8 @@ class ClockedCluster(Cluster):
         super().__init__(3, CONFIG, seed=5)
         self.clocks = {n: StoppableClock() for n in self.ids}
 
-    def start(self, node_id: str, peers: list[str] | None = None) -> RaftNode[KVStore]:
-        node = RaftNode(
-            node_id, peers or self.ids, self.net.join(NodeId(node_id)),
-            self.storages.setdefault(node_id, MemoryStorage()), KVStore(),
-            self.config, seed=self.seed * 1000 + next(self._seq), epoch=self.epoch,
-            timeline=self.lines.append, clock=self.clocks[node_id],
-        )  # fmt: skip
-        self.nodes[node_id] = node
-        self.tasks[node_id] = asyncio.create_task(node.run())
-        return node
+    def clock(self, node_id: str) -> StoppableClock:
+        return self.clocks[node_id]
 
 
 def read_after_waking(plant: bool) -> tuple[str, Any]:

@@ -64,10 +64,15 @@ class Cluster:
             seed=self.seed * 1000 + next(self._seq),
             epoch=self.epoch,
             timeline=self.lines.append,
+            clock=self.clock(node_id),
         )
         self.nodes[node_id] = node
         self.tasks[node_id] = asyncio.create_task(node.run())
         return node
+
+    def clock(self, node_id: str) -> Callable[[], float]:
+        """The clock ``node_id`` runs on (the OS's monotonic clock)."""
+        return time.monotonic
 
     def start_all(self) -> None:
         for n in self.ids:
